@@ -1,0 +1,290 @@
+//! The conformance suite for [`StateBackend`] implementations: the
+//! contract's properties P1 to P14, checked with proptest, real concurrency
+//! and real process kills, against any backend.
+//!
+//! # Test your own backend
+//!
+//! Implement [`BackendFactory`] (fresh isolated stores) and [`TestStore`]
+//! (handles on one store), then in `tests/conformance.rs`:
+//!
+//! ```ignore
+//! laminar_state_conformance::conformance_tests!(my_backend, MyFactory::new());
+//! ```
+//!
+//! That expands to one `#[test]` per property, so `cargo test` lists and
+//! reports each on its own line. A property whose capability the backend does
+//! not claim passes with a `NOT APPLICABLE` line on stderr naming it and the
+//! missing capability; it is never silently skipped. Harnesses other than
+//! libtest call [`run_all`], which returns a [`Report`], or the property
+//! functions in [`properties`] one by one.
+//!
+//! # Knobs
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `PROPTEST_CASES` | 64 | cases per proptest property (a factory may lower it) |
+//! | `LAMINAR_CONFORMANCE_ROUNDS` | 32 | rounds per race (P7, P9, P11) |
+//! | `LAMINAR_CONFORMANCE_KILLS` | 8 | child processes killed by the crash property |
+//! | `LAMINAR_CONFORMANCE_SEED` | random | hex seed, printed on failure, to replay one |
+//! | `LAMINAR_CONFORMANCE_TIMEOUT_SECS` | 900 | per-property time limit |
+//!
+//! [`StateBackend`]: laminar_state_api::StateBackend
+
+mod factory;
+mod model;
+pub mod properties;
+mod runner;
+mod support;
+
+use std::fmt;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+pub use factory::{BackendFactory, Capabilities, Capability, Damage, TestStore};
+pub use properties::{ChildCommand, PROPERTIES, Property};
+pub use runner::{DEFAULT_CASES, DEFAULT_KILLS, DEFAULT_RACE_ROUNDS};
+
+/// How one property went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every check held.
+    Passed,
+    /// The backend does not claim a capability the property needs.
+    NotApplicable {
+        /// The first missing capability.
+        missing: Capability,
+    },
+    /// A check failed; the reason says what was expected and what happened,
+    /// and for proptest properties the minimal input and seed.
+    Failed {
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// One property's result in a [`Report`].
+#[derive(Debug, Clone)]
+pub struct PropertyReport {
+    /// The property.
+    pub property: &'static Property,
+    /// How it went.
+    pub outcome: Outcome,
+    /// How long it took.
+    pub elapsed: Duration,
+}
+
+/// The results of [`run_all`] for one backend.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The backend's name.
+    pub backend: String,
+    /// One entry per property, in contract order.
+    pub properties: Vec<PropertyReport>,
+}
+
+impl Report {
+    /// Whether no property failed.
+    pub fn passed(&self) -> bool {
+        !self
+            .properties
+            .iter()
+            .any(|p| matches!(p.outcome, Outcome::Failed { .. }))
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "conformance of {}:", self.backend)?;
+        for p in &self.properties {
+            let verdict = match &p.outcome {
+                Outcome::Passed => "pass".to_owned(),
+                Outcome::NotApplicable { missing } => {
+                    format!("not applicable (needs {})", missing.name())
+                }
+                Outcome::Failed { .. } => "FAIL".to_owned(),
+            };
+            writeln!(
+                f,
+                "  {:<4} {:<24} {:<32} {:>8.2}s",
+                p.property.id,
+                p.property.name,
+                verdict,
+                p.elapsed.as_secs_f64()
+            )?;
+        }
+        for p in &self.properties {
+            if let Outcome::Failed { reason } = &p.outcome {
+                writeln!(f, "\n{} {} failed:\n{reason}", p.property.id, p.property.name)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn property_timeout() -> Duration {
+    Duration::from_secs(u64::from(runner::env_u32(
+        "LAMINAR_CONFORMANCE_TIMEOUT_SECS",
+        900,
+    )))
+}
+
+/// Check one property against `factory`: not applicable if a needed
+/// capability is missing, else run it within the time limit.
+pub async fn check(
+    property: &'static Property,
+    factory: &dyn BackendFactory,
+    child: &ChildCommand,
+) -> PropertyReport {
+    let started = Instant::now();
+    let capabilities = factory.capabilities();
+    let outcome = if let Some(&missing) = property.needs.iter().find(|&&c| !capabilities.has(c)) {
+        Outcome::NotApplicable { missing }
+    } else {
+        match tokio::time::timeout(property_timeout(), properties::run(property, factory, child))
+            .await
+        {
+            Ok(Ok(())) => Outcome::Passed,
+            Ok(Err(reason)) => Outcome::Failed { reason },
+            Err(_) => Outcome::Failed {
+                reason: format!("did not finish within {:?}", property_timeout()),
+            },
+        }
+    };
+    PropertyReport {
+        property,
+        outcome,
+        elapsed: started.elapsed(),
+    }
+}
+
+/// Check every property against `factory`, in order.
+///
+/// The crash property re-executes the current binary with `child`'s
+/// arguments, which must lead back here (or to the crash property) with the
+/// same factory: [`ChildCommand::same_args`] does for a program that calls
+/// `run_all` from `main`. In that child, this function runs the child writer
+/// and never returns.
+pub async fn run_all(factory: &dyn BackendFactory, child: &ChildCommand) -> Report {
+    properties::run_child_if_requested(factory).await;
+    let mut report = Report {
+        backend: factory.name(),
+        properties: Vec::with_capacity(PROPERTIES.len()),
+    };
+    if std::env::var_os(properties::CHILD_ENV).is_some() {
+        // A crash child for another backend's factory: run nothing here.
+        return report;
+    }
+    for property in PROPERTIES {
+        report.properties.push(check(property, factory, child).await);
+    }
+    report
+}
+
+/// The body of each test the [`conformance_tests!`] macro generates.
+#[doc(hidden)]
+pub fn __run_libtest(module_path: &str, name: &str, factory: &dyn BackendFactory) {
+    let property = properties::property(name)
+        .unwrap_or_else(|| panic!("the conformance macro names an unknown property {name}"));
+    // libtest names a test by its path without the crate's name.
+    let test_path = match module_path.split_once("::") {
+        Some((_, rest)) => format!("{rest}::{name}"),
+        None => name.to_owned(),
+    };
+    let child = ChildCommand::libtest(&test_path);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime for the conformance test");
+    let report = runtime.block_on(async {
+        properties::run_child_if_requested(factory).await;
+        check(property, factory, &child).await
+    });
+    match report.outcome {
+        Outcome::Passed => {}
+        Outcome::NotApplicable { missing } => {
+            // Straight to the process's stderr, past libtest's capture, so
+            // the line shows in every run.
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "NOT APPLICABLE: {} {} on {}: the backend does not claim `{}`",
+                property.id,
+                property.name,
+                factory.name(),
+                missing.name()
+            );
+        }
+        Outcome::Failed { reason } => panic!(
+            "{} {} failed on {}:\n{reason}",
+            property.id,
+            property.name,
+            factory.name()
+        ),
+    }
+}
+
+/// Expand to one `#[test]` per property, in a module named `$module`, each
+/// running against the factory `$factory` (an expression, evaluated per
+/// test).
+///
+/// ```ignore
+/// laminar_state_conformance::conformance_tests!(memory, MemoryFactory::default());
+/// ```
+#[macro_export]
+macro_rules! conformance_tests {
+    ($module:ident, $factory:expr) => {
+        mod $module {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::__conformance_tests!(
+                $factory;
+                p01_round_trip,
+                p02_idempotent_replay,
+                p03_independence,
+                p04_fence_monotonic,
+                p05_fence_enforced,
+                p06_shared_fence,
+                p07_atomic_fence,
+                p08_commit_gate,
+                p09_one_committer,
+                p10_durability_reopen,
+                p10_durability_crash,
+                p11_pruning,
+                p12_bad_input,
+                p12_corruption,
+                p13_shared_object,
+                p14_recovery_queries,
+            );
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_tests {
+    ($factory:expr; $($name:ident,)*) => {
+        $(
+            #[test]
+            fn $name() {
+                $crate::__run_libtest(module_path!(), stringify!($name), &$factory);
+            }
+        )*
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_macro_lists_every_property() {
+        let macro_source = include_str!("lib.rs");
+        for property in PROPERTIES {
+            assert!(
+                macro_source.contains(&format!("                {},\n", property.name)),
+                "conformance_tests! does not generate {}",
+                property.name
+            );
+        }
+    }
+}

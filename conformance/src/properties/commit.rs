@@ -1,0 +1,133 @@
+//! The commit gate (P8) and the single committer per epoch (P9).
+
+use std::sync::Arc;
+
+use laminar_state_api::{StateBackend, StateBackendError};
+use proptest::prelude::*;
+use tokio::sync::Barrier;
+
+use crate::factory::BackendFactory;
+use crate::runner::{Checked, ensure, for_all, race_rounds};
+use crate::support::{describe, fresh_store, open, payload, unique_tag, write};
+
+/// P8: `epoch_complete` returns `false`, and seals nothing, while any listed
+/// vnode lacks a partial for that epoch (a partial for another epoch does not
+/// count); once all are present it returns `true`, and the seal is the first
+/// caller's.
+pub async fn p08_commit_gate(factory: &dyn BackendFactory) -> Checked {
+    let strategy = (1u32..10, any::<u64>(), 0u64..1_000);
+    for_all(factory, strategy, |(vnodes, present_mask, epoch)| async move {
+        let store = fresh_store(factory).await?;
+        let tag = unique_tag("p08");
+        let early = open(&*store, &format!("{tag}-early"), vnodes).await?;
+        let late = open(&*store, &format!("{tag}-late"), vnodes).await?;
+        let all: Vec<u32> = (0..vnodes).collect();
+        let present: Vec<u32> = all.iter().copied().filter(|v| present_mask >> v & 1 == 1).collect();
+        let missing: Vec<u32> = all.iter().copied().filter(|v| present_mask >> v & 1 == 0).collect();
+        for &vnode in &present {
+            write(&early, vnode, epoch, 0, &payload(u64::from(vnode), 8)).await?;
+        }
+        // The missing vnodes do have partials, for the neighbouring epochs.
+        for &vnode in &missing {
+            write(&early, vnode, epoch + 1, 0, &payload(u64::from(vnode), 8)).await?;
+            if epoch > 0 {
+                write(&early, vnode, epoch - 1, 0, &payload(u64::from(vnode), 8)).await?;
+            }
+        }
+        let gate = early.epoch_complete(epoch, &all).await;
+        if missing.is_empty() {
+            ensure!(matches!(gate, Ok(true)), "all {vnodes} partials present but epoch_complete gave {}", describe(&gate));
+            return Ok(());
+        }
+        ensure!(matches!(gate, Ok(false)), "vnodes {missing:?} lack a partial for epoch {epoch} but epoch_complete gave {}", describe(&gate));
+        // Asking only for the present ones is a complete gate of its own, so
+        // only check the full list again after the missing ones land.
+        let again = early.epoch_complete(epoch, &all).await;
+        ensure!(matches!(again, Ok(false)), "asking again without new writes gave {}", describe(&again));
+        for &vnode in &missing {
+            write(&late, vnode, epoch, 0, &payload(u64::from(vnode), 8)).await?;
+        }
+        // If the refused gate had sealed anything, the late handle would now
+        // lose to the early one.
+        let sealed = late.epoch_complete(epoch, &all).await;
+        ensure!(matches!(sealed, Ok(true)), "after the missing partials landed, a second instance got {}: the refused gate left a seal behind", describe(&sealed));
+        let loser = early.epoch_complete(epoch, &all).await;
+        ensure!(
+            matches!(&loser, Err(StateBackendError::SplitBrainCommit { committer, self_id }) if *committer == format!("{tag}-late") && *self_id == format!("{tag}-early")),
+            "the instance that did not seal got {}", describe(&loser)
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// P9: N handles with distinct instance ids race `epoch_complete` on one
+/// epoch, released together by a barrier, for many rounds: exactly one gets
+/// `Ok(true)`, every other gets `SplitBrainCommit { committer: <winner>,
+/// self_id: <its own id> }`, and every repeat, sequential or racing, gives
+/// each handle the same answer.
+pub async fn p09_one_committer(factory: &dyn BackendFactory) -> Checked {
+    const RACERS: usize = 8;
+    const VNODES: u32 = 4;
+    let store = fresh_store(factory).await?;
+    let tag = unique_tag("p09");
+    let mut racers: Vec<(String, Arc<dyn StateBackend>)> = Vec::with_capacity(RACERS);
+    for i in 0..RACERS {
+        let id = format!("{tag}-leader-{i}");
+        let handle = open(&*store, &id, VNODES).await?;
+        racers.push((id, handle));
+    }
+    let all: Vec<u32> = (0..VNODES).collect();
+    for round in 0..u64::from(race_rounds()) {
+        let epoch = 1_000 + round;
+        for vnode in 0..VNODES {
+            write(&racers[round as usize % RACERS].1, vnode, epoch, 0, &payload(epoch, 16)).await?;
+        }
+        let mut sealed_by: Option<String> = None;
+        for attempt in 0..2 {
+            let barrier = Arc::new(Barrier::new(RACERS));
+            let mut tasks = tokio::task::JoinSet::new();
+            for (id, handle) in &racers {
+                let (id, handle, barrier, all) = (id.clone(), Arc::clone(handle), Arc::clone(&barrier), all.clone());
+                tasks.spawn(async move {
+                    barrier.wait().await;
+                    (id, handle.epoch_complete(epoch, &all).await)
+                });
+            }
+            let mut results = Vec::with_capacity(RACERS);
+            while let Some(joined) = tasks.join_next().await {
+                results.push(joined.map_err(|e| format!("a racer panicked: {e}"))?);
+            }
+            // And one sequential repeat per racer.
+            for (id, handle) in &racers {
+                results.push((id.clone(), handle.epoch_complete(epoch, &all).await));
+            }
+            let winners: Vec<&String> = results.iter().filter(|(_, r)| matches!(r, Ok(true))).map(|(id, _)| id).collect();
+            let winner = winners.first().copied().cloned();
+            let Some(winner) = winner else {
+                return Err(format!("round {round}, attempt {attempt}: nobody sealed epoch {epoch}: {}", summarize(&results)));
+            };
+            ensure!(winners.iter().all(|w| **w == winner), "round {round}, attempt {attempt}: two instances sealed epoch {epoch}: {}", summarize(&results));
+            let first = sealed_by.get_or_insert_with(|| winner.clone());
+            ensure!(*first == winner, "round {round}: epoch {epoch} was sealed by {first}, a repeat was won by {winner}");
+            for (id, result) in &results {
+                if *id == winner {
+                    continue;
+                }
+                ensure!(
+                    matches!(result, Err(StateBackendError::SplitBrainCommit { committer, self_id }) if *committer == winner && self_id == id),
+                    "round {round}, attempt {attempt}: loser {id} got {}, expected SplitBrainCommit naming {winner}", describe(result)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn summarize(results: &[(String, Result<bool, StateBackendError>)]) -> String {
+    results
+        .iter()
+        .map(|(id, r)| format!("{id}: {}", describe(r)))
+        .collect::<Vec<_>>()
+        .join("; ")
+}

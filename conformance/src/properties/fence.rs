@@ -1,0 +1,191 @@
+//! The split-brain fence: monotonic (P4), enforced (P5), shared by every
+//! handle on a store (P6), and atomic with the write it guards (P7).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use laminar_state_api::StateBackendError;
+use proptest::prelude::*;
+
+use crate::factory::BackendFactory;
+use crate::runner::{Checked, ensure, for_all, race_rounds, run_seed, splitmix64};
+use crate::support::{describe, fresh_store, is_stale, open, payload, read, unique_tag, write};
+
+/// P4: `set_authoritative_version` never lowers the fence: after any sequence
+/// of raises the handle reports the highest version seen. `0` means off: a
+/// fresh handle reports `0` and accepts writes at version `0`.
+pub async fn p04_fence_monotonic(factory: &dyn BackendFactory) -> Checked {
+    let strategy = proptest::collection::vec(prop_oneof![Just(0u64), 0u64..50, Just(u64::MAX)], 1..12);
+    for_all(factory, strategy, |raises| async move {
+        let store = fresh_store(factory).await?;
+        let handle = open(&*store, &unique_tag("p04"), 4).await?;
+        ensure!(handle.authoritative_version() == 0, "a fresh store's fence is {}, not 0", handle.authoritative_version());
+        write(&handle, 0, 1, 0, &Bytes::from_static(b"v0")).await?;
+        let mut highest = 0;
+        for raise in raises {
+            handle.set_authoritative_version(raise);
+            highest = highest.max(raise);
+            let now = handle.authoritative_version();
+            ensure!(now == highest, "after set_authoritative_version({raise}) the fence is {now}, expected the maximum so far, {highest}");
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// P5: with fence `f > 0`, a write at `v < f` fails with exactly
+/// `StaleVersion { caller: v, authoritative: f }` and leaves the stored bytes
+/// as they were; `v >= f` is accepted.
+pub async fn p05_fence_enforced(factory: &dyn BackendFactory) -> Checked {
+    let strategy = (1u64..1_000, 0u64..1_200, any::<u64>());
+    for_all(factory, strategy, |(fence, version, seed)| async move {
+        let store = fresh_store(factory).await?;
+        let handle = open(&*store, &unique_tag("p05"), 4).await?;
+        handle.set_authoritative_version(fence);
+        let before = payload(seed, 32);
+        write(&handle, 2, 9, fence, &before).await?;
+        let attempt = payload(seed ^ 0xFF, 32);
+        let result = handle.write_partial(2, 9, version, attempt.clone()).await;
+        if version < fence {
+            ensure!(is_stale(&result, version, fence), "write at {version} under fence {fence} gave {}, expected StaleVersion {{ caller: {version}, authoritative: {fence} }}", describe(&result));
+            ensure!(read(&handle, 2, 9).await?.as_ref() == Some(&before), "a refused write changed the stored bytes");
+            let other_key = handle.write_partial(3, 9, version, attempt).await;
+            ensure!(is_stale(&other_key, version, fence), "a refused version was accepted on another key: {}", describe(&other_key));
+            ensure!(read(&handle, 3, 9).await?.is_none(), "a refused write to an empty key stored something");
+        } else {
+            ensure!(result.is_ok(), "write at {version} under fence {fence} was refused: {}", describe(&result));
+            ensure!(read(&handle, 2, 9).await?.as_ref() == Some(&attempt), "an accepted write is not visible");
+        }
+        // The boundary, every case.
+        let at = handle.write_partial(1, 9, fence, Bytes::from_static(b"at")).await;
+        ensure!(at.is_ok(), "a write exactly at the fence {fence} was refused: {}", describe(&at));
+        let below = handle.write_partial(1, 9, fence - 1, Bytes::from_static(b"below")).await;
+        ensure!(is_stale(&below, fence - 1, fence), "a write one below the fence gave {}", describe(&below));
+        Ok(())
+    })
+    .await
+}
+
+/// P6: a raise through one handle is enforced against another handle on the
+/// same store that was never told, once the raising handle has written; the
+/// stale handle cannot overwrite newer data, and learns the fence from the
+/// error.
+pub async fn p06_shared_fence(factory: &dyn BackendFactory) -> Checked {
+    let strategy = (2u64..1_000, 1u64..50, any::<u64>());
+    for_all(factory, strategy, |(fence, lag, seed)| async move {
+        let stale_version = fence.saturating_sub(lag).max(1).min(fence - 1);
+        let store = fresh_store(factory).await?;
+        let tag = unique_tag("p06");
+        let leader = open(&*store, &format!("{tag}-leader"), 4).await?;
+        let zombie = open(&*store, &format!("{tag}-zombie"), 4).await?;
+        // The zombie was legitimately writing before the rotation.
+        write(&zombie, 0, 5, stale_version, &payload(seed, 16)).await?;
+
+        leader.set_authoritative_version(fence);
+        let newer = payload(seed ^ 1, 16);
+        write(&leader, 0, 5, fence, &newer).await?;
+
+        let result = zombie.write_partial(0, 5, stale_version, payload(seed ^ 2, 16)).await;
+        ensure!(is_stale(&result, stale_version, fence), "a handle that was never told accepted or misreported a stale write: {}, expected StaleVersion {{ caller: {stale_version}, authoritative: {fence} }}", describe(&result));
+        for handle in [&leader, &zombie] {
+            ensure!(read(handle, 0, 5).await?.as_ref() == Some(&newer), "the stale handle overwrote newer data");
+        }
+        let fresh_key = zombie.write_partial(1, 6, stale_version, payload(seed ^ 3, 16)).await;
+        ensure!(is_stale(&fresh_key, stale_version, fence), "the stale handle wrote a fresh key: {}", describe(&fresh_key));
+        ensure!(read(&leader, 1, 6).await?.is_none(), "a refused write became visible");
+
+        // A third handle opened after the raise enforces it too.
+        let late = open(&*store, &format!("{tag}-late"), 4).await?;
+        let late_result = late.write_partial(2, 6, stale_version, payload(seed ^ 4, 16)).await;
+        ensure!(is_stale(&late_result, stale_version, fence), "a handle opened after the raise accepted a stale write: {}", describe(&late_result));
+        // And the up-to-date version is accepted from any handle.
+        write(&zombie, 1, 6, fence, &payload(seed ^ 5, 16)).await?;
+        Ok(())
+    })
+    .await
+}
+
+/// P7: zombie writers at `v - 1` race a raise to `v` for many rounds. Once the
+/// raise is acknowledged (the raising handle's next write returned), no
+/// zombie write that starts is acknowledged, and none lands afterwards: the
+/// new leader's bytes, written after the raise, are what every key holds at
+/// the end, with zombies still hammering.
+pub async fn p07_atomic_fence(factory: &dyn BackendFactory) -> Checked {
+    const ZOMBIES: u64 = 4;
+    const KEYS: u32 = 4;
+    let shared = factory.capabilities().shared_fence;
+    let seed = run_seed();
+    let store = fresh_store(factory).await?;
+    let tag = unique_tag("p07");
+    let leader = open(&*store, &format!("{tag}-leader"), KEYS).await?;
+    let zombie_handle = if shared {
+        open(&*store, &format!("{tag}-zombie"), KEYS).await?
+    } else {
+        Arc::clone(&leader)
+    };
+    for round in 0..u64::from(race_rounds()) {
+        let old = 2 * round + 1;
+        let new = old + 1;
+        let epoch = round;
+        leader.set_authoritative_version(old);
+        write(&leader, 0, epoch, old, &Bytes::from_static(b"start")).await?;
+
+        let raised = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let after_raise = Arc::new(AtomicU64::new(0));
+        let mut zombies = tokio::task::JoinSet::new();
+        for z in 0..ZOMBIES {
+            let (handle, raised, stop, after_raise) = (Arc::clone(&zombie_handle), Arc::clone(&raised), Arc::clone(&stop), Arc::clone(&after_raise));
+            zombies.spawn(async move {
+                let mut seq = 0u64;
+                while !stop.load(Ordering::Acquire) {
+                    seq += 1;
+                    let key = ((z + seq) % u64::from(KEYS)) as u32;
+                    let started_after_raise = raised.load(Ordering::Acquire);
+                    let bytes = Bytes::from(format!("zombie {z} write {seq}"));
+                    let result = handle.write_partial(key, epoch, old, bytes).await;
+                    match result {
+                        Ok(()) if started_after_raise => {
+                            return Err(format!("round {round}: zombie write {seq} at version {old} started after the raise to {new} was acknowledged, and was acknowledged"));
+                        }
+                        Ok(()) => {}
+                        Err(StateBackendError::StaleVersion { caller, authoritative }) if caller == old && authoritative >= new => {}
+                        Err(other) => return Err(format!("round {round}: a zombie write failed with {other:?}, expected StaleVersion {{ caller: {old}, authoritative: >= {new} }}")),
+                    }
+                    if started_after_raise {
+                        after_raise.fetch_add(1, Ordering::AcqRel);
+                    }
+                    tokio::task::yield_now().await;
+                }
+                Ok(())
+            });
+        }
+        // Let the zombies get going, for a varying while.
+        let delay = splitmix64(seed ^ round) % 2_000;
+        tokio::time::sleep(Duration::from_micros(delay)).await;
+
+        leader.set_authoritative_version(new);
+        let leader_bytes = |key: u32| Bytes::from(format!("leader round {round} key {key}"));
+        write(&leader, 0, epoch, new, &leader_bytes(0)).await?;
+        raised.store(true, Ordering::Release);
+        for key in 1..KEYS {
+            write(&leader, key, epoch, new, &leader_bytes(key)).await?;
+        }
+        // Keep the zombies going past the leader's writes, boundedly.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while after_raise.load(Ordering::Acquire) < ZOMBIES * 4 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        stop.store(true, Ordering::Release);
+        while let Some(joined) = zombies.join_next().await {
+            joined.map_err(|e| format!("a zombie task panicked: {e}"))??;
+        }
+        for key in 0..KEYS {
+            let held = read(&leader, key, epoch).await?;
+            ensure!(held.as_ref() == Some(&leader_bytes(key)), "round {round}: after the raise to {new}, key {key} holds {:?}, not the new leader's bytes: a zombie write landed after the raise", held.map(|b| String::from_utf8_lossy(&b).into_owned()));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! Pruning (P11).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use laminar_state_api::StateBackendError;
+
+use crate::factory::BackendFactory;
+use crate::runner::{Checked, ensure, for_all, race_rounds};
+use crate::support::{Context, describe, fresh_store, open, payload, read, unique_tag, write};
+
+/// P11: `prune_before(b)` removes every partial and commit marker with epoch
+/// `< b` and keeps everything `>= b`; a second prune changes nothing; a
+/// pruned epoch can be written and sealed afresh by another instance (its
+/// marker is gone); and prunes racing writers of epochs `>= b` lose none of
+/// their acknowledged writes.
+pub async fn p11_pruning(factory: &dyn BackendFactory) -> Checked {
+    const VNODES: u32 = 3;
+    let strategy = (
+        proptest::collection::btree_set((0u64..12, 0u32..VNODES), 1..24),
+        proptest::collection::btree_set(0u64..12, 0..6),
+        0u64..14,
+    );
+    for_all(factory, strategy, |(keys, seal_attempts, before)| async move {
+        let store = fresh_store(factory).await?;
+        let tag = unique_tag("p11");
+        let handle = open(&*store, &format!("{tag}-old"), VNODES).await?;
+        let all: Vec<u32> = (0..VNODES).collect();
+        let value = |epoch: u64, vnode: u32| payload(epoch << 8 | u64::from(vnode), 24);
+        for &(epoch, vnode) in &keys {
+            write(&handle, vnode, epoch, 0, &value(epoch, vnode)).await?;
+        }
+        let mut sealed = BTreeMap::new();
+        for &epoch in &seal_attempts {
+            let ok = handle.epoch_complete(epoch, &all).await.ctx(|| format!("epoch_complete({epoch})"))?;
+            sealed.insert(epoch, ok);
+        }
+        for round in 0..2 {
+            handle.prune_before(before).await.ctx(|| format!("prune_before({before}), round {round}"))?;
+            for epoch in 0..12 {
+                for vnode in 0..VNODES {
+                    let held = read(&handle, vnode, epoch).await?;
+                    let expected = (epoch >= before && keys.contains(&(epoch, vnode))).then(|| value(epoch, vnode));
+                    ensure!(held == expected, "after prune_before({before}) #{round}, (vnode {vnode}, epoch {epoch}) is {}, expected {}", presence(held.is_some()), presence(expected.is_some()));
+                }
+            }
+        }
+        // Markers: a sealed epoch below `before` is free again; one at or
+        // above it still names its committer.
+        let newcomer = open(&*store, &format!("{tag}-new"), VNODES).await?;
+        for (&epoch, _) in sealed.iter().filter(|(_, ok)| **ok) {
+            if epoch < before {
+                for vnode in 0..VNODES {
+                    write(&newcomer, vnode, epoch, 0, &value(epoch, vnode)).await?;
+                }
+                let result = newcomer.epoch_complete(epoch, &all).await;
+                ensure!(matches!(result, Ok(true)), "epoch {epoch} was sealed then pruned (before {before}), but resealing it gave {}: its marker survived", describe(&result));
+            } else {
+                let result = newcomer.epoch_complete(epoch, &all).await;
+                ensure!(matches!(result, Err(StateBackendError::SplitBrainCommit { .. })), "the marker of epoch {epoch} (>= {before}) did not survive pruning: {}", describe(&result));
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    prune_races_writes(factory).await
+}
+
+fn presence(present: bool) -> &'static str {
+    if present { "present" } else { "absent" }
+}
+
+/// Writers of epochs `>= b` race repeated `prune_before(b)` calls; afterwards
+/// every acknowledged write is present.
+async fn prune_races_writes(factory: &dyn BackendFactory) -> Checked {
+    const WRITERS: u32 = 4;
+    let store = fresh_store(factory).await?;
+    let handle = open(&*store, &unique_tag("p11-race"), WRITERS).await?;
+    let rounds = u64::from(race_rounds());
+    let mut acknowledged = Vec::new();
+    for round in 0..rounds {
+        let before = round * 4;
+        let pruning = Arc::new(AtomicBool::new(true));
+        let pruner = {
+            let (handle, pruning) = (Arc::clone(&handle), Arc::clone(&pruning));
+            tokio::spawn(async move {
+                let mut prunes = 0u32;
+                while pruning.load(Ordering::Acquire) || prunes == 0 {
+                    handle.prune_before(before).await.map_err(|e| format!("prune_before({before}) failed: {e}"))?;
+                    prunes += 1;
+                    tokio::task::yield_now().await;
+                }
+                Ok::<u32, String>(prunes)
+            })
+        };
+        let mut writers = tokio::task::JoinSet::new();
+        for vnode in 0..WRITERS {
+            let handle = Arc::clone(&handle);
+            writers.spawn(async move {
+                let mut done = Vec::new();
+                for epoch in before..before + 4 {
+                    let bytes = payload(epoch << 8 | u64::from(vnode), 40);
+                    write(&handle, vnode, epoch, 0, &bytes).await?;
+                    done.push((vnode, epoch, bytes));
+                    tokio::task::yield_now().await;
+                }
+                Ok::<_, String>(done)
+            });
+        }
+        while let Some(joined) = writers.join_next().await {
+            acknowledged.extend(joined.map_err(|e| format!("writer panicked: {e}"))??);
+        }
+        pruning.store(false, Ordering::Release);
+        pruner.await.map_err(|e| format!("pruner panicked: {e}"))??;
+        // Only this round's epochs are safe from the next round's prune.
+        for (vnode, epoch, bytes) in acknowledged.drain(..) {
+            let held = read(&handle, vnode, epoch).await?;
+            ensure!(held.as_ref() == Some(&bytes), "round {round}: write (vnode {vnode}, epoch {epoch}) acknowledged during prune_before({before}) was lost");
+        }
+    }
+    Ok(())
+}
