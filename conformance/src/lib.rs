@@ -130,11 +130,15 @@ fn property_timeout() -> Duration {
 
 /// Check one property against `factory`: not applicable if a needed
 /// capability is missing, else run it within the time limit.
+///
+/// In a crash property's child process (see [`ChildCommand`]) this runs the
+/// child writer instead and never returns.
 pub async fn check(
     property: &'static Property,
     factory: &dyn BackendFactory,
     child: &ChildCommand,
 ) -> PropertyReport {
+    properties::run_child_if_requested(factory).await;
     let started = Instant::now();
     let capabilities = factory.capabilities();
     let outcome = if let Some(&missing) = property.needs.iter().find(|&&c| !capabilities.has(c)) {
@@ -196,10 +200,7 @@ pub fn __run_libtest(module_path: &str, name: &str, factory: &dyn BackendFactory
         .enable_all()
         .build()
         .expect("a tokio runtime for the conformance test");
-    let report = runtime.block_on(async {
-        properties::run_child_if_requested(factory).await;
-        check(property, factory, &child).await
-    });
+    let report = runtime.block_on(check(property, factory, &child));
     match report.outcome {
         Outcome::Passed => {}
         Outcome::NotApplicable { missing } => {

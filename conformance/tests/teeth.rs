@@ -1,0 +1,466 @@
+//! The suite has teeth: a small file-backed reference backend passes every
+//! property, and each deliberately broken variant of it is caught by the
+//! property that guards against its flaw.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use laminar_state_api::{InputLimits, StateBackend, StateBackendError};
+use laminar_state_conformance::{
+    BackendFactory, Capabilities, ChildCommand, Outcome, TestStore, check, properties,
+};
+
+const MAX_PAYLOAD: usize = 64 << 10;
+
+/// One bug each; `None` is the correct backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flaw {
+    None,
+    /// Each handle keeps its own fence.
+    UnsharedFence,
+    /// The fence is checked, then the write lands a moment later.
+    FenceCheckThenWrite,
+    /// The marker is checked, then written a moment later.
+    TwoWinners,
+    /// `prune_before(b)` also removes epoch `b`.
+    PruneOffByOne,
+    /// The gate looks at the first vnode only.
+    GateChecksFirstVnode,
+    /// A raise replaces the fence instead of raising it.
+    FenceCanGoDown,
+    /// Refusals report the caller's version as the authoritative one.
+    StaleErrorMisreported,
+    /// Epochs `e` and `e + 4` share storage.
+    AliasedEpochs,
+    /// No payload limit.
+    NoPayloadLimit,
+    /// Writes are acknowledged from a user-space buffer that is flushed only
+    /// every 64 records: a SIGKILL loses acknowledged writes.
+    BufferedAcks,
+    /// Reopening forgets the fence.
+    FenceNotPersisted,
+    /// A replayed write after the seal removes the seal.
+    ReplayUnseals,
+}
+
+#[derive(Default)]
+struct State {
+    partials: BTreeMap<(u64, u32), Bytes>,
+    markers: BTreeMap<u64, String>,
+    fence: u64,
+}
+
+/// The store: state in memory, every change appended to a log file that a
+/// reopen (or another process) replays.
+struct Shared {
+    flaw: Flaw,
+    path: PathBuf,
+    state: Mutex<(State, Log)>,
+}
+
+enum Log {
+    Direct(File),
+    Buffered(BufWriter<File>, usize),
+}
+
+impl Log {
+    fn open(path: &Path, flaw: Flaw) -> std::io::Result<Self> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(if flaw == Flaw::BufferedAcks {
+            Log::Buffered(BufWriter::with_capacity(1 << 20, file), 0)
+        } else {
+            Log::Direct(file)
+        })
+    }
+
+    fn append(&mut self, line: String) -> Result<(), StateBackendError> {
+        let io = |e: std::io::Error| StateBackendError::Io(e.to_string());
+        match self {
+            Log::Direct(file) => file.write_all(line.as_bytes()).map_err(io),
+            Log::Buffered(writer, pending) => {
+                writer.write_all(line.as_bytes()).map_err(io)?;
+                *pending += 1;
+                if *pending >= 64 {
+                    *pending = 0;
+                    writer.flush().map_err(io)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Bytes {
+    (0..text.len() / 2)
+        .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap_or(0))
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+impl Shared {
+    fn open(path: PathBuf, flaw: Flaw) -> Result<Arc<Self>, StateBackendError> {
+        let mut state = State::default();
+        if let Ok(file) = File::open(&path) {
+            for line in BufReader::new(file).lines().map_while(Result::ok) {
+                let f: Vec<&str> = line.split(' ').collect();
+                match f.as_slice() {
+                    ["W", vnode, epoch, bytes] => {
+                        state.partials.insert(
+                            (epoch.parse().unwrap_or(0), vnode.parse().unwrap_or(0)),
+                            unhex(bytes),
+                        );
+                    }
+                    ["M", epoch, id] => {
+                        state.markers.insert(epoch.parse().unwrap_or(0), (*id).to_owned());
+                    }
+                    ["U", epoch] => {
+                        state.markers.remove(&epoch.parse().unwrap_or(0));
+                    }
+                    ["F", version] if flaw != Flaw::FenceNotPersisted => {
+                        state.fence = version.parse().unwrap_or(0);
+                    }
+                    ["P", before] => {
+                        let before: u64 = before.parse().unwrap_or(0);
+                        state.partials.retain(|&(e, _), _| e >= before);
+                        state.markers.retain(|&e, _| e >= before);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let log = Log::open(&path, flaw).map_err(|e| StateBackendError::Io(e.to_string()))?;
+        Ok(Arc::new(Shared {
+            flaw,
+            path,
+            state: Mutex::new((state, log)),
+        }))
+    }
+}
+
+struct Handle {
+    shared: Arc<Shared>,
+    id: String,
+    limits: InputLimits,
+    own_fence: Mutex<u64>,
+}
+
+impl Handle {
+    fn epoch_key(&self, epoch: u64) -> u64 {
+        if self.shared.flaw == Flaw::AliasedEpochs { epoch % 4 } else { epoch }
+    }
+
+    fn check_fence(&self, state: &State, version: u64) -> Result<(), StateBackendError> {
+        let fence = self.fence(state);
+        if fence > 0 && version < fence {
+            let authoritative = if self.shared.flaw == Flaw::StaleErrorMisreported { version } else { fence };
+            return Err(StateBackendError::StaleVersion { caller: version, authoritative });
+        }
+        Ok(())
+    }
+
+    /// Check the fence (if `version` is given) and write, under one lock.
+    fn store(&self, vnode: u32, epoch: u64, version: Option<u64>, bytes: Bytes) -> Result<(), StateBackendError> {
+        let mut guard = self.shared.state.lock().unwrap();
+        if let Some(version) = version {
+            self.check_fence(&guard.0, version)?;
+        }
+        let (state, log) = &mut *guard;
+        if self.shared.flaw == Flaw::ReplayUnseals && state.partials.get(&(epoch, vnode)) == Some(&bytes) && state.markers.remove(&epoch).is_some() {
+            log.append(format!("U {epoch}\n"))?;
+        }
+        log.append(format!("W {vnode} {epoch} {}\n", hex(&bytes)))?;
+        // The fence rides along with every write, so a raise is durable once
+        // a write after it is acknowledged.
+        log.append(format!("F {}\n", state.fence))?;
+        state.partials.insert((epoch, vnode), bytes);
+        Ok(())
+    }
+
+    fn fence(&self, state: &State) -> u64 {
+        if self.shared.flaw == Flaw::UnsharedFence {
+            *self.own_fence.lock().unwrap()
+        } else {
+            state.fence
+        }
+    }
+}
+
+#[async_trait]
+impl StateBackend for Handle {
+    async fn write_partial(&self, vnode: u32, epoch: u64, version: u64, bytes: Bytes) -> Result<(), StateBackendError> {
+        if self.shared.flaw != Flaw::NoPayloadLimit {
+            self.limits.check_write(vnode, &bytes)?;
+        } else {
+            self.limits.check_vnode(vnode)?;
+        }
+        let epoch = self.epoch_key(epoch);
+        if self.shared.flaw == Flaw::FenceCheckThenWrite {
+            self.check_fence(&self.shared.state.lock().unwrap().0, version)?;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            return self.store(vnode, epoch, None, bytes);
+        }
+        self.store(vnode, epoch, Some(version), bytes)
+    }
+
+    async fn read_partial(&self, vnode: u32, epoch: u64) -> Result<Option<Bytes>, StateBackendError> {
+        self.limits.check_vnode(vnode)?;
+        let epoch = self.epoch_key(epoch);
+        Ok(self.shared.state.lock().unwrap().0.partials.get(&(epoch, vnode)).cloned())
+    }
+
+    async fn epoch_complete(&self, epoch: u64, vnodes: &[u32]) -> Result<bool, StateBackendError> {
+        self.limits.check_gate(epoch, vnodes)?;
+        let epoch = self.epoch_key(epoch);
+        let existing = {
+            let guard = self.shared.state.lock().unwrap();
+            let state = &guard.0;
+            let listed = if self.shared.flaw == Flaw::GateChecksFirstVnode { &vnodes[..1] } else { vnodes };
+            if !listed.iter().all(|&v| state.partials.contains_key(&(epoch, v))) {
+                return Ok(false);
+            }
+            if self.shared.flaw != Flaw::TwoWinners {
+                drop(guard);
+                None
+            } else {
+                Some(state.markers.get(&epoch).cloned())
+            }
+        };
+        if let Some(seen) = existing {
+            // The flaw: decide on a stale look, write later.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            let mut guard = self.shared.state.lock().unwrap();
+            return match seen {
+                Some(committer) if committer != self.id => Err(StateBackendError::SplitBrainCommit { committer, self_id: self.id.clone() }),
+                _ => {
+                    let (state, log) = &mut *guard;
+                    state.markers.insert(epoch, self.id.clone());
+                    log.append(format!("M {epoch} {}\n", self.id))?;
+                    Ok(true)
+                }
+            };
+        }
+        let mut guard = self.shared.state.lock().unwrap();
+        let (state, log) = &mut *guard;
+        let committer = match state.markers.get(&epoch) {
+            Some(committer) => committer.clone(),
+            None => {
+                state.markers.insert(epoch, self.id.clone());
+                log.append(format!("M {epoch} {}\n", self.id))?;
+                log.append(format!("F {}\n", state.fence))?;
+                self.id.clone()
+            }
+        };
+        if committer == self.id {
+            Ok(true)
+        } else {
+            Err(StateBackendError::SplitBrainCommit { committer, self_id: self.id.clone() })
+        }
+    }
+
+    async fn prune_before(&self, before: u64) -> Result<(), StateBackendError> {
+        let cut = if self.shared.flaw == Flaw::PruneOffByOne { before.saturating_add(1) } else { before };
+        let mut guard = self.shared.state.lock().unwrap();
+        let (state, log) = &mut *guard;
+        state.partials.retain(|&(e, _), _| e >= cut);
+        state.markers.retain(|&e, _| e >= cut);
+        log.append(format!("P {cut}\n"))
+    }
+
+    fn set_authoritative_version(&self, version: u64) {
+        let mut guard = self.shared.state.lock().unwrap();
+        let flaw = self.shared.flaw;
+        let mut own = self.own_fence.lock().unwrap();
+        let raise = |f: &mut u64| *f = if flaw == Flaw::FenceCanGoDown { version } else { (*f).max(version) };
+        raise(&mut own);
+        raise(&mut guard.0.fence);
+    }
+
+    fn authoritative_version(&self) -> u64 {
+        self.fence(&self.shared.state.lock().unwrap().0)
+    }
+
+    async fn latest_committed_epoch(&self) -> Result<Option<u64>, StateBackendError> {
+        Ok(self.shared.state.lock().unwrap().0.markers.keys().next_back().copied())
+    }
+
+    async fn sealed_epochs(&self, after: u64) -> Result<Vec<u64>, StateBackendError> {
+        Ok(self.shared.state.lock().unwrap().0.markers.range(after.saturating_add(1)..).map(|(&e, _)| e).collect())
+    }
+}
+
+struct Factory(Flaw);
+
+struct Store {
+    flaw: Flaw,
+    path: PathBuf,
+    shared: Mutex<Option<Arc<Shared>>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+#[async_trait]
+impl BackendFactory for Factory {
+    fn name(&self) -> String {
+        format!("reference-{:?}", self.0)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::NONE.shared_fence().cross_process_reopen().recovery_queries()
+    }
+
+    async fn create_store(&self) -> Result<Box<dyn TestStore>, StateBackendError> {
+        let dir = tempfile::tempdir().map_err(|e| StateBackendError::Io(e.to_string()))?;
+        Ok(Box::new(Store { flaw: self.0, path: dir.path().join("log"), shared: Mutex::new(None), _dir: Some(dir) }))
+    }
+
+    async fn attach_store(&self, locator: &str) -> Result<Box<dyn TestStore>, StateBackendError> {
+        Ok(Box::new(Store { flaw: self.0, path: PathBuf::from(locator), shared: Mutex::new(None), _dir: None }))
+    }
+}
+
+#[async_trait]
+impl TestStore for Store {
+    async fn open(&self, instance_id: &str, vnode_capacity: u32) -> Result<Arc<dyn StateBackend>, StateBackendError> {
+        let mut slot = self.shared.lock().unwrap();
+        let shared = match &*slot {
+            Some(shared) => Arc::clone(shared),
+            None => {
+                let shared = Shared::open(self.path.clone(), self.flaw)?;
+                *slot = Some(Arc::clone(&shared));
+                shared
+            }
+        };
+        Ok(Arc::new(Handle { shared, id: instance_id.to_owned(), limits: InputLimits::new(vnode_capacity, MAX_PAYLOAD), own_fence: Mutex::new(0) }))
+    }
+
+    fn max_payload_len(&self) -> usize {
+        MAX_PAYLOAD
+    }
+
+    async fn reopen(&self) -> Result<(), StateBackendError> {
+        // Flush what a clean shutdown would, then forget the in-memory state.
+        if let Some(shared) = self.shared.lock().unwrap().take()
+            && let Log::Buffered(writer, _) = &mut shared.state.lock().unwrap().1
+        {
+            writer.flush().map_err(|e| StateBackendError::Io(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    fn locator(&self) -> Option<String> {
+        Some(self.path.display().to_string())
+    }
+}
+
+fn run(property: &str, flaw: Flaw) -> Outcome {
+    let property = properties::property(property).expect("a known property");
+    let child = ChildCommand::libtest(child_test_name(flaw));
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
+    runtime.block_on(check(property, &Factory(flaw), &child)).outcome
+}
+
+/// The crash property re-runs the test that started it; each crash test
+/// below is named after its flaw.
+fn child_test_name(flaw: Flaw) -> &'static str {
+    match flaw {
+        Flaw::BufferedAcks => "crash_buffered_acks_are_caught",
+        _ => "crash_reference_passes",
+    }
+}
+
+fn caught(property: &str, flaw: Flaw) {
+    assert_eq!(run(property, Flaw::None), Outcome::Passed, "the correct backend must pass {property}");
+    match run(property, flaw) {
+        Outcome::Failed { reason } => eprintln!("{property} caught {flaw:?}: {}", reason.lines().next().unwrap_or("")),
+        other => panic!("{property} did not catch {flaw:?}: {other:?}"),
+    }
+}
+
+#[test]
+fn reference_passes_everything_else() {
+    for property in laminar_state_conformance::PROPERTIES.iter().filter(|p| p.name != "p10_durability_crash") {
+        let outcome = run(property.name, Flaw::None);
+        assert!(
+            matches!(outcome, Outcome::Passed) || (property.name == "p12_corruption" && matches!(outcome, Outcome::NotApplicable { .. })),
+            "{} on the reference backend: {outcome:?}", property.name
+        );
+    }
+}
+
+#[test]
+fn unshared_fence_is_caught_by_p6() {
+    caught("p06_shared_fence", Flaw::UnsharedFence);
+}
+
+#[test]
+fn check_then_write_fence_is_caught_by_p7() {
+    caught("p07_atomic_fence", Flaw::FenceCheckThenWrite);
+}
+
+#[test]
+fn two_winners_are_caught_by_p9() {
+    caught("p09_one_committer", Flaw::TwoWinners);
+}
+
+#[test]
+fn off_by_one_prune_is_caught_by_p11() {
+    caught("p11_pruning", Flaw::PruneOffByOne);
+}
+
+#[test]
+fn lax_gate_is_caught_by_p8() {
+    caught("p08_commit_gate", Flaw::GateChecksFirstVnode);
+}
+
+#[test]
+fn lowering_fence_is_caught_by_p4() {
+    caught("p04_fence_monotonic", Flaw::FenceCanGoDown);
+}
+
+#[test]
+fn misreported_stale_error_is_caught_by_p5() {
+    caught("p05_fence_enforced", Flaw::StaleErrorMisreported);
+}
+
+#[test]
+fn aliased_keys_are_caught_by_p3() {
+    caught("p03_independence", Flaw::AliasedEpochs);
+}
+
+#[test]
+fn missing_payload_limit_is_caught_by_p12() {
+    caught("p12_bad_input", Flaw::NoPayloadLimit);
+}
+
+#[test]
+fn forgotten_fence_is_caught_by_p10_reopen() {
+    caught("p10_durability_reopen", Flaw::FenceNotPersisted);
+}
+
+#[test]
+fn unsealing_replay_is_caught_by_p2() {
+    caught("p02_idempotent_replay", Flaw::ReplayUnseals);
+}
+
+#[test]
+fn crash_reference_passes() {
+    // In the child process, this test is the child writer.
+    assert_eq!(run("p10_durability_crash", Flaw::None), Outcome::Passed);
+}
+
+#[test]
+fn crash_buffered_acks_are_caught() {
+    match run("p10_durability_crash", Flaw::BufferedAcks) {
+        Outcome::Failed { reason } => eprintln!("p10_durability_crash caught BufferedAcks: {}", reason.lines().next().unwrap_or("")),
+        other => panic!("p10_durability_crash did not catch BufferedAcks: {other:?}"),
+    }
+}
