@@ -129,6 +129,8 @@ struct Core {
     /// The highest fence committed to `meta`.
     fence_on_disk: AtomicU64,
     max_payload_len: usize,
+    transactions: AtomicU64,
+    requests: AtomicU64,
 }
 
 struct JoinOnDrop(Option<JoinHandle<()>>);
@@ -216,6 +218,16 @@ impl RedbStore {
         &self.inner.path
     }
 
+    /// How many group-commit transactions this store has committed, and how
+    /// many write, seal and fence requests they carried, since it was opened.
+    pub fn commit_stats(&self) -> CommitStats {
+        let core = &self.inner.core;
+        CommitStats {
+            transactions: core.transactions.load(Ordering::Relaxed),
+            requests: core.requests.load(Ordering::Relaxed),
+        }
+    }
+
     /// The underlying database, for maintenance and for tests that damage
     /// stored bytes on purpose. Writing to this store's tables directly
     /// bypasses the fence and the framing.
@@ -275,7 +287,9 @@ impl Core {
                     "{shown} is open in another process: redb locks its file, so a store is shared by the handles of one process only"
                 )));
             }
-            Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))) => {
+            Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))))
+                if e.kind() != std::io::ErrorKind::InvalidData =>
+            {
                 return Err(StateBackendError::Io(format!("cannot open {shown}: {e}")));
             }
             Ok(Err(e)) => {
@@ -315,8 +329,19 @@ impl Core {
             fence_now: AtomicU64::new(fence),
             fence_on_disk: AtomicU64::new(fence),
             max_payload_len: config.max_payload_len,
+            transactions: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
         })
     }
+}
+
+/// Group-commit counters of one [`RedbStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Transactions committed by the committer thread.
+    pub transactions: u64,
+    /// Requests those transactions carried.
+    pub requests: u64,
 }
 
 /// A handle on a [`RedbStore`], with its own instance id.
@@ -674,6 +699,8 @@ fn apply_batch(core: &Core, fence: u64, batch: &[Request]) -> Result<Vec<Answer>
         }
     }
     txn.commit().map_err(|e| redb_error(&what(), e))?;
+    core.transactions.fetch_add(1, Ordering::Relaxed);
+    core.requests.fetch_add(batch.len() as u64, Ordering::Relaxed);
     Ok(answers)
 }
 

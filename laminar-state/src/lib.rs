@@ -1,0 +1,317 @@
+//! Pluggable state backends for streaming engines.
+//!
+//! Engines code against [`StateBackend`] (re-exported from
+//! `laminar-state-api`) and pick a backend at start-up, from a URL or a
+//! serde config, as an `Arc<dyn StateBackend>`. Cargo features decide which
+//! backends are compiled in:
+//!
+//! | feature | URL | backend |
+//! |---|---|---|
+//! | `memory` (default) | `memory://` or `memory://NAME` | [`memory`]: in-process; a name shares one store between handles |
+//! | `redb` (default) | `redb:///path/to/state.redb` | [`redb`]: durable, one file, no server |
+//!
+//! A URL whose backend is not compiled in fails with
+//! [`ConfigError::FeatureDisabled`], which names the feature to enable.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), laminar_state::ConfigError> {
+//! use laminar_state::{StateBackend, connect};
+//!
+//! let backend = connect("memory://", "node-1", 256).await?;
+//! backend.write_partial(0, 1, 0, "partial".into()).await?;
+//! assert!(backend.epoch_complete(1, &[0]).await?);
+//! # Ok(())
+//! # }
+//! ```
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use laminar_state_api::{InputLimits, StateBackend, StateBackendError};
+
+/// The in-process backend.
+#[cfg(feature = "memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
+pub use laminar_state_memory as memory;
+
+/// The durable embedded backend.
+#[cfg(feature = "redb")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redb")))]
+pub use laminar_state_redb as redb;
+
+/// Why a backend could not be built from a URL or config.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The URL names a backend this build does not include.
+    #[error(
+        "the `{scheme}://` backend is not compiled in: enable the `{feature}` feature of laminar-state"
+    )]
+    FeatureDisabled {
+        /// The URL's scheme.
+        scheme: String,
+        /// The Cargo feature that brings the backend.
+        feature: &'static str,
+    },
+    /// The URL's scheme names no backend.
+    #[error("unknown state backend scheme `{0}://` (known: memory, redb)")]
+    UnknownScheme(String),
+    /// The URL or config is malformed.
+    #[error("invalid state backend URL or config `{input}`: {reason}")]
+    Invalid {
+        /// The offending URL or value.
+        input: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The backend refused to open.
+    #[error(transparent)]
+    Backend(#[from] StateBackendError),
+}
+
+/// Which backend to build, and its settings. Deserializes from a tagged
+/// map, e.g. `{"backend": "redb", "path": "/var/lib/engine/state.redb"}`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(tag = "backend", rename_all = "lowercase", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum BackendConfig {
+    /// In-process memory.
+    Memory {
+        /// Handles whose config names the same store share it; unnamed
+        /// stores are private to one handle.
+        #[serde(default)]
+        store: Option<String>,
+        /// The largest partial in bytes.
+        #[serde(default)]
+        max_payload_len: Option<usize>,
+    },
+    /// One redb file.
+    Redb {
+        /// The database file; created if missing.
+        path: PathBuf,
+        /// The largest partial in bytes.
+        #[serde(default)]
+        max_payload_len: Option<usize>,
+        /// Verify the file's checksums when it is opened (default true).
+        #[serde(default)]
+        verify_on_open: Option<bool>,
+    },
+}
+
+/// A whole backend configuration: the backend, and who this handle is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct Config {
+    /// This process's instance id, recorded in the commit markers it wins.
+    pub instance_id: String,
+    /// Vnodes are numbered `0..vnode_capacity`.
+    pub vnode_capacity: u32,
+    /// The backend and its settings.
+    #[serde(flatten)]
+    pub backend: BackendConfig,
+}
+
+impl BackendConfig {
+    /// Parse a backend URL: `memory://`, `memory://NAME`,
+    /// `redb:///path/to/file.redb`. Settings go in the query string:
+    /// `max_payload_len=BYTES` (both), `verify_on_open=false` (redb).
+    pub fn from_url(url: &str) -> Result<Self, ConfigError> {
+        let invalid = |reason: &str| ConfigError::Invalid {
+            input: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| invalid("expected SCHEME://..."))?;
+        let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let location = percent_decode(location).map_err(|reason| invalid(&reason))?;
+        let mut max_payload_len = None;
+        let mut verify_on_open = None;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "max_payload_len" => {
+                    max_payload_len = Some(value.parse().map_err(|_| {
+                        invalid(&format!("max_payload_len={value} is not a byte count"))
+                    })?);
+                }
+                "verify_on_open" if scheme == "redb" => {
+                    verify_on_open = Some(value.parse().map_err(|_| {
+                        invalid(&format!("verify_on_open={value} is not true or false"))
+                    })?);
+                }
+                other => return Err(invalid(&format!("unknown setting `{other}`"))),
+            }
+        }
+        match scheme {
+            "memory" => Ok(BackendConfig::Memory {
+                store: (!location.is_empty()).then_some(location),
+                max_payload_len,
+            }),
+            "redb" if location.is_empty() => Err(invalid("redb:// needs a file path")),
+            "redb" => Ok(BackendConfig::Redb {
+                path: PathBuf::from(location),
+                max_payload_len,
+                verify_on_open,
+            }),
+            "redis" | "rediss" => Err(ConfigError::FeatureDisabled {
+                scheme: scheme.to_owned(),
+                feature: "redis",
+            }),
+            "s3" => Err(ConfigError::FeatureDisabled {
+                scheme: scheme.to_owned(),
+                feature: "s3",
+            }),
+            other => Err(ConfigError::UnknownScheme(other.to_owned())),
+        }
+    }
+
+    /// Build a handle for `instance_id` serving vnodes `0..vnode_capacity`.
+    pub async fn open(
+        &self,
+        instance_id: &str,
+        vnode_capacity: u32,
+    ) -> Result<Arc<dyn StateBackend>, ConfigError> {
+        match self {
+            BackendConfig::Memory {
+                store,
+                max_payload_len,
+            } => open_memory(store.as_deref(), *max_payload_len, instance_id, vnode_capacity),
+            BackendConfig::Redb {
+                path,
+                max_payload_len,
+                verify_on_open,
+            } => {
+                open_redb(
+                    path.clone(),
+                    *max_payload_len,
+                    *verify_on_open,
+                    instance_id,
+                    vnode_capacity,
+                )
+                .await
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Build the configured handle.
+    pub async fn open(&self) -> Result<Arc<dyn StateBackend>, ConfigError> {
+        self.backend
+            .open(&self.instance_id, self.vnode_capacity)
+            .await
+    }
+}
+
+/// Build a handle from a backend URL (see [`BackendConfig::from_url`]).
+pub async fn connect(
+    url: &str,
+    instance_id: &str,
+    vnode_capacity: u32,
+) -> Result<Arc<dyn StateBackend>, ConfigError> {
+    BackendConfig::from_url(url)?
+        .open(instance_id, vnode_capacity)
+        .await
+}
+
+#[cfg(feature = "memory")]
+fn open_memory(
+    store: Option<&str>,
+    max_payload_len: Option<usize>,
+    instance_id: &str,
+    vnode_capacity: u32,
+) -> Result<Arc<dyn StateBackend>, ConfigError> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock, PoisonError};
+
+    use laminar_state_memory::{DEFAULT_MAX_PAYLOAD_LEN, MemoryStore};
+
+    let limit = max_payload_len.unwrap_or(DEFAULT_MAX_PAYLOAD_LEN);
+    let Some(name) = store else {
+        return Ok(Arc::new(
+            MemoryStore::with_max_payload_len(limit).open(instance_id, vnode_capacity),
+        ));
+    };
+    // Named stores live as long as the process, like a server would.
+    static NAMED: OnceLock<Mutex<HashMap<String, MemoryStore>>> = OnceLock::new();
+    let mut named = NAMED
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let store = named
+        .entry(name.to_owned())
+        .or_insert_with(|| MemoryStore::with_max_payload_len(limit));
+    Ok(Arc::new(store.open(instance_id, vnode_capacity)))
+}
+
+#[cfg(not(feature = "memory"))]
+fn open_memory(
+    _: Option<&str>,
+    _: Option<usize>,
+    _: &str,
+    _: u32,
+) -> Result<Arc<dyn StateBackend>, ConfigError> {
+    Err(ConfigError::FeatureDisabled {
+        scheme: "memory".into(),
+        feature: "memory",
+    })
+}
+
+#[cfg(feature = "redb")]
+async fn open_redb(
+    path: PathBuf,
+    max_payload_len: Option<usize>,
+    verify_on_open: Option<bool>,
+    instance_id: &str,
+    vnode_capacity: u32,
+) -> Result<Arc<dyn StateBackend>, ConfigError> {
+    use laminar_state_redb::{RedbConfig, RedbStore};
+
+    let defaults = RedbConfig::new(path);
+    let config = RedbConfig {
+        max_payload_len: max_payload_len.unwrap_or(defaults.max_payload_len),
+        verify_on_open: verify_on_open.unwrap_or(defaults.verify_on_open),
+        ..defaults
+    };
+    // Opening may read and repair the whole file: keep it off the runtime.
+    let store = tokio::task::spawn_blocking(move || RedbStore::open_with(config))
+        .await
+        .map_err(|e| StateBackendError::Io(format!("opening the redb store failed: {e}")))??;
+    Ok(Arc::new(store.handle(instance_id, vnode_capacity)))
+}
+
+#[cfg(not(feature = "redb"))]
+async fn open_redb(
+    _: PathBuf,
+    _: Option<usize>,
+    _: Option<bool>,
+    _: &str,
+    _: u32,
+) -> Result<Arc<dyn StateBackend>, ConfigError> {
+    Err(ConfigError::FeatureDisabled {
+        scheme: "redb".into(),
+        feature: "redb",
+    })
+}
+
+fn percent_decode(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("bad percent escape at byte {i}"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "the path is not UTF-8 once decoded".to_owned())
+}
