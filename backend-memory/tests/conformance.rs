@@ -23,7 +23,9 @@ impl BackendFactory for MemoryFactory {
     }
 
     async fn create_store(&self) -> Result<Box<dyn TestStore>, StateBackendError> {
-        Ok(Box::new(MemoryTestStore(MemoryStore::with_max_payload_len(TEST_MAX_PAYLOAD))))
+        Ok(Box::new(MemoryTestStore(
+            MemoryStore::with_max_payload_len(TEST_MAX_PAYLOAD),
+        )))
     }
 }
 
@@ -31,7 +33,11 @@ struct MemoryTestStore(MemoryStore);
 
 #[async_trait]
 impl TestStore for MemoryTestStore {
-    async fn open(&self, instance_id: &str, vnode_capacity: u32) -> Result<Arc<dyn StateBackend>, StateBackendError> {
+    async fn open(
+        &self,
+        instance_id: &str,
+        vnode_capacity: u32,
+    ) -> Result<Arc<dyn StateBackend>, StateBackendError> {
         Ok(Arc::new(self.0.open(instance_id, vnode_capacity)))
     }
 

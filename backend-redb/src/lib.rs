@@ -305,13 +305,18 @@ impl Core {
         };
         let txn = db.begin_write().map_err(|e| redb_error("open", e))?;
         let fence = {
-            txn.open_table(PARTIALS).map_err(|e| redb_error("open", e))?;
+            txn.open_table(PARTIALS)
+                .map_err(|e| redb_error("open", e))?;
             txn.open_table(MARKERS).map_err(|e| redb_error("open", e))?;
             let mut meta = txn.open_table(META).map_err(|e| redb_error("open", e))?;
-            let format = meta.get(FORMAT_KEY).map_err(|e| redb_error("open", e))?.map(|v| v.value());
+            let format = meta
+                .get(FORMAT_KEY)
+                .map_err(|e| redb_error("open", e))?
+                .map(|v| v.value());
             match format {
                 None => {
-                    meta.insert(FORMAT_KEY, FORMAT).map_err(|e| redb_error("open", e))?;
+                    meta.insert(FORMAT_KEY, FORMAT)
+                        .map_err(|e| redb_error("open", e))?;
                 }
                 Some(FORMAT) => {}
                 Some(other) => {
@@ -320,7 +325,9 @@ impl Core {
                     )));
                 }
             }
-            meta.get(FENCE_KEY).map_err(|e| redb_error("open", e))?.map_or(0, |v| v.value())
+            meta.get(FENCE_KEY)
+                .map_err(|e| redb_error("open", e))?
+                .map_or(0, |v| v.value())
         };
         txn.commit().map_err(|e| redb_error("open", e))?;
         Ok(Self {
@@ -409,8 +416,12 @@ impl StateBackend for RedbBackend {
             .blocking(move |core| {
                 let what = || format!("read_partial({vnode}, {epoch})");
                 let txn = core.db.begin_read().map_err(|e| redb_error(&what(), e))?;
-                let table = txn.open_table(PARTIALS).map_err(|e| redb_error(&what(), e))?;
-                let stored = table.get((epoch, vnode)).map_err(|e| redb_error(&what(), e))?;
+                let table = txn
+                    .open_table(PARTIALS)
+                    .map_err(|e| redb_error(&what(), e))?;
+                let stored = table
+                    .get((epoch, vnode))
+                    .map_err(|e| redb_error(&what(), e))?;
                 stored
                     .map(|frame| unframe(frame.value(), &what).map(Bytes::copy_from_slice))
                     .transpose()
@@ -429,8 +440,12 @@ impl StateBackend for RedbBackend {
             .blocking(move |core| {
                 let what = || format!("epoch_complete({epoch})");
                 let txn = core.db.begin_read().map_err(|e| redb_error(&what(), e))?;
-                let partials = txn.open_table(PARTIALS).map_err(|e| redb_error(&what(), e))?;
-                let markers = txn.open_table(MARKERS).map_err(|e| redb_error(&what(), e))?;
+                let partials = txn
+                    .open_table(PARTIALS)
+                    .map_err(|e| redb_error(&what(), e))?;
+                let markers = txn
+                    .open_table(MARKERS)
+                    .map_err(|e| redb_error(&what(), e))?;
                 gate(&partials, &markers, epoch, &probe_vnodes)
             })
             .await?;
@@ -457,7 +472,9 @@ impl StateBackend for RedbBackend {
                 loop {
                     let txn = core.db.begin_write().map_err(|e| redb_error(&what(), e))?;
                     let finished = {
-                        let mut partials = txn.open_table(PARTIALS).map_err(|e| redb_error(&what(), e))?;
+                        let mut partials = txn
+                            .open_table(PARTIALS)
+                            .map_err(|e| redb_error(&what(), e))?;
                         let doomed: Vec<(u64, u32)> = partials
                             .range(..(before, 0))
                             .map_err(|e| redb_error(&what(), e))?
@@ -470,7 +487,9 @@ impl StateBackend for RedbBackend {
                         }
                         let finished = doomed.len() < PRUNE_CHUNK;
                         if finished {
-                            let mut markers = txn.open_table(MARKERS).map_err(|e| redb_error(&what(), e))?;
+                            let mut markers = txn
+                                .open_table(MARKERS)
+                                .map_err(|e| redb_error(&what(), e))?;
                             markers
                                 .retain_in(..before, |_, _| false)
                                 .map_err(|e| redb_error(&what(), e))?;
@@ -507,7 +526,9 @@ impl StateBackend for RedbBackend {
             .blocking(|core| {
                 let what = || "latest_committed_epoch()".to_owned();
                 let txn = core.db.begin_read().map_err(|e| redb_error(&what(), e))?;
-                let markers = txn.open_table(MARKERS).map_err(|e| redb_error(&what(), e))?;
+                let markers = txn
+                    .open_table(MARKERS)
+                    .map_err(|e| redb_error(&what(), e))?;
                 let last = markers.last().map_err(|e| redb_error(&what(), e))?;
                 Ok(last.map(|(epoch, _)| epoch.value()))
             })
@@ -519,11 +540,17 @@ impl StateBackend for RedbBackend {
             .blocking(move |core| {
                 let what = || format!("sealed_epochs({after})");
                 let txn = core.db.begin_read().map_err(|e| redb_error(&what(), e))?;
-                let markers = txn.open_table(MARKERS).map_err(|e| redb_error(&what(), e))?;
+                let markers = txn
+                    .open_table(MARKERS)
+                    .map_err(|e| redb_error(&what(), e))?;
                 markers
                     .range::<u64>((Bound::Excluded(after), Bound::Unbounded))
                     .map_err(|e| redb_error(&what(), e))?
-                    .map(|entry| entry.map(|(epoch, _)| epoch.value()).map_err(|e| redb_error(&what(), e)))
+                    .map(|entry| {
+                        entry
+                            .map(|(epoch, _)| epoch.value())
+                            .map_err(|e| redb_error(&what(), e))
+                    })
                     .collect()
             })
             .await
@@ -532,7 +559,9 @@ impl StateBackend for RedbBackend {
     async fn persist_authoritative_version(&self, version: u64) -> Result<(), StateBackendError> {
         self.set_authoritative_version(version);
         let (reply, answer) = oneshot::channel();
-        self.store.submit(Request::PersistFence { reply }, answer).await
+        self.store
+            .submit(Request::PersistFence { reply }, answer)
+            .await
     }
 }
 
@@ -564,7 +593,11 @@ fn gate(
 ) -> Result<Gate, StateBackendError> {
     let what = || format!("epoch_complete({epoch})");
     for &vnode in vnodes {
-        if partials.get((epoch, vnode)).map_err(|e| redb_error(&what(), e))?.is_none() {
+        if partials
+            .get((epoch, vnode))
+            .map_err(|e| redb_error(&what(), e))?
+            .is_none()
+        {
             return Ok(Gate::Missing);
         }
     }
@@ -633,11 +666,19 @@ fn commit_batch(core: &Core, batch: Vec<Request>) {
             }
         }
         Err(error) => {
-            let failed = |what: &str| StateBackendError::Io(format!("{what}: the batch's commit failed: {error}"));
+            let failed = |what: &str| {
+                StateBackendError::Io(format!("{what}: the batch's commit failed: {error}"))
+            };
             for request in batch {
                 match request {
-                    Request::Write { reply, vnode, epoch, .. } => {
-                        let _ = reply.send(Err(failed(&format!("write_partial({vnode}, {epoch})"))));
+                    Request::Write {
+                        reply,
+                        vnode,
+                        epoch,
+                        ..
+                    } => {
+                        let _ =
+                            reply.send(Err(failed(&format!("write_partial({vnode}, {epoch})"))));
                     }
                     Request::Seal { reply, epoch, .. } => {
                         let _ = reply.send(Err(failed(&format!("epoch_complete({epoch})"))));
@@ -651,18 +692,35 @@ fn commit_batch(core: &Core, batch: Vec<Request>) {
     }
 }
 
-fn apply_batch(core: &Core, fence: u64, batch: &[Request]) -> Result<Vec<Answer>, StateBackendError> {
+fn apply_batch(
+    core: &Core,
+    fence: u64,
+    batch: &[Request],
+) -> Result<Vec<Answer>, StateBackendError> {
     let what = || "group commit".to_owned();
     let txn = core.db.begin_write().map_err(|e| redb_error(&what(), e))?;
     let mut answers = Vec::with_capacity(batch.len());
     {
-        let mut partials = txn.open_table(PARTIALS).map_err(|e| redb_error(&what(), e))?;
-        let mut markers = txn.open_table(MARKERS).map_err(|e| redb_error(&what(), e))?;
+        let mut partials = txn
+            .open_table(PARTIALS)
+            .map_err(|e| redb_error(&what(), e))?;
+        let mut markers = txn
+            .open_table(MARKERS)
+            .map_err(|e| redb_error(&what(), e))?;
         for request in batch {
             answers.push(match request {
-                Request::Write { vnode, epoch, version, bytes, .. } => {
+                Request::Write {
+                    vnode,
+                    epoch,
+                    version,
+                    bytes,
+                    ..
+                } => {
                     if fence > 0 && *version < fence {
-                        Answer::Write(Err(StateBackendError::StaleVersion { caller: *version, authoritative: fence }))
+                        Answer::Write(Err(StateBackendError::StaleVersion {
+                            caller: *version,
+                            authoritative: fence,
+                        }))
                     } else {
                         let mut slot = partials
                             .insert_reserve((*epoch, *vnode), FRAME_HEADER + bytes.len())
@@ -671,36 +729,41 @@ fn apply_batch(core: &Core, fence: u64, batch: &[Request]) -> Result<Vec<Answer>
                         Answer::Write(Ok(()))
                     }
                 }
-                Request::Seal { epoch, vnodes, instance_id, .. } => {
-                    Answer::Seal(match gate(&partials, &markers, *epoch, vnodes) {
-                        Ok(Gate::Missing) => Ok(false),
-                        Ok(Gate::SealedBy(committer)) if *committer == **instance_id => Ok(true),
-                        Ok(Gate::SealedBy(committer)) => Err(StateBackendError::SplitBrainCommit {
-                            committer,
-                            self_id: instance_id.to_string(),
-                        }),
-                        Ok(Gate::Unsealed) => {
-                            let id = instance_id.as_bytes();
-                            let mut slot = markers
-                                .insert_reserve(*epoch, FRAME_HEADER + id.len())
-                                .map_err(|e| redb_error(&what(), e))?;
-                            frame_into(slot.as_mut(), id);
-                            Ok(true)
-                        }
-                        Err(error) => Err(error),
-                    })
-                }
+                Request::Seal {
+                    epoch,
+                    vnodes,
+                    instance_id,
+                    ..
+                } => Answer::Seal(match gate(&partials, &markers, *epoch, vnodes) {
+                    Ok(Gate::Missing) => Ok(false),
+                    Ok(Gate::SealedBy(committer)) if *committer == **instance_id => Ok(true),
+                    Ok(Gate::SealedBy(committer)) => Err(StateBackendError::SplitBrainCommit {
+                        committer,
+                        self_id: instance_id.to_string(),
+                    }),
+                    Ok(Gate::Unsealed) => {
+                        let id = instance_id.as_bytes();
+                        let mut slot = markers
+                            .insert_reserve(*epoch, FRAME_HEADER + id.len())
+                            .map_err(|e| redb_error(&what(), e))?;
+                        frame_into(slot.as_mut(), id);
+                        Ok(true)
+                    }
+                    Err(error) => Err(error),
+                }),
                 Request::PersistFence { .. } => Answer::Done,
             });
         }
         if fence > core.fence_on_disk.load(Ordering::Acquire) {
             let mut meta = txn.open_table(META).map_err(|e| redb_error(&what(), e))?;
-            meta.insert(FENCE_KEY, fence).map_err(|e| redb_error(&what(), e))?;
+            meta.insert(FENCE_KEY, fence)
+                .map_err(|e| redb_error(&what(), e))?;
         }
     }
     txn.commit().map_err(|e| redb_error(&what(), e))?;
     core.transactions.fetch_add(1, Ordering::Relaxed);
-    core.requests.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    core.requests
+        .fetch_add(batch.len() as u64, Ordering::Relaxed);
     Ok(answers)
 }
 
@@ -711,7 +774,8 @@ fn frame_into(slot: &mut [u8], body: &[u8]) {
 }
 
 fn unframe<'a>(frame: &'a [u8], what: &impl Fn() -> String) -> Result<&'a [u8], StateBackendError> {
-    let damaged = |why: &str| StateBackendError::Serialization(format!("{} is damaged: {why}", what()));
+    let damaged =
+        |why: &str| StateBackendError::Serialization(format!("{} is damaged: {why}", what()));
     if frame.len() < FRAME_HEADER {
         return Err(damaged("shorter than its header"));
     }

@@ -68,7 +68,9 @@ impl TestStore for RedbTestStore {
         instance_id: &str,
         vnode_capacity: u32,
     ) -> Result<Arc<dyn StateBackend>, StateBackendError> {
-        Ok(Arc::new(self.store().await?.handle(instance_id, vnode_capacity)))
+        Ok(Arc::new(
+            self.store().await?.handle(instance_id, vnode_capacity),
+        ))
     }
 
     fn max_payload_len(&self) -> usize {
@@ -84,7 +86,10 @@ impl TestStore for RedbTestStore {
         const MARKERS: TableDefinition<u64, &[u8]> = TableDefinition::new("markers");
         let store = self.store().await?;
         let io = |e: redb::Error| StateBackendError::Io(e.to_string());
-        let txn = store.raw_database().begin_write().map_err(|e| io(e.into()))?;
+        let txn = store
+            .raw_database()
+            .begin_write()
+            .map_err(|e| io(e.into()))?;
         match what {
             // A valid header whose checksum does not match the body.
             Damage::Partial { vnode, epoch } => {
@@ -95,7 +100,9 @@ impl TestStore for RedbTestStore {
             }
             Damage::Marker { epoch } => {
                 let mut table = txn.open_table(MARKERS).map_err(|e| io(e.into()))?;
-                table.insert(epoch, &[9u8, 9][..]).map_err(|e| io(e.into()))?;
+                table
+                    .insert(epoch, &[9u8, 9][..])
+                    .map_err(|e| io(e.into()))?;
             }
         }
         txn.commit().map_err(|e| io(e.into()))

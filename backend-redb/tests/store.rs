@@ -26,7 +26,10 @@ fn populated(path: &Path) -> Vec<((u32, u64), Bytes)> {
         for epoch in 0..3u64 {
             for vnode in 0..4u32 {
                 let bytes = Bytes::from(format!("partial {vnode}@{epoch} ").repeat(40));
-                handle.write_partial(vnode, epoch, 0, bytes.clone()).await.unwrap();
+                handle
+                    .write_partial(vnode, epoch, 0, bytes.clone())
+                    .await
+                    .unwrap();
                 written.push(((vnode, epoch), bytes));
             }
             assert!(handle.epoch_complete(epoch, &[0, 1, 2, 3]).await.unwrap());
@@ -68,12 +71,20 @@ fn a_file_that_is_not_a_database_is_refused() {
     for (name, contents) in [
         ("text.redb", b"just some text, not a database\n".repeat(100)),
         ("zeros.redb", vec![0u8; 64 << 10]),
-        ("random.redb", (0..100_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect()),
+        (
+            "random.redb",
+            (0..100_000u32)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+                .collect(),
+        ),
     ] {
         let path = dir.path().join(name);
         std::fs::write(&path, contents).unwrap();
         let error = RedbStore::open(&path).expect_err(name);
-        assert!(matches!(error, StateBackendError::Serialization(ref m) if m.contains("not a redb database")), "{name}: {error}");
+        assert!(
+            matches!(error, StateBackendError::Serialization(ref m) if m.contains("not a redb database")),
+            "{name}: {error}"
+        );
     }
 }
 
@@ -121,8 +132,13 @@ fn one_process_shares_one_store_per_file() {
         let b = second.handle("b", 2);
         a.set_authoritative_version(9);
         assert_eq!(b.authoritative_version(), 9);
-        a.write_partial(0, 1, 9, Bytes::from_static(b"a")).await.unwrap();
-        assert_eq!(b.read_partial(0, 1).await.unwrap().as_deref(), Some(&b"a"[..]));
+        a.write_partial(0, 1, 9, Bytes::from_static(b"a"))
+            .await
+            .unwrap();
+        assert_eq!(
+            b.read_partial(0, 1).await.unwrap().as_deref(),
+            Some(&b"a"[..])
+        );
     });
 }
 
@@ -141,12 +157,19 @@ fn a_second_process_gets_a_clear_error() {
     let path = dir.path().join("locked.redb");
     let _open = RedbStore::open(&path).unwrap();
     let output = Command::new(std::env::current_exe().unwrap())
-        .args(["a_second_process_gets_a_clear_error", "--exact", "--nocapture"])
+        .args([
+            "a_second_process_gets_a_clear_error",
+            "--exact",
+            "--nocapture",
+        ])
         .env(LOCK_CHILD_ENV, &path)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout.lines().find(|l| l.starts_with("LOCK-RESULT")).unwrap_or_else(|| panic!("no result from the child: {stdout}"));
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("LOCK-RESULT"))
+        .unwrap_or_else(|| panic!("no result from the child: {stdout}"));
     assert!(line.contains("open in another process"), "{line}");
 }
 
@@ -163,12 +186,28 @@ fn concurrent_writes_share_commits_and_fail_alone() {
             let handle = Arc::clone(&handle);
             // Every fourth writer is stale: it must fail on its own.
             let version = if vnode % 4 == 0 { 4 } else { 5 };
-            tasks.spawn(async move { (vnode, handle.write_partial(vnode, 1, version, Bytes::from(vec![vnode as u8; 4096])).await) });
+            tasks.spawn(async move {
+                (
+                    vnode,
+                    handle
+                        .write_partial(vnode, 1, version, Bytes::from(vec![vnode as u8; 4096]))
+                        .await,
+                )
+            });
         }
         while let Some(joined) = tasks.join_next().await {
             let (vnode, result) = joined.unwrap();
             if vnode % 4 == 0 {
-                assert!(matches!(result, Err(StateBackendError::StaleVersion { caller: 4, authoritative: 5 })), "{vnode}: {result:?}");
+                assert!(
+                    matches!(
+                        result,
+                        Err(StateBackendError::StaleVersion {
+                            caller: 4,
+                            authoritative: 5
+                        })
+                    ),
+                    "{vnode}: {result:?}"
+                );
             } else {
                 result.unwrap();
             }
@@ -176,7 +215,10 @@ fn concurrent_writes_share_commits_and_fail_alone() {
         let after = store.commit_stats();
         let transactions = after.transactions - before.transactions;
         assert_eq!(after.requests - before.requests, 256);
-        assert!(transactions < 128, "256 concurrent writes took {transactions} transactions: no group commit");
+        assert!(
+            transactions < 128,
+            "256 concurrent writes took {transactions} transactions: no group commit"
+        );
         for vnode in 0..256u32 {
             let read = handle.read_partial(vnode, 1).await.unwrap();
             assert_eq!(read.is_some(), vnode % 4 != 0, "vnode {vnode}");
@@ -200,7 +242,11 @@ fn the_file_stops_growing_under_steady_checkpoints() {
             let mut tasks = tokio::task::JoinSet::new();
             for vnode in 0..VNODES {
                 let handle = Arc::clone(&handle);
-                tasks.spawn(async move { handle.write_partial(vnode, epoch, 0, Bytes::from(vec![epoch as u8; 1024])).await });
+                tasks.spawn(async move {
+                    handle
+                        .write_partial(vnode, epoch, 0, Bytes::from(vec![epoch as u8; 1024]))
+                        .await
+                });
             }
             while let Some(joined) = tasks.join_next().await {
                 joined.unwrap().unwrap();
@@ -211,10 +257,16 @@ fn the_file_stops_growing_under_steady_checkpoints() {
                 sizes.push(size());
             }
         }
-        assert_eq!(handle.sealed_epochs(0).await.unwrap(), vec![CYCLES - 3, CYCLES - 2, CYCLES - 1]);
+        assert_eq!(
+            handle.sealed_epochs(0).await.unwrap(),
+            vec![CYCLES - 3, CYCLES - 2, CYCLES - 1]
+        );
     });
     eprintln!("file size every 100 checkpoint cycles: {sizes:?}");
     let settled = sizes[1];
     let last = *sizes.last().unwrap();
-    assert!(last <= settled * 2, "the file kept growing under pruning: {sizes:?}");
+    assert!(
+        last <= settled * 2,
+        "the file kept growing under pruning: {sizes:?}"
+    );
 }

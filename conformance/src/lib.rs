@@ -7,7 +7,7 @@
 //! Implement [`BackendFactory`] (fresh isolated stores) and [`TestStore`]
 //! (handles on one store), then in `tests/conformance.rs`:
 //!
-//! ```ignore
+//! ```text
 //! laminar_state_conformance::conformance_tests!(my_backend, MyFactory::new());
 //! ```
 //!
@@ -114,7 +114,11 @@ impl fmt::Display for Report {
         }
         for p in &self.properties {
             if let Outcome::Failed { reason } = &p.outcome {
-                writeln!(f, "\n{} {} failed:\n{reason}", p.property.id, p.property.name)?;
+                writeln!(
+                    f,
+                    "\n{} {} failed:\n{reason}",
+                    p.property.id, p.property.name
+                )?;
             }
         }
         Ok(())
@@ -144,8 +148,11 @@ pub async fn check(
     let outcome = if let Some(&missing) = property.needs.iter().find(|&&c| !capabilities.has(c)) {
         Outcome::NotApplicable { missing }
     } else {
-        match tokio::time::timeout(property_timeout(), properties::run(property, factory, child))
-            .await
+        match tokio::time::timeout(
+            property_timeout(),
+            properties::run(property, factory, child),
+        )
+        .await
         {
             Ok(Ok(())) => Outcome::Passed,
             Ok(Err(reason)) => Outcome::Failed { reason },
@@ -179,7 +186,9 @@ pub async fn run_all(factory: &dyn BackendFactory, child: &ChildCommand) -> Repo
         return report;
     }
     for property in PROPERTIES {
-        report.properties.push(check(property, factory, child).await);
+        report
+            .properties
+            .push(check(property, factory, child).await);
     }
     report
 }
@@ -228,7 +237,7 @@ pub fn __run_libtest(module_path: &str, name: &str, factory: &dyn BackendFactory
 /// running against the factory `$factory` (an expression, evaluated per
 /// test).
 ///
-/// ```ignore
+/// ```text
 /// laminar_state_conformance::conformance_tests!(memory, MemoryFactory::default());
 /// ```
 #[macro_export]

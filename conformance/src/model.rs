@@ -163,7 +163,14 @@ impl Model {
         }
     }
 
-    fn write(&mut self, handle: usize, vnode: u32, epoch: u64, version: u64, bytes: &[u8]) -> Reply {
+    fn write(
+        &mut self,
+        handle: usize,
+        vnode: u32,
+        epoch: u64,
+        version: u64,
+        bytes: &[u8],
+    ) -> Reply {
         let fence = self.fences[handle];
         if fence > 0 && version < fence {
             return Reply::Stale {
@@ -213,9 +220,9 @@ impl Model {
                 version,
                 bytes,
             } => self.write(*handle, *vnode, *epoch, *version, bytes),
-            Op::Read {
-                vnode, epoch, ..
-            } => Reply::Read(self.partials.get(&(*epoch, *vnode)).cloned()),
+            Op::Read { vnode, epoch, .. } => {
+                Reply::Read(self.partials.get(&(*epoch, *vnode)).cloned())
+            }
             Op::RaiseThenWrite {
                 handle,
                 raise,
@@ -290,10 +297,9 @@ pub(crate) async fn execute(handles: &[Arc<dyn StateBackend>], op: &Op) -> Reply
             handles[*handle].epoch_complete(*epoch, vnodes).await,
             Reply::Complete,
         ),
-        Op::Prune { handle, before } => done(
-            handles[*handle].prune_before(*before).await,
-            |()| Reply::Done,
-        ),
+        Op::Prune { handle, before } => done(handles[*handle].prune_before(*before).await, |()| {
+            Reply::Done
+        }),
     }
 }
 
@@ -360,7 +366,10 @@ pub(crate) async fn run_sequence(
 }
 
 /// `latest_committed_epoch` and `sealed_epochs` agree with the model.
-pub(crate) async fn check_recovery_queries(handle: &Arc<dyn StateBackend>, model: &Model) -> Checked {
+pub(crate) async fn check_recovery_queries(
+    handle: &Arc<dyn StateBackend>,
+    model: &Model,
+) -> Checked {
     let sealed = model.sealed();
     let latest = handle
         .latest_committed_epoch()

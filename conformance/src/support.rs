@@ -21,7 +21,9 @@ impl<T> Context<T> for Result<T, StateBackendError> {
 }
 
 /// A fresh store from the factory.
-pub(crate) async fn fresh_store(factory: &dyn BackendFactory) -> Result<Box<dyn TestStore>, String> {
+pub(crate) async fn fresh_store(
+    factory: &dyn BackendFactory,
+) -> Result<Box<dyn TestStore>, String> {
     factory.create_store().await.ctx(|| "create_store()".into())
 }
 
@@ -83,11 +85,20 @@ pub(crate) async fn write(
     handle
         .write_partial(vnode, epoch, version, bytes.clone())
         .await
-        .ctx(|| format!("write_partial({vnode}, {epoch}, version {version}, {} bytes)", bytes.len()))
+        .ctx(|| {
+            format!(
+                "write_partial({vnode}, {epoch}, version {version}, {} bytes)",
+                bytes.len()
+            )
+        })
 }
 
 /// Whether `result` is exactly `StaleVersion { caller, authoritative }`.
-pub(crate) fn is_stale<T>(result: &Result<T, StateBackendError>, caller: u64, authoritative: u64) -> bool {
+pub(crate) fn is_stale<T>(
+    result: &Result<T, StateBackendError>,
+    caller: u64,
+    authoritative: u64,
+) -> bool {
     matches!(result, Err(StateBackendError::StaleVersion { caller: c, authoritative: a })
         if *c == caller && *a == authoritative)
 }

@@ -60,7 +60,6 @@ struct State {
 /// reopen (or another process) replays.
 struct Shared {
     flaw: Flaw,
-    path: PathBuf,
     state: Mutex<(State, Log)>,
 }
 
@@ -121,7 +120,9 @@ impl Shared {
                         );
                     }
                     ["M", epoch, id] => {
-                        state.markers.insert(epoch.parse().unwrap_or(0), (*id).to_owned());
+                        state
+                            .markers
+                            .insert(epoch.parse().unwrap_or(0), (*id).to_owned());
                     }
                     ["U", epoch] => {
                         state.markers.remove(&epoch.parse().unwrap_or(0));
@@ -141,7 +142,6 @@ impl Shared {
         let log = Log::open(&path, flaw).map_err(|e| StateBackendError::Io(e.to_string()))?;
         Ok(Arc::new(Shared {
             flaw,
-            path,
             state: Mutex::new((state, log)),
         }))
     }
@@ -156,26 +156,46 @@ struct Handle {
 
 impl Handle {
     fn epoch_key(&self, epoch: u64) -> u64 {
-        if self.shared.flaw == Flaw::AliasedEpochs { epoch % 4 } else { epoch }
+        if self.shared.flaw == Flaw::AliasedEpochs {
+            epoch % 4
+        } else {
+            epoch
+        }
     }
 
     fn check_fence(&self, state: &State, version: u64) -> Result<(), StateBackendError> {
         let fence = self.fence(state);
         if fence > 0 && version < fence {
-            let authoritative = if self.shared.flaw == Flaw::StaleErrorMisreported { version } else { fence };
-            return Err(StateBackendError::StaleVersion { caller: version, authoritative });
+            let authoritative = if self.shared.flaw == Flaw::StaleErrorMisreported {
+                version
+            } else {
+                fence
+            };
+            return Err(StateBackendError::StaleVersion {
+                caller: version,
+                authoritative,
+            });
         }
         Ok(())
     }
 
     /// Check the fence (if `version` is given) and write, under one lock.
-    fn store(&self, vnode: u32, epoch: u64, version: Option<u64>, bytes: Bytes) -> Result<(), StateBackendError> {
+    fn store(
+        &self,
+        vnode: u32,
+        epoch: u64,
+        version: Option<u64>,
+        bytes: Bytes,
+    ) -> Result<(), StateBackendError> {
         let mut guard = self.shared.state.lock().unwrap();
         if let Some(version) = version {
             self.check_fence(&guard.0, version)?;
         }
         let (state, log) = &mut *guard;
-        if self.shared.flaw == Flaw::ReplayUnseals && state.partials.get(&(epoch, vnode)) == Some(&bytes) && state.markers.remove(&epoch).is_some() {
+        if self.shared.flaw == Flaw::ReplayUnseals
+            && state.partials.get(&(epoch, vnode)) == Some(&bytes)
+            && state.markers.remove(&epoch).is_some()
+        {
             log.append(format!("U {epoch}\n"))?;
         }
         log.append(format!("W {vnode} {epoch} {}\n", hex(&bytes)))?;
@@ -197,7 +217,13 @@ impl Handle {
 
 #[async_trait]
 impl StateBackend for Handle {
-    async fn write_partial(&self, vnode: u32, epoch: u64, version: u64, bytes: Bytes) -> Result<(), StateBackendError> {
+    async fn write_partial(
+        &self,
+        vnode: u32,
+        epoch: u64,
+        version: u64,
+        bytes: Bytes,
+    ) -> Result<(), StateBackendError> {
         if self.shared.flaw != Flaw::NoPayloadLimit {
             self.limits.check_write(vnode, &bytes)?;
         } else {
@@ -212,10 +238,22 @@ impl StateBackend for Handle {
         self.store(vnode, epoch, Some(version), bytes)
     }
 
-    async fn read_partial(&self, vnode: u32, epoch: u64) -> Result<Option<Bytes>, StateBackendError> {
+    async fn read_partial(
+        &self,
+        vnode: u32,
+        epoch: u64,
+    ) -> Result<Option<Bytes>, StateBackendError> {
         self.limits.check_vnode(vnode)?;
         let epoch = self.epoch_key(epoch);
-        Ok(self.shared.state.lock().unwrap().0.partials.get(&(epoch, vnode)).cloned())
+        Ok(self
+            .shared
+            .state
+            .lock()
+            .unwrap()
+            .0
+            .partials
+            .get(&(epoch, vnode))
+            .cloned())
     }
 
     async fn epoch_complete(&self, epoch: u64, vnodes: &[u32]) -> Result<bool, StateBackendError> {
@@ -224,8 +262,15 @@ impl StateBackend for Handle {
         let existing = {
             let guard = self.shared.state.lock().unwrap();
             let state = &guard.0;
-            let listed = if self.shared.flaw == Flaw::GateChecksFirstVnode { &vnodes[..1] } else { vnodes };
-            if !listed.iter().all(|&v| state.partials.contains_key(&(epoch, v))) {
+            let listed = if self.shared.flaw == Flaw::GateChecksFirstVnode {
+                &vnodes[..1]
+            } else {
+                vnodes
+            };
+            if !listed
+                .iter()
+                .all(|&v| state.partials.contains_key(&(epoch, v)))
+            {
                 return Ok(false);
             }
             if self.shared.flaw != Flaw::TwoWinners {
@@ -240,7 +285,12 @@ impl StateBackend for Handle {
             tokio::time::sleep(Duration::from_millis(2)).await;
             let mut guard = self.shared.state.lock().unwrap();
             return match seen {
-                Some(committer) if committer != self.id => Err(StateBackendError::SplitBrainCommit { committer, self_id: self.id.clone() }),
+                Some(committer) if committer != self.id => {
+                    Err(StateBackendError::SplitBrainCommit {
+                        committer,
+                        self_id: self.id.clone(),
+                    })
+                }
                 _ => {
                     let (state, log) = &mut *guard;
                     state.markers.insert(epoch, self.id.clone());
@@ -263,12 +313,19 @@ impl StateBackend for Handle {
         if committer == self.id {
             Ok(true)
         } else {
-            Err(StateBackendError::SplitBrainCommit { committer, self_id: self.id.clone() })
+            Err(StateBackendError::SplitBrainCommit {
+                committer,
+                self_id: self.id.clone(),
+            })
         }
     }
 
     async fn prune_before(&self, before: u64) -> Result<(), StateBackendError> {
-        let cut = if self.shared.flaw == Flaw::PruneOffByOne { before.saturating_add(1) } else { before };
+        let cut = if self.shared.flaw == Flaw::PruneOffByOne {
+            before.saturating_add(1)
+        } else {
+            before
+        };
         let mut guard = self.shared.state.lock().unwrap();
         let (state, log) = &mut *guard;
         state.partials.retain(|&(e, _), _| e >= cut);
@@ -280,7 +337,13 @@ impl StateBackend for Handle {
         let mut guard = self.shared.state.lock().unwrap();
         let flaw = self.shared.flaw;
         let mut own = self.own_fence.lock().unwrap();
-        let raise = |f: &mut u64| *f = if flaw == Flaw::FenceCanGoDown { version } else { (*f).max(version) };
+        let raise = |f: &mut u64| {
+            *f = if flaw == Flaw::FenceCanGoDown {
+                version
+            } else {
+                (*f).max(version)
+            }
+        };
         raise(&mut own);
         raise(&mut guard.0.fence);
     }
@@ -290,11 +353,29 @@ impl StateBackend for Handle {
     }
 
     async fn latest_committed_epoch(&self) -> Result<Option<u64>, StateBackendError> {
-        Ok(self.shared.state.lock().unwrap().0.markers.keys().next_back().copied())
+        Ok(self
+            .shared
+            .state
+            .lock()
+            .unwrap()
+            .0
+            .markers
+            .keys()
+            .next_back()
+            .copied())
     }
 
     async fn sealed_epochs(&self, after: u64) -> Result<Vec<u64>, StateBackendError> {
-        Ok(self.shared.state.lock().unwrap().0.markers.range(after.saturating_add(1)..).map(|(&e, _)| e).collect())
+        Ok(self
+            .shared
+            .state
+            .lock()
+            .unwrap()
+            .0
+            .markers
+            .range(after.saturating_add(1)..)
+            .map(|(&e, _)| e)
+            .collect())
     }
 }
 
@@ -314,22 +395,39 @@ impl BackendFactory for Factory {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::NONE.shared_fence().cross_process_reopen().recovery_queries()
+        Capabilities::NONE
+            .shared_fence()
+            .cross_process_reopen()
+            .recovery_queries()
     }
 
     async fn create_store(&self) -> Result<Box<dyn TestStore>, StateBackendError> {
         let dir = tempfile::tempdir().map_err(|e| StateBackendError::Io(e.to_string()))?;
-        Ok(Box::new(Store { flaw: self.0, path: dir.path().join("log"), shared: Mutex::new(None), _dir: Some(dir) }))
+        Ok(Box::new(Store {
+            flaw: self.0,
+            path: dir.path().join("log"),
+            shared: Mutex::new(None),
+            _dir: Some(dir),
+        }))
     }
 
     async fn attach_store(&self, locator: &str) -> Result<Box<dyn TestStore>, StateBackendError> {
-        Ok(Box::new(Store { flaw: self.0, path: PathBuf::from(locator), shared: Mutex::new(None), _dir: None }))
+        Ok(Box::new(Store {
+            flaw: self.0,
+            path: PathBuf::from(locator),
+            shared: Mutex::new(None),
+            _dir: None,
+        }))
     }
 }
 
 #[async_trait]
 impl TestStore for Store {
-    async fn open(&self, instance_id: &str, vnode_capacity: u32) -> Result<Arc<dyn StateBackend>, StateBackendError> {
+    async fn open(
+        &self,
+        instance_id: &str,
+        vnode_capacity: u32,
+    ) -> Result<Arc<dyn StateBackend>, StateBackendError> {
         let mut slot = self.shared.lock().unwrap();
         let shared = match &*slot {
             Some(shared) => Arc::clone(shared),
@@ -339,7 +437,12 @@ impl TestStore for Store {
                 shared
             }
         };
-        Ok(Arc::new(Handle { shared, id: instance_id.to_owned(), limits: InputLimits::new(vnode_capacity, MAX_PAYLOAD), own_fence: Mutex::new(0) }))
+        Ok(Arc::new(Handle {
+            shared,
+            id: instance_id.to_owned(),
+            limits: InputLimits::new(vnode_capacity, MAX_PAYLOAD),
+            own_fence: Mutex::new(0),
+        }))
     }
 
     fn max_payload_len(&self) -> usize {
@@ -351,7 +454,9 @@ impl TestStore for Store {
         if let Some(shared) = self.shared.lock().unwrap().take()
             && let Log::Buffered(writer, _) = &mut shared.state.lock().unwrap().1
         {
-            writer.flush().map_err(|e| StateBackendError::Io(e.to_string()))?;
+            writer
+                .flush()
+                .map_err(|e| StateBackendError::Io(e.to_string()))?;
         }
         Ok(())
     }
@@ -364,8 +469,14 @@ impl TestStore for Store {
 fn run(property: &str, flaw: Flaw) -> Outcome {
     let property = properties::property(property).expect("a known property");
     let child = ChildCommand::libtest(child_test_name(flaw));
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
-    runtime.block_on(check(property, &Factory(flaw), &child)).outcome
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime
+        .block_on(check(property, &Factory(flaw), &child))
+        .outcome
 }
 
 /// The crash property re-runs the test that started it; each crash test
@@ -378,20 +489,33 @@ fn child_test_name(flaw: Flaw) -> &'static str {
 }
 
 fn caught(property: &str, flaw: Flaw) {
-    assert_eq!(run(property, Flaw::None), Outcome::Passed, "the correct backend must pass {property}");
+    assert_eq!(
+        run(property, Flaw::None),
+        Outcome::Passed,
+        "the correct backend must pass {property}"
+    );
     match run(property, flaw) {
-        Outcome::Failed { reason } => eprintln!("{property} caught {flaw:?}: {}", reason.lines().next().unwrap_or("")),
+        Outcome::Failed { reason } => eprintln!(
+            "{property} caught {flaw:?}: {}",
+            reason.lines().next().unwrap_or("")
+        ),
         other => panic!("{property} did not catch {flaw:?}: {other:?}"),
     }
 }
 
 #[test]
 fn reference_passes_everything_else() {
-    for property in laminar_state_conformance::PROPERTIES.iter().filter(|p| p.name != "p10_durability_crash") {
+    for property in laminar_state_conformance::PROPERTIES
+        .iter()
+        .filter(|p| p.name != "p10_durability_crash")
+    {
         let outcome = run(property.name, Flaw::None);
         assert!(
-            matches!(outcome, Outcome::Passed) || (property.name == "p12_corruption" && matches!(outcome, Outcome::NotApplicable { .. })),
-            "{} on the reference backend: {outcome:?}", property.name
+            matches!(outcome, Outcome::Passed)
+                || (property.name == "p12_corruption"
+                    && matches!(outcome, Outcome::NotApplicable { .. })),
+            "{} on the reference backend: {outcome:?}",
+            property.name
         );
     }
 }
@@ -460,7 +584,10 @@ fn crash_reference_passes() {
 #[test]
 fn crash_buffered_acks_are_caught() {
     match run("p10_durability_crash", Flaw::BufferedAcks) {
-        Outcome::Failed { reason } => eprintln!("p10_durability_crash caught BufferedAcks: {}", reason.lines().next().unwrap_or("")),
+        Outcome::Failed { reason } => eprintln!(
+            "p10_durability_crash caught BufferedAcks: {}",
+            reason.lines().next().unwrap_or("")
+        ),
         other => panic!("p10_durability_crash did not catch BufferedAcks: {other:?}"),
     }
 }

@@ -130,8 +130,11 @@ pub trait StateBackend: Send + Sync + 'static {
 
     /// The last acknowledged partial for `(vnode, epoch)`, or `None` if none
     /// was written or it was pruned.
-    async fn read_partial(&self, vnode: u32, epoch: u64)
-    -> Result<Option<Bytes>, StateBackendError>;
+    async fn read_partial(
+        &self,
+        vnode: u32,
+        epoch: u64,
+    ) -> Result<Option<Bytes>, StateBackendError>;
 
     /// The commit gate: `Ok(true)` iff every vnode in `vnodes` has a partial
     /// for `epoch`, in which case the epoch is sealed with a commit marker

@@ -20,7 +20,9 @@ const RETAINED: u64 = 2;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let url = std::env::args().nth(1).unwrap_or_else(|| "memory://".into());
+    let url = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "memory://".into());
     let backend = connect(&url, "engine-1", VNODES).await?;
     let first = backend.latest_committed_epoch().await?.map_or(0, |e| e + 1);
     let vnodes: Vec<u32> = (0..VNODES).collect();

@@ -177,7 +177,12 @@ impl BackendConfig {
             BackendConfig::Memory {
                 store,
                 max_payload_len,
-            } => open_memory(store.as_deref(), *max_payload_len, instance_id, vnode_capacity),
+            } => open_memory(
+                store.as_deref(),
+                *max_payload_len,
+                instance_id,
+                vnode_capacity,
+            ),
             BackendConfig::Redb {
                 path,
                 max_payload_len,

@@ -9,8 +9,13 @@ async fn memory_urls_share_named_stores_only() {
     let a = connect("memory://facade-shared", "a", 4).await.unwrap();
     let b = connect("memory://facade-shared", "b", 4).await.unwrap();
     let private = connect("memory://", "c", 4).await.unwrap();
-    a.write_partial(1, 7, 0, Bytes::from_static(b"x")).await.unwrap();
-    assert_eq!(b.read_partial(1, 7).await.unwrap().as_deref(), Some(&b"x"[..]));
+    a.write_partial(1, 7, 0, Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.read_partial(1, 7).await.unwrap().as_deref(),
+        Some(&b"x"[..])
+    );
     assert_eq!(private.read_partial(1, 7).await.unwrap(), None);
     assert!(a.epoch_complete(7, &[1]).await.unwrap());
     assert!(matches!(
@@ -22,15 +27,23 @@ async fn memory_urls_share_named_stores_only() {
 #[tokio::test]
 async fn redb_urls_open_one_durable_file() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("redb://{}?max_payload_len=1024", dir.path().join("state.redb").display());
+    let url = format!(
+        "redb://{}?max_payload_len=1024",
+        dir.path().join("state.redb").display()
+    );
     {
         let a = connect(&url, "a", 4).await.unwrap();
         let b = connect(&url, "b", 4).await.unwrap();
         a.set_authoritative_version(3);
-        a.write_partial(0, 1, 3, Bytes::from_static(b"kept")).await.unwrap();
+        a.write_partial(0, 1, 3, Bytes::from_static(b"kept"))
+            .await
+            .unwrap();
         assert!(matches!(
             b.write_partial(0, 1, 2, Bytes::from_static(b"stale")).await,
-            Err(StateBackendError::StaleVersion { caller: 2, authoritative: 3 })
+            Err(StateBackendError::StaleVersion {
+                caller: 2,
+                authoritative: 3
+            })
         ));
         assert!(matches!(
             a.write_partial(0, 1, 3, Bytes::from(vec![0; 1025])).await,
@@ -38,22 +51,49 @@ async fn redb_urls_open_one_durable_file() {
         ));
     }
     let reopened = connect(&url, "c", 4).await.unwrap();
-    assert_eq!(reopened.read_partial(0, 1).await.unwrap().as_deref(), Some(&b"kept"[..]));
+    assert_eq!(
+        reopened.read_partial(0, 1).await.unwrap().as_deref(),
+        Some(&b"kept"[..])
+    );
     assert_eq!(reopened.authoritative_version(), 3);
 }
 
 #[tokio::test]
 async fn missing_features_and_bad_urls_are_named() {
-    for (url, feature) in [("redis://localhost/0", "redis"), ("rediss://h", "redis"), ("s3://bucket/prefix", "s3")] {
+    for (url, feature) in [
+        ("redis://localhost/0", "redis"),
+        ("rediss://h", "redis"),
+        ("s3://bucket/prefix", "s3"),
+    ] {
         let error = connect(url, "a", 4).await.err().expect("not compiled in");
-        assert!(matches!(&error, ConfigError::FeatureDisabled { feature: f, .. } if *f == feature), "{url}: {error}");
-        assert!(error.to_string().contains(&format!("`{feature}` feature")), "{error}");
+        assert!(
+            matches!(&error, ConfigError::FeatureDisabled { feature: f, .. } if *f == feature),
+            "{url}: {error}"
+        );
+        assert!(
+            error.to_string().contains(&format!("`{feature}` feature")),
+            "{error}"
+        );
     }
-    assert!(matches!(connect("postgres://x", "a", 4).await, Err(ConfigError::UnknownScheme(s)) if s == "postgres"));
-    assert!(matches!(connect("memory", "a", 4).await, Err(ConfigError::Invalid { .. })));
-    assert!(matches!(connect("redb://", "a", 4).await, Err(ConfigError::Invalid { .. })));
-    assert!(matches!(connect("memory://?max_payload_len=lots", "a", 4).await, Err(ConfigError::Invalid { .. })));
-    assert!(matches!(connect("memory://?colour=blue", "a", 4).await, Err(ConfigError::Invalid { .. })));
+    assert!(
+        matches!(connect("postgres://x", "a", 4).await, Err(ConfigError::UnknownScheme(s)) if s == "postgres")
+    );
+    assert!(matches!(
+        connect("memory", "a", 4).await,
+        Err(ConfigError::Invalid { .. })
+    ));
+    assert!(matches!(
+        connect("redb://", "a", 4).await,
+        Err(ConfigError::Invalid { .. })
+    ));
+    assert!(matches!(
+        connect("memory://?max_payload_len=lots", "a", 4).await,
+        Err(ConfigError::Invalid { .. })
+    ));
+    assert!(matches!(
+        connect("memory://?colour=blue", "a", 4).await,
+        Err(ConfigError::Invalid { .. })
+    ));
 }
 
 #[tokio::test]
@@ -61,8 +101,17 @@ async fn a_damaged_redb_file_is_a_typed_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("junk.redb");
     std::fs::write(&path, vec![0xAB; 20_000]).unwrap();
-    let error = connect(&format!("redb://{}", path.display()), "a", 4).await.err().expect("junk is refused");
-    assert!(matches!(error, ConfigError::Backend(StateBackendError::Serialization(_))), "{error}");
+    let error = connect(&format!("redb://{}", path.display()), "a", 4)
+        .await
+        .err()
+        .expect("junk is refused");
+    assert!(
+        matches!(
+            error,
+            ConfigError::Backend(StateBackendError::Serialization(_))
+        ),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -75,10 +124,29 @@ async fn configs_deserialize_and_open() {
     let config: Config = serde_json::from_str(&json).unwrap();
     assert!(matches!(config.backend, BackendConfig::Redb { .. }));
     let backend = config.open().await.unwrap();
-    backend.write_partial(7, 0, 0, Bytes::from_static(b"v")).await.unwrap();
-    assert!(matches!(backend.write_partial(8, 0, 0, Bytes::new()).await, Err(StateBackendError::Serialization(_))));
+    backend
+        .write_partial(7, 0, 0, Bytes::from_static(b"v"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        backend.write_partial(8, 0, 0, Bytes::new()).await,
+        Err(StateBackendError::Serialization(_))
+    ));
 
-    let memory: Config = serde_json::from_str(r#"{"instance_id": "n", "vnode_capacity": 2, "backend": "memory"}"#).unwrap();
-    assert_eq!(memory.backend, BackendConfig::Memory { store: None, max_payload_len: None });
-    assert!(serde_json::from_str::<Config>(r#"{"instance_id": "n", "vnode_capacity": 2, "backend": "cassandra"}"#).is_err());
+    let memory: Config =
+        serde_json::from_str(r#"{"instance_id": "n", "vnode_capacity": 2, "backend": "memory"}"#)
+            .unwrap();
+    assert_eq!(
+        memory.backend,
+        BackendConfig::Memory {
+            store: None,
+            max_payload_len: None
+        }
+    );
+    assert!(
+        serde_json::from_str::<Config>(
+            r#"{"instance_id": "n", "vnode_capacity": 2, "backend": "cassandra"}"#
+        )
+        .is_err()
+    );
 }

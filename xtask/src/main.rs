@@ -1,1 +1,106 @@
-fn main() {}
+//! `cargo xtask`: the project's automation, in Rust so it runs wherever
+//! cargo does. No arguments prints the help.
+
+mod bench;
+mod cargo;
+mod conformance;
+
+use std::process::ExitCode;
+
+const HELP: &str = "\
+cargo xtask <command>
+
+commands:
+  test                     run every test of the workspace (unit, conformance,
+                           integration, doc), starting the servers they need
+  lint                     cargo fmt --check, clippy -D warnings, rustdoc -D warnings
+  conformance [--backend NAME|embedded|all]
+                           run the conformance suite and print the matrix,
+                           property by backend (default: embedded = memory, redb)
+  bench [--backend NAME|all]
+                           benchmarks against the raw store, in release mode
+                           (default: all); results in target/bench/
+  ci                       lint, then test: what .ci/run does
+";
+
+/// The backends xtask knows: name, package, whether it needs a server.
+pub(crate) const BACKENDS: &[Backend] = &[
+    Backend {
+        name: "memory",
+        package: "laminar-state-memory",
+        embedded: true,
+    },
+    Backend {
+        name: "redb",
+        package: "laminar-state-redb",
+        embedded: true,
+    },
+];
+
+/// One backend crate.
+pub(crate) struct Backend {
+    pub(crate) name: &'static str,
+    pub(crate) package: &'static str,
+    pub(crate) embedded: bool,
+}
+
+/// The backends a `--backend` value selects.
+pub(crate) fn select(choice: &str) -> Result<Vec<&'static Backend>, String> {
+    match choice {
+        "all" => Ok(BACKENDS.iter().collect()),
+        "embedded" => Ok(BACKENDS.iter().filter(|b| b.embedded).collect()),
+        name => BACKENDS
+            .iter()
+            .find(|b| b.name == name)
+            .map(|b| vec![b])
+            .ok_or_else(|| {
+                let known: Vec<&str> = BACKENDS.iter().map(|b| b.name).collect();
+                format!(
+                    "unknown backend {name:?}; known: {}, embedded, all",
+                    known.join(", ")
+                )
+            }),
+    }
+}
+
+/// The value of `--backend`, or `default`.
+fn backend_arg(args: &[String], default: &str) -> Result<String, String> {
+    match args {
+        [] => Ok(default.to_owned()),
+        [flag, value] if flag == "--backend" => Ok(value.clone()),
+        [flag] if flag.starts_with("--backend=") => Ok(flag["--backend=".len()..].to_owned()),
+        other => Err(format!("unexpected arguments {other:?}\n\n{HELP}")),
+    }
+}
+
+fn run(args: &[String]) -> Result<(), String> {
+    match args.split_first() {
+        None => {
+            print!("{HELP}");
+            Ok(())
+        }
+        Some((command, rest)) => match command.as_str() {
+            "test" if rest.is_empty() => cargo::test(),
+            "lint" if rest.is_empty() => cargo::lint(),
+            "ci" if rest.is_empty() => cargo::lint().and_then(|()| cargo::test()),
+            "conformance" => conformance::run(&select(&backend_arg(rest, "embedded")?)?),
+            "bench" => bench::run(&select(&backend_arg(rest, "all")?)?),
+            "help" | "--help" | "-h" => {
+                print!("{HELP}");
+                Ok(())
+            }
+            other => Err(format!("unknown command {other:?}\n\n{HELP}")),
+        },
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

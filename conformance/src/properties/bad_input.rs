@@ -33,37 +33,68 @@ pub async fn p12_bad_input(factory: &dyn BackendFactory) -> Checked {
 
     for vnode in [CAPACITY, CAPACITY + 1, u32::MAX] {
         let result = handle.write_partial(vnode, 3, 0, payload(2, 10)).await;
-        ensure!(is_input_error(&result, &vnode.to_string()), "write to vnode {vnode} (capacity {CAPACITY}) gave {}, expected a Serialization error naming vnode {vnode}", describe(&result));
+        ensure!(
+            is_input_error(&result, &vnode.to_string()),
+            "write to vnode {vnode} (capacity {CAPACITY}) gave {}, expected a Serialization error naming vnode {vnode}",
+            describe(&result)
+        );
         let result = handle.read_partial(vnode, 3).await;
-        ensure!(is_input_error(&result, &vnode.to_string()), "read of vnode {vnode} (capacity {CAPACITY}) gave {}, expected a Serialization error naming it", describe(&result));
+        ensure!(
+            is_input_error(&result, &vnode.to_string()),
+            "read of vnode {vnode} (capacity {CAPACITY}) gave {}, expected a Serialization error naming it",
+            describe(&result)
+        );
     }
 
     let limit = store.max_payload_len();
     let oversize = Bytes::from(vec![7u8; limit + 1]);
     let result = handle.write_partial(1, 3, 0, oversize).await;
-    ensure!(is_input_error(&result, &(limit + 1).to_string()), "a payload of {} bytes (limit {limit}) gave {}, expected a Serialization error naming its size", limit + 1, describe(&result));
+    ensure!(
+        is_input_error(&result, &(limit + 1).to_string()),
+        "a payload of {} bytes (limit {limit}) gave {}, expected a Serialization error naming its size",
+        limit + 1,
+        describe(&result)
+    );
     if limit <= EXACT_LIMIT_PROBE {
         let exact = payload(3, limit);
         write(&handle, 2, 3, 0, &exact).await?;
-        ensure!(read(&other, 2, 3).await?.as_ref() == Some(&exact), "a payload exactly at the limit did not round-trip");
+        ensure!(
+            read(&other, 2, 3).await?.as_ref() == Some(&exact),
+            "a payload exactly at the limit did not round-trip"
+        );
         write(&handle, 2, 3, 0, &before).await?;
     }
 
     let all: Vec<u32> = (0..CAPACITY).collect();
     let result = handle.epoch_complete(3, &[]).await;
-    ensure!(is_input_error(&result, "empty"), "epoch_complete with no vnodes gave {}, expected a Serialization error", describe(&result));
+    ensure!(
+        is_input_error(&result, "empty"),
+        "epoch_complete with no vnodes gave {}, expected a Serialization error",
+        describe(&result)
+    );
     let mut with_bad = all.clone();
     with_bad.push(CAPACITY);
     let result = handle.epoch_complete(3, &with_bad).await;
-    ensure!(is_input_error(&result, &CAPACITY.to_string()), "epoch_complete listing vnode {CAPACITY} gave {}, expected a Serialization error", describe(&result));
+    ensure!(
+        is_input_error(&result, &CAPACITY.to_string()),
+        "epoch_complete listing vnode {CAPACITY} gave {}, expected a Serialization error",
+        describe(&result)
+    );
 
     // Nothing above left a trace: every partial is as written, and the epoch
     // is unsealed, so the other instance can seal it.
     for vnode in 0..CAPACITY {
-        ensure!(read(&other, vnode, 3).await?.as_ref() == Some(&before), "refused input changed vnode {vnode}");
+        ensure!(
+            read(&other, vnode, 3).await?.as_ref() == Some(&before),
+            "refused input changed vnode {vnode}"
+        );
     }
     let sealed = other.epoch_complete(3, &all).await;
-    ensure!(matches!(sealed, Ok(true)), "a refused epoch_complete sealed the epoch: another instance then got {}", describe(&sealed));
+    ensure!(
+        matches!(sealed, Ok(true)),
+        "a refused epoch_complete sealed the epoch: another instance then got {}",
+        describe(&sealed)
+    );
     Ok(())
 }
 
@@ -79,17 +110,40 @@ pub async fn p12_corruption(factory: &dyn BackendFactory) -> Checked {
         for vnode in 0..4 {
             write(&handle, vnode, epoch, 0, &payload(u64::from(vnode), 64)).await?;
         }
-        ensure!(handle.epoch_complete(epoch, &all).await.ctx(|| format!("epoch_complete({epoch})"))?, "epoch {epoch} did not seal");
+        ensure!(
+            handle
+                .epoch_complete(epoch, &all)
+                .await
+                .ctx(|| format!("epoch_complete({epoch})"))?,
+            "epoch {epoch} did not seal"
+        );
     }
     drop(handle);
-    store.damage(Damage::Partial { vnode: 1, epoch: 5 }).await.ctx(|| "damage(partial 1 @ 5)".into())?;
-    store.damage(Damage::Marker { epoch: 6 }).await.ctx(|| "damage(marker @ 6)".into())?;
+    store
+        .damage(Damage::Partial { vnode: 1, epoch: 5 })
+        .await
+        .ctx(|| "damage(partial 1 @ 5)".into())?;
+    store
+        .damage(Damage::Marker { epoch: 6 })
+        .await
+        .ctx(|| "damage(marker @ 6)".into())?;
     store.reopen().await.ctx(|| "reopen()".into())?;
     let handle = open(&*store, &format!("{tag}-b"), 4).await?;
     let damaged = handle.read_partial(1, 5).await;
-    ensure!(matches!(damaged, Err(StateBackendError::Serialization(_))), "reading a damaged partial gave {}, expected a Serialization error", describe(&damaged));
-    ensure!(read(&handle, 2, 5).await?.as_ref() == Some(&payload(2, 64)), "damage to one partial affected its neighbour");
+    ensure!(
+        matches!(damaged, Err(StateBackendError::Serialization(_))),
+        "reading a damaged partial gave {}, expected a Serialization error",
+        describe(&damaged)
+    );
+    ensure!(
+        read(&handle, 2, 5).await?.as_ref() == Some(&payload(2, 64)),
+        "damage to one partial affected its neighbour"
+    );
     let gate = handle.epoch_complete(6, &all).await;
-    ensure!(matches!(gate, Err(StateBackendError::Serialization(_))), "sealing an epoch whose marker is damaged gave {}, expected a Serialization error", describe(&gate));
+    ensure!(
+        matches!(gate, Err(StateBackendError::Serialization(_))),
+        "sealing an epoch whose marker is damaged gave {}, expected a Serialization error",
+        describe(&gate)
+    );
     Ok(())
 }

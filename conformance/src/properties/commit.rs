@@ -81,14 +81,26 @@ pub async fn p09_one_committer(factory: &dyn BackendFactory) -> Checked {
     for round in 0..u64::from(race_rounds()) {
         let epoch = 1_000 + round;
         for vnode in 0..VNODES {
-            write(&racers[round as usize % RACERS].1, vnode, epoch, 0, &payload(epoch, 16)).await?;
+            write(
+                &racers[round as usize % RACERS].1,
+                vnode,
+                epoch,
+                0,
+                &payload(epoch, 16),
+            )
+            .await?;
         }
         let mut sealed_by: Option<String> = None;
         for attempt in 0..2 {
             let barrier = Arc::new(Barrier::new(RACERS));
             let mut tasks = tokio::task::JoinSet::new();
             for (id, handle) in &racers {
-                let (id, handle, barrier, all) = (id.clone(), Arc::clone(handle), Arc::clone(&barrier), all.clone());
+                let (id, handle, barrier, all) = (
+                    id.clone(),
+                    Arc::clone(handle),
+                    Arc::clone(&barrier),
+                    all.clone(),
+                );
                 tasks.spawn(async move {
                     barrier.wait().await;
                     (id, handle.epoch_complete(epoch, &all).await)
@@ -102,21 +114,36 @@ pub async fn p09_one_committer(factory: &dyn BackendFactory) -> Checked {
             for (id, handle) in &racers {
                 results.push((id.clone(), handle.epoch_complete(epoch, &all).await));
             }
-            let winners: Vec<&String> = results.iter().filter(|(_, r)| matches!(r, Ok(true))).map(|(id, _)| id).collect();
+            let winners: Vec<&String> = results
+                .iter()
+                .filter(|(_, r)| matches!(r, Ok(true)))
+                .map(|(id, _)| id)
+                .collect();
             let winner = winners.first().copied().cloned();
             let Some(winner) = winner else {
-                return Err(format!("round {round}, attempt {attempt}: nobody sealed epoch {epoch}: {}", summarize(&results)));
+                return Err(format!(
+                    "round {round}, attempt {attempt}: nobody sealed epoch {epoch}: {}",
+                    summarize(&results)
+                ));
             };
-            ensure!(winners.iter().all(|w| **w == winner), "round {round}, attempt {attempt}: two instances sealed epoch {epoch}: {}", summarize(&results));
+            ensure!(
+                winners.iter().all(|w| **w == winner),
+                "round {round}, attempt {attempt}: two instances sealed epoch {epoch}: {}",
+                summarize(&results)
+            );
             let first = sealed_by.get_or_insert_with(|| winner.clone());
-            ensure!(*first == winner, "round {round}: epoch {epoch} was sealed by {first}, a repeat was won by {winner}");
+            ensure!(
+                *first == winner,
+                "round {round}: epoch {epoch} was sealed by {first}, a repeat was won by {winner}"
+            );
             for (id, result) in &results {
                 if *id == winner {
                     continue;
                 }
                 ensure!(
                     matches!(result, Err(StateBackendError::SplitBrainCommit { committer, self_id }) if *committer == winner && self_id == id),
-                    "round {round}, attempt {attempt}: loser {id} got {}, expected SplitBrainCommit naming {winner}", describe(result)
+                    "round {round}, attempt {attempt}: loser {id} got {}, expected SplitBrainCommit naming {winner}",
+                    describe(result)
                 );
             }
         }

@@ -25,36 +25,63 @@ pub async fn p01_round_trip(factory: &dyn BackendFactory) -> Checked {
     let len = prop_oneof![Just(0usize), 1usize..64, 64usize..4096, Just(max_len)];
     let epoch = prop_oneof![Just(0u64), Just(u64::MAX), 1u64..1_000_000];
     let strategy = (0u32..16, epoch, len, any::<u64>(), any::<u64>());
-    for_all(factory, strategy, |(vnode, epoch, len, seed, seed2)| async move {
-        let store = fresh_store(factory).await?;
-        let tag = unique_tag("p01");
-        let writer = open(&*store, &format!("{tag}-w"), 16).await?;
-        let reader = open(&*store, &format!("{tag}-r"), 16).await?;
+    for_all(
+        factory,
+        strategy,
+        |(vnode, epoch, len, seed, seed2)| async move {
+            let store = fresh_store(factory).await?;
+            let tag = unique_tag("p01");
+            let writer = open(&*store, &format!("{tag}-w"), 16).await?;
+            let reader = open(&*store, &format!("{tag}-r"), 16).await?;
 
-        ensure!(read(&reader, vnode, epoch).await?.is_none(), "a never-written key is not None");
-        let first = payload(seed, len);
-        write(&writer, vnode, epoch, 1, &first).await?;
-        for handle in [&writer, &reader] {
-            let got = read(handle, vnode, epoch).await?;
-            ensure!(got.as_ref() == Some(&first), "read back {:?} bytes, wrote {} bytes (or different content)", got.map(|b| b.len()), first.len());
-        }
-        // Neighbouring keys stay empty.
-        let neighbour_epoch = epoch.wrapping_add(1);
-        ensure!(read(&reader, vnode, neighbour_epoch).await?.is_none(), "writing epoch {epoch} made epoch {neighbour_epoch} visible");
-        ensure!(read(&reader, (vnode + 1) % 16, epoch).await?.is_none(), "writing vnode {vnode} made another vnode visible");
+            ensure!(
+                read(&reader, vnode, epoch).await?.is_none(),
+                "a never-written key is not None"
+            );
+            let first = payload(seed, len);
+            write(&writer, vnode, epoch, 1, &first).await?;
+            for handle in [&writer, &reader] {
+                let got = read(handle, vnode, epoch).await?;
+                ensure!(
+                    got.as_ref() == Some(&first),
+                    "read back {:?} bytes, wrote {} bytes (or different content)",
+                    got.map(|b| b.len()),
+                    first.len()
+                );
+            }
+            // Neighbouring keys stay empty.
+            let neighbour_epoch = epoch.wrapping_add(1);
+            ensure!(
+                read(&reader, vnode, neighbour_epoch).await?.is_none(),
+                "writing epoch {epoch} made epoch {neighbour_epoch} visible"
+            );
+            ensure!(
+                read(&reader, (vnode + 1) % 16, epoch).await?.is_none(),
+                "writing vnode {vnode} made another vnode visible"
+            );
 
-        // The last acknowledged write wins.
-        let second = payload(seed2 ^ 1, len.min(1024));
-        write(&writer, vnode, epoch, 1, &second).await?;
-        ensure!(read(&reader, vnode, epoch).await?.as_ref() == Some(&second), "an overwrite did not replace the bytes");
+            // The last acknowledged write wins.
+            let second = payload(seed2 ^ 1, len.min(1024));
+            write(&writer, vnode, epoch, 1, &second).await?;
+            ensure!(
+                read(&reader, vnode, epoch).await?.as_ref() == Some(&second),
+                "an overwrite did not replace the bytes"
+            );
 
-        // Pruned keys read as None.
-        if epoch < u64::MAX {
-            writer.prune_before(epoch + 1).await.ctx(|| format!("prune_before({})", epoch + 1))?;
-            ensure!(read(&reader, vnode, epoch).await?.is_none(), "a pruned key still reads back");
-        }
-        Ok(())
-    })
+            // Pruned keys read as None.
+            if epoch < u64::MAX {
+                writer
+                    .prune_before(epoch + 1)
+                    .await
+                    .ctx(|| format!("prune_before({})", epoch + 1))?;
+                ensure!(
+                    read(&reader, vnode, epoch).await?.is_none(),
+                    "a pruned key still reads back"
+                );
+            }
+            Ok(())
+        },
+    )
     .await
 }
 
@@ -130,7 +157,10 @@ pub async fn p13_shared_object(factory: &dyn BackendFactory) -> Checked {
                 let bytes = payload(u64::from(task) << 32 | epoch, 64 + task as usize);
                 write(&handle, task, epoch, 0, &bytes).await?;
                 tokio::task::yield_now().await;
-                ensure!(read(&handle, task, epoch).await?.as_ref() == Some(&bytes), "task {task} read back other bytes at epoch {epoch}");
+                ensure!(
+                    read(&handle, task, epoch).await?.as_ref() == Some(&bytes),
+                    "task {task} read back other bytes at epoch {epoch}"
+                );
             }
             Ok::<(), String>(())
         });
@@ -147,12 +177,19 @@ pub async fn p13_shared_object(factory: &dyn BackendFactory) -> Checked {
     }
     while let Some(joined) = seals.join_next().await {
         let (epoch, sealed) = joined.map_err(|e| format!("a task panicked: {e}"))?;
-        ensure!(matches!(sealed, Ok(true)), "sealing epoch {epoch} from a shared handle gave {}", crate::support::describe(&sealed));
+        ensure!(
+            matches!(sealed, Ok(true)),
+            "sealing epoch {epoch} from a shared handle gave {}",
+            crate::support::describe(&sealed)
+        );
     }
     for task in 0..TASKS {
         for epoch in 0..EPOCHS {
             let expected: Bytes = payload(u64::from(task) << 32 | epoch, 64 + task as usize);
-            ensure!(read(&handle, task, epoch).await?.as_ref() == Some(&expected), "vnode {task} epoch {epoch} lost or mixed after concurrent use");
+            ensure!(
+                read(&handle, task, epoch).await?.as_ref() == Some(&expected),
+                "vnode {task} epoch {epoch} lost or mixed after concurrent use"
+            );
         }
     }
     Ok(())

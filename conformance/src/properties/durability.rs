@@ -73,7 +73,12 @@ pub async fn p10_durability_reopen(factory: &dyn BackendFactory) -> Checked {
     let tag = unique_tag("p10");
     let (first_id, second_id) = (format!("{tag}-a"), format!("{tag}-b"));
     let seed = run_seed();
-    let key_payload = |vnode: u32, epoch: u64| payload(seed ^ (epoch << 8) ^ u64::from(vnode), (epoch as usize * 97 + vnode as usize * 13) % 3000);
+    let key_payload = |vnode: u32, epoch: u64| {
+        payload(
+            seed ^ (epoch << 8) ^ u64::from(vnode),
+            (epoch as usize * 97 + vnode as usize * 13) % 3000,
+        )
+    };
     const VNODES: u32 = 6;
     const EPOCHS: u64 = 6;
     let all: Vec<u32> = (0..VNODES).collect();
@@ -86,7 +91,13 @@ pub async fn p10_durability_reopen(factory: &dyn BackendFactory) -> Checked {
             }
             let sealer = if epoch % 2 == 0 { &first } else { &second };
             if epoch < EPOCHS - 1 {
-                ensure!(sealer.epoch_complete(epoch, &all).await.ctx(|| format!("epoch_complete({epoch})"))?, "epoch {epoch} did not seal");
+                ensure!(
+                    sealer
+                        .epoch_complete(epoch, &all)
+                        .await
+                        .ctx(|| format!("epoch_complete({epoch})"))?,
+                    "epoch {epoch} did not seal"
+                );
             }
         }
         first.set_authoritative_version(42);
@@ -98,22 +109,53 @@ pub async fn p10_durability_reopen(factory: &dyn BackendFactory) -> Checked {
     let second = open(&*store, &second_id, VNODES).await?;
     for epoch in 0..EPOCHS {
         for vnode in 0..VNODES {
-            ensure!(read(&second, vnode, epoch).await?.as_ref() == Some(&key_payload(vnode, epoch)), "after reopen, (vnode {vnode}, epoch {epoch}) is lost or changed");
+            ensure!(
+                read(&second, vnode, epoch).await?.as_ref() == Some(&key_payload(vnode, epoch)),
+                "after reopen, (vnode {vnode}, epoch {epoch}) is lost or changed"
+            );
         }
     }
-    ensure!(read(&second, 0, EPOCHS).await?.as_ref() == Some(&key_payload(0, EPOCHS)), "the write at the raised fence was lost");
+    ensure!(
+        read(&second, 0, EPOCHS).await?.as_ref() == Some(&key_payload(0, EPOCHS)),
+        "the write at the raised fence was lost"
+    );
     for epoch in 0..EPOCHS - 1 {
-        let (winner, loser, winner_id) = if epoch % 2 == 0 { (&first, &second, &first_id) } else { (&second, &first, &second_id) };
+        let (winner, loser, winner_id) = if epoch % 2 == 0 {
+            (&first, &second, &first_id)
+        } else {
+            (&second, &first, &second_id)
+        };
         let again = winner.epoch_complete(epoch, &all).await;
-        ensure!(matches!(again, Ok(true)), "after reopen, the sealer of epoch {epoch} got {}", describe(&again));
+        ensure!(
+            matches!(again, Ok(true)),
+            "after reopen, the sealer of epoch {epoch} got {}",
+            describe(&again)
+        );
         let other = loser.epoch_complete(epoch, &all).await;
-        ensure!(matches!(&other, Err(StateBackendError::SplitBrainCommit { committer, .. }) if committer == winner_id), "after reopen, epoch {epoch}'s seal does not name {winner_id}: {}", describe(&other));
+        ensure!(
+            matches!(&other, Err(StateBackendError::SplitBrainCommit { committer, .. }) if committer == winner_id),
+            "after reopen, epoch {epoch}'s seal does not name {winner_id}: {}",
+            describe(&other)
+        );
     }
-    let stale = second.write_partial(1, EPOCHS, 41, Bytes::from_static(b"stale")).await;
-    ensure!(matches!(stale, Err(StateBackendError::StaleVersion { caller: 41, authoritative }) if authoritative >= 42), "after reopen the fence 42 is lost: a write at 41 gave {}", describe(&stale));
+    let stale = second
+        .write_partial(1, EPOCHS, 41, Bytes::from_static(b"stale"))
+        .await;
+    ensure!(
+        matches!(stale, Err(StateBackendError::StaleVersion { caller: 41, authoritative }) if authoritative >= 42),
+        "after reopen the fence 42 is lost: a write at 41 gave {}",
+        describe(&stale)
+    );
     if factory.capabilities().recovery_queries {
-        let latest = second.latest_committed_epoch().await.ctx(|| "latest_committed_epoch()".into())?;
-        ensure!(latest == Some(EPOCHS - 2), "after reopen latest_committed_epoch() = {latest:?}, expected Some({})", EPOCHS - 2);
+        let latest = second
+            .latest_committed_epoch()
+            .await
+            .ctx(|| "latest_committed_epoch()".into())?;
+        ensure!(
+            latest == Some(EPOCHS - 2),
+            "after reopen latest_committed_epoch() = {latest:?}, expected Some({})",
+            EPOCHS - 2
+        );
     }
     Ok(())
 }
@@ -134,7 +176,9 @@ struct Acknowledged {
 pub async fn p10_durability_crash(factory: &dyn BackendFactory, child: &ChildCommand) -> Checked {
     let store = fresh_store(factory).await?;
     let Some(locator) = store.locator() else {
-        return Err("the backend claims cross_process_reopen, but its test store has no locator".into());
+        return Err(
+            "the backend claims cross_process_reopen, but its test store has no locator".into(),
+        );
     };
     let seed = run_seed();
     let kills = env_u32("LAMINAR_CONFORMANCE_KILLS", DEFAULT_KILLS).max(1);
@@ -142,11 +186,31 @@ pub async fn p10_durability_crash(factory: &dyn BackendFactory, child: &ChildCom
     let mut next_epoch = 0u64;
     for kill in 0..u64::from(kills) {
         let wanted = 1 + splitmix64(seed ^ kill) % 300;
-        run_child_until_killed(&factory.name(), &locator, next_epoch, seed, wanted, child, &mut acked)
-            .map_err(|e| format!("kill {kill}: {e}"))?;
+        run_child_until_killed(
+            &factory.name(),
+            &locator,
+            next_epoch,
+            seed,
+            wanted,
+            child,
+            &mut acked,
+        )
+        .map_err(|e| format!("kill {kill}: {e}"))?;
         store.reopen().await.ctx(|| "reopen()".into())?;
-        verify_acknowledged(factory, &*store, seed, &acked).await.map_err(|e| format!("after kill {kill} ({} acknowledgements so far): {e}", acked.lines))?;
-        next_epoch = acked.writes.iter().map(|&(epoch, _)| epoch + 1).max().unwrap_or(next_epoch);
+        verify_acknowledged(factory, &*store, seed, &acked)
+            .await
+            .map_err(|e| {
+                format!(
+                    "after kill {kill} ({} acknowledgements so far): {e}",
+                    acked.lines
+                )
+            })?;
+        next_epoch = acked
+            .writes
+            .iter()
+            .map(|&(epoch, _)| epoch + 1)
+            .max()
+            .unwrap_or(next_epoch);
     }
     Ok(())
 }
@@ -163,7 +227,10 @@ fn run_child_until_killed(
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the test binary: {e}"))?;
     let mut process = Command::new(&exe)
         .args(&child.args)
-        .env(CHILD_ENV, format!("{backend}\t{first_epoch}\t{seed:x}\t{locator}"))
+        .env(
+            CHILD_ENV,
+            format!("{backend}\t{first_epoch}\t{seed:x}\t{locator}"),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -181,7 +248,11 @@ fn run_child_until_killed(
     });
     let stderr_reader = std::thread::spawn(move || {
         let mut text = String::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok).take(200) {
+        for line in BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .take(200)
+        {
             text.push_str(&line);
             text.push('\n');
         }
@@ -198,7 +269,9 @@ fn run_child_until_killed(
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = process.kill();
                 let _ = process.wait();
-                return Err(format!("the child acknowledged only {seen} of {wanted_acks} operations in {CHILD_TIMEOUT:?}"));
+                return Err(format!(
+                    "the child acknowledged only {seen} of {wanted_acks} operations in {CHILD_TIMEOUT:?}"
+                ));
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 early_exit = true;
@@ -209,7 +282,9 @@ fn run_child_until_killed(
     std::thread::sleep(Duration::from_micros(splitmix64(seed ^ seen) % 3_000));
     // std's kill is SIGKILL on Unix: no destructor, flush or atexit runs.
     let _ = process.kill();
-    let status = process.wait().map_err(|e| format!("waiting for the killed child: {e}"))?;
+    let status = process
+        .wait()
+        .map_err(|e| format!("waiting for the killed child: {e}"))?;
     // Lines the child printed before it died were acknowledged too.
     for line in lines_rx.iter() {
         record(&line, acked)?;
@@ -217,7 +292,9 @@ fn run_child_until_killed(
     let _ = reader.join();
     let stderr_text = stderr_reader.join().unwrap_or_default();
     if early_exit {
-        return Err(format!("the child writer exited ({status}) before it was killed; its stderr:\n{stderr_text}"));
+        return Err(format!(
+            "the child writer exited ({status}) before it was killed; its stderr:\n{stderr_text}"
+        ));
     }
     Ok(())
 }
@@ -229,7 +306,10 @@ fn record(line: &str, acked: &mut Acknowledged) -> Result<bool, String> {
     };
     let fields: Vec<&str> = ack.split_whitespace().collect();
     let number = |i: usize| -> Result<u64, String> {
-        fields.get(i).and_then(|f| f.parse().ok()).ok_or_else(|| format!("unreadable child line {line:?}"))
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| format!("unreadable child line {line:?}"))
     };
     match fields.first() {
         Some(&"write") => {
@@ -259,23 +339,44 @@ async fn verify_acknowledged(
     let verifier = open(store, &unique_tag("crash-verifier"), CHILD_VNODES).await?;
     for &(epoch, vnode) in &acked.writes {
         let held = read(&verifier, vnode, epoch).await?;
-        ensure!(held.as_ref() == Some(&child_payload(seed, vnode, epoch)), "acknowledged write (vnode {vnode}, epoch {epoch}) is {}", if held.is_some() { "corrupted" } else { "lost" });
+        ensure!(
+            held.as_ref() == Some(&child_payload(seed, vnode, epoch)),
+            "acknowledged write (vnode {vnode}, epoch {epoch}) is {}",
+            if held.is_some() { "corrupted" } else { "lost" }
+        );
     }
     let all: Vec<u32> = (0..CHILD_VNODES).collect();
     for &epoch in &acked.seals {
         let result = verifier.epoch_complete(epoch, &all).await;
-        ensure!(matches!(&result, Err(StateBackendError::SplitBrainCommit { committer, .. }) if committer == CHILD_ID), "the acknowledged seal of epoch {epoch} is lost: another instance got {}", describe(&result));
+        ensure!(
+            matches!(&result, Err(StateBackendError::SplitBrainCommit { committer, .. }) if committer == CHILD_ID),
+            "the acknowledged seal of epoch {epoch} is lost: another instance got {}",
+            describe(&result)
+        );
     }
     if acked.fence > 1 {
         let below = acked.fence - 1;
-        let result = verifier.write_partial(0, u64::MAX, below, Bytes::from_static(b"stale")).await;
-        ensure!(matches!(result, Err(StateBackendError::StaleVersion { authoritative, .. }) if authoritative >= acked.fence), "the acknowledged fence {} is lost: a write at {below} gave {}", acked.fence, describe(&result));
+        let result = verifier
+            .write_partial(0, u64::MAX, below, Bytes::from_static(b"stale"))
+            .await;
+        ensure!(
+            matches!(result, Err(StateBackendError::StaleVersion { authoritative, .. }) if authoritative >= acked.fence),
+            "the acknowledged fence {} is lost: a write at {below} gave {}",
+            acked.fence,
+            describe(&result)
+        );
     }
     if factory.capabilities().recovery_queries
         && let Some(&highest) = acked.seals.last()
     {
-        let latest = verifier.latest_committed_epoch().await.ctx(|| "latest_committed_epoch()".into())?;
-        ensure!(latest.is_some_and(|l| l >= highest), "latest_committed_epoch() = {latest:?} after epoch {highest} was acknowledged as sealed");
+        let latest = verifier
+            .latest_committed_epoch()
+            .await
+            .ctx(|| "latest_committed_epoch()".into())?;
+        ensure!(
+            latest.is_some_and(|l| l >= highest),
+            "latest_committed_epoch() = {latest:?} after epoch {highest} was acknowledged as sealed"
+        );
     }
     Ok(())
 }
@@ -301,12 +402,18 @@ pub(crate) async fn run_child_if_requested(factory: &dyn BackendFactory) {
 
 async fn child_writer(factory: &dyn BackendFactory, spec: &str) -> Result<(), String> {
     let mut parts = spec.splitn(3, '\t');
-    let (Some(first_epoch), Some(seed), Some(locator)) = (parts.next(), parts.next(), parts.next()) else {
+    let (Some(first_epoch), Some(seed), Some(locator)) = (parts.next(), parts.next(), parts.next())
+    else {
         return Err(format!("bad {CHILD_ENV} value {spec:?}"));
     };
-    let first_epoch: u64 = first_epoch.parse().map_err(|_| format!("bad first epoch in {spec:?}"))?;
+    let first_epoch: u64 = first_epoch
+        .parse()
+        .map_err(|_| format!("bad first epoch in {spec:?}"))?;
     let seed = u64::from_str_radix(seed, 16).map_err(|_| format!("bad seed in {spec:?}"))?;
-    let store = factory.attach_store(locator).await.ctx(|| format!("attach_store({locator:?})"))?;
+    let store = factory
+        .attach_store(locator)
+        .await
+        .ctx(|| format!("attach_store({locator:?})"))?;
     let handle: Arc<dyn StateBackend> = open(&*store, CHILD_ID, CHILD_VNODES).await?;
     let all: Vec<u32> = (0..CHILD_VNODES).collect();
     let mut version = handle.authoritative_version().max(1);
@@ -328,12 +435,19 @@ async fn child_writer(factory: &dyn BackendFactory, spec: &str) -> Result<(), St
                 let bytes = child_payload(seed, vnode, epoch);
                 loop {
                     let current = handle.authoritative_version().max(version);
-                    match handle.write_partial(vnode, epoch, current, bytes.clone()).await {
+                    match handle
+                        .write_partial(vnode, epoch, current, bytes.clone())
+                        .await
+                    {
                         Ok(()) => return Ok((vnode, current)),
                         // Another run of the child raised the fence further
                         // than this one knows: catch up and retry.
-                        Err(StateBackendError::StaleVersion { authoritative, .. }) => handle.set_authoritative_version(authoritative),
-                        Err(other) => return Err(format!("write ({vnode}, {epoch}) failed: {other}")),
+                        Err(StateBackendError::StaleVersion { authoritative, .. }) => {
+                            handle.set_authoritative_version(authoritative)
+                        }
+                        Err(other) => {
+                            return Err(format!("write ({vnode}, {epoch}) failed: {other}"));
+                        }
                     }
                 }
             });
@@ -347,10 +461,16 @@ async fn child_writer(factory: &dyn BackendFactory, spec: &str) -> Result<(), St
             // The raise is durable once a write at it has been acknowledged.
             ack(format!("fence {version}"));
         }
-        if handle.epoch_complete(epoch, &all).await.ctx(|| format!("epoch_complete({epoch})"))? {
+        if handle
+            .epoch_complete(epoch, &all)
+            .await
+            .ctx(|| format!("epoch_complete({epoch})"))?
+        {
             ack(format!("seal {epoch}"));
         } else {
-            return Err(format!("epoch {epoch} did not seal with every write acknowledged"));
+            return Err(format!(
+                "epoch {epoch} did not seal with every write acknowledged"
+            ));
         }
     }
     Ok(())

@@ -17,7 +17,8 @@ use crate::support::{describe, fresh_store, is_stale, open, payload, read, uniqu
 /// of raises the handle reports the highest version seen. `0` means off: a
 /// fresh handle reports `0` and accepts writes at version `0`.
 pub async fn p04_fence_monotonic(factory: &dyn BackendFactory) -> Checked {
-    let strategy = proptest::collection::vec(prop_oneof![Just(0u64), 0u64..50, Just(u64::MAX)], 1..12);
+    let strategy =
+        proptest::collection::vec(prop_oneof![Just(0u64), 0u64..50, Just(u64::MAX)], 1..12);
     for_all(factory, strategy, |raises| async move {
         let store = fresh_store(factory).await?;
         let handle = open(&*store, &unique_tag("p04"), 4).await?;
@@ -137,7 +138,12 @@ pub async fn p07_atomic_fence(factory: &dyn BackendFactory) -> Checked {
         let after_raise = Arc::new(AtomicU64::new(0));
         let mut zombies = tokio::task::JoinSet::new();
         for z in 0..ZOMBIES {
-            let (handle, raised, stop, after_raise) = (Arc::clone(&zombie_handle), Arc::clone(&raised), Arc::clone(&stop), Arc::clone(&after_raise));
+            let (handle, raised, stop, after_raise) = (
+                Arc::clone(&zombie_handle),
+                Arc::clone(&raised),
+                Arc::clone(&stop),
+                Arc::clone(&after_raise),
+            );
             zombies.spawn(async move {
                 let mut seq = 0u64;
                 while !stop.load(Ordering::Acquire) {
@@ -175,7 +181,9 @@ pub async fn p07_atomic_fence(factory: &dyn BackendFactory) -> Checked {
         }
         // Keep the zombies going past the leader's writes, boundedly.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while after_raise.load(Ordering::Acquire) < ZOMBIES * 4 && tokio::time::Instant::now() < deadline {
+        while after_raise.load(Ordering::Acquire) < ZOMBIES * 4
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         stop.store(true, Ordering::Release);
@@ -184,7 +192,11 @@ pub async fn p07_atomic_fence(factory: &dyn BackendFactory) -> Checked {
         }
         for key in 0..KEYS {
             let held = read(&leader, key, epoch).await?;
-            ensure!(held.as_ref() == Some(&leader_bytes(key)), "round {round}: after the raise to {new}, key {key} holds {:?}, not the new leader's bytes: a zombie write landed after the raise", held.map(|b| String::from_utf8_lossy(&b).into_owned()));
+            ensure!(
+                held.as_ref() == Some(&leader_bytes(key)),
+                "round {round}: after the raise to {new}, key {key} holds {:?}, not the new leader's bytes: a zombie write landed after the raise",
+                held.map(|b| String::from_utf8_lossy(&b).into_owned())
+            );
         }
     }
     Ok(())

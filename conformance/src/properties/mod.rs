@@ -38,22 +38,102 @@ use Capability::*;
 
 /// Every property, in contract order.
 pub const PROPERTIES: &[Property] = &[
-    Property { id: "P1", name: "p01_round_trip", summary: "reads return the last acknowledged bytes, None when absent or pruned", needs: &[] },
-    Property { id: "P2", name: "p02_idempotent_replay", summary: "replaying the same write, before or after the seal, changes nothing", needs: &[] },
-    Property { id: "P3", name: "p03_independence", summary: "random multi-handle sequences match the reference model", needs: &[] },
-    Property { id: "P4", name: "p04_fence_monotonic", summary: "the fence never goes down; 0 means off", needs: &[Fencing] },
-    Property { id: "P5", name: "p05_fence_enforced", summary: "writes below the fence fail with StaleVersion and write nothing", needs: &[Fencing] },
-    Property { id: "P6", name: "p06_shared_fence", summary: "a raise through one handle fences every handle on the store", needs: &[SharedFence] },
-    Property { id: "P7", name: "p07_atomic_fence", summary: "no zombie write lands after a raise is acknowledged", needs: &[Fencing] },
-    Property { id: "P8", name: "p08_commit_gate", summary: "epoch_complete is false and seals nothing while a partial is missing", needs: &[] },
-    Property { id: "P9", name: "p09_one_committer", summary: "racing sealers: exactly one wins, the others learn its id", needs: &[] },
-    Property { id: "P10", name: "p10_durability_reopen", summary: "writes, seals and the fence survive a reopen", needs: &[Durable] },
-    Property { id: "P10", name: "p10_durability_crash", summary: "nothing acknowledged is lost when a writer is SIGKILLed", needs: &[CrossProcessReopen] },
-    Property { id: "P11", name: "p11_pruning", summary: "prune removes exactly the older epochs and races writes safely", needs: &[] },
-    Property { id: "P12", name: "p12_bad_input", summary: "bad input gets a typed error and no side effect", needs: &[] },
-    Property { id: "P12", name: "p12_corruption", summary: "damaged stored bytes are reported, not returned", needs: &[CorruptionDetection] },
-    Property { id: "P13", name: "p13_shared_object", summary: "one Arc<dyn StateBackend> serves many tasks at once", needs: &[] },
-    Property { id: "P14", name: "p14_recovery_queries", summary: "latest_committed_epoch and sealed_epochs follow the markers", needs: &[RecoveryQueries] },
+    Property {
+        id: "P1",
+        name: "p01_round_trip",
+        summary: "reads return the last acknowledged bytes, None when absent or pruned",
+        needs: &[],
+    },
+    Property {
+        id: "P2",
+        name: "p02_idempotent_replay",
+        summary: "replaying the same write, before or after the seal, changes nothing",
+        needs: &[],
+    },
+    Property {
+        id: "P3",
+        name: "p03_independence",
+        summary: "random multi-handle sequences match the reference model",
+        needs: &[],
+    },
+    Property {
+        id: "P4",
+        name: "p04_fence_monotonic",
+        summary: "the fence never goes down; 0 means off",
+        needs: &[Fencing],
+    },
+    Property {
+        id: "P5",
+        name: "p05_fence_enforced",
+        summary: "writes below the fence fail with StaleVersion and write nothing",
+        needs: &[Fencing],
+    },
+    Property {
+        id: "P6",
+        name: "p06_shared_fence",
+        summary: "a raise through one handle fences every handle on the store",
+        needs: &[SharedFence],
+    },
+    Property {
+        id: "P7",
+        name: "p07_atomic_fence",
+        summary: "no zombie write lands after a raise is acknowledged",
+        needs: &[Fencing],
+    },
+    Property {
+        id: "P8",
+        name: "p08_commit_gate",
+        summary: "epoch_complete is false and seals nothing while a partial is missing",
+        needs: &[],
+    },
+    Property {
+        id: "P9",
+        name: "p09_one_committer",
+        summary: "racing sealers: exactly one wins, the others learn its id",
+        needs: &[],
+    },
+    Property {
+        id: "P10",
+        name: "p10_durability_reopen",
+        summary: "writes, seals and the fence survive a reopen",
+        needs: &[Durable],
+    },
+    Property {
+        id: "P10",
+        name: "p10_durability_crash",
+        summary: "nothing acknowledged is lost when a writer is SIGKILLed",
+        needs: &[CrossProcessReopen],
+    },
+    Property {
+        id: "P11",
+        name: "p11_pruning",
+        summary: "prune removes exactly the older epochs and races writes safely",
+        needs: &[],
+    },
+    Property {
+        id: "P12",
+        name: "p12_bad_input",
+        summary: "bad input gets a typed error and no side effect",
+        needs: &[],
+    },
+    Property {
+        id: "P12",
+        name: "p12_corruption",
+        summary: "damaged stored bytes are reported, not returned",
+        needs: &[CorruptionDetection],
+    },
+    Property {
+        id: "P13",
+        name: "p13_shared_object",
+        summary: "one Arc<dyn StateBackend> serves many tasks at once",
+        needs: &[],
+    },
+    Property {
+        id: "P14",
+        name: "p14_recovery_queries",
+        summary: "latest_committed_epoch and sealed_epochs follow the markers",
+        needs: &[RecoveryQueries],
+    },
 ];
 
 /// The property named `name`, if there is one.

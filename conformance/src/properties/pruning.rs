@@ -87,7 +87,10 @@ async fn prune_races_writes(factory: &dyn BackendFactory) -> Checked {
             tokio::spawn(async move {
                 let mut prunes = 0u32;
                 while pruning.load(Ordering::Acquire) || prunes == 0 {
-                    handle.prune_before(before).await.map_err(|e| format!("prune_before({before}) failed: {e}"))?;
+                    handle
+                        .prune_before(before)
+                        .await
+                        .map_err(|e| format!("prune_before({before}) failed: {e}"))?;
                     prunes += 1;
                     tokio::task::yield_now().await;
                 }
@@ -112,11 +115,16 @@ async fn prune_races_writes(factory: &dyn BackendFactory) -> Checked {
             acknowledged.extend(joined.map_err(|e| format!("writer panicked: {e}"))??);
         }
         pruning.store(false, Ordering::Release);
-        pruner.await.map_err(|e| format!("pruner panicked: {e}"))??;
+        pruner
+            .await
+            .map_err(|e| format!("pruner panicked: {e}"))??;
         // Only this round's epochs are safe from the next round's prune.
         for (vnode, epoch, bytes) in acknowledged.drain(..) {
             let held = read(&handle, vnode, epoch).await?;
-            ensure!(held.as_ref() == Some(&bytes), "round {round}: write (vnode {vnode}, epoch {epoch}) acknowledged during prune_before({before}) was lost");
+            ensure!(
+                held.as_ref() == Some(&bytes),
+                "round {round}: write (vnode {vnode}, epoch {epoch}) acknowledged during prune_before({before}) was lost"
+            );
         }
     }
     Ok(())
