@@ -475,17 +475,18 @@ impl StateBackend for RedbBackend {
                         let mut partials = txn
                             .open_table(PARTIALS)
                             .map_err(|e| redb_error(&what(), e))?;
-                        let doomed: Vec<(u64, u32)> = partials
+                        // The key PRUNE_CHUNK entries in bounds this transaction.
+                        let chunk_end = partials
                             .range(..(before, 0))
                             .map_err(|e| redb_error(&what(), e))?
-                            .take(PRUNE_CHUNK)
-                            .map(|entry| entry.map(|(key, _)| key.value()))
-                            .collect::<Result<_, _>>()
+                            .nth(PRUNE_CHUNK)
+                            .transpose()
+                            .map_err(|e| redb_error(&what(), e))?
+                            .map(|(key, _)| key.value());
+                        partials
+                            .retain_in(..chunk_end.unwrap_or((before, 0)), |_, _| false)
                             .map_err(|e| redb_error(&what(), e))?;
-                        for key in &doomed {
-                            partials.remove(key).map_err(|e| redb_error(&what(), e))?;
-                        }
-                        let finished = doomed.len() < PRUNE_CHUNK;
+                        let finished = chunk_end.is_none();
                         if finished {
                             let mut markers = txn
                                 .open_table(MARKERS)

@@ -270,3 +270,48 @@ fn the_file_stops_growing_under_steady_checkpoints() {
         "the file kept growing under pruning: {sizes:?}"
     );
 }
+
+#[test]
+fn prune_spans_several_transactions() {
+    const VNODES: u32 = 7_000;
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(dir.path().join("prune.redb")).unwrap();
+    runtime().block_on(async {
+        let handle: Arc<dyn StateBackend> = Arc::new(store.handle("p", VNODES));
+        let mut tasks = tokio::task::JoinSet::new();
+        for writer in 0..64u32 {
+            let handle = Arc::clone(&handle);
+            tasks.spawn(async move {
+                for vnode in (writer..VNODES).step_by(64) {
+                    for epoch in 0..3 {
+                        handle
+                            .write_partial(vnode, epoch, 0, Bytes::from_static(b"p"))
+                            .await
+                            .unwrap();
+                    }
+                }
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            joined.unwrap();
+        }
+        // 14,000 partials below epoch 2: more than one prune transaction.
+        handle.prune_before(2).await.unwrap();
+        for vnode in (0..VNODES).step_by(7) {
+            assert_eq!(
+                handle.read_partial(vnode, 0).await.unwrap(),
+                None,
+                "({vnode}, 0)"
+            );
+            assert_eq!(
+                handle.read_partial(vnode, 1).await.unwrap(),
+                None,
+                "({vnode}, 1)"
+            );
+            assert!(
+                handle.read_partial(vnode, 2).await.unwrap().is_some(),
+                "({vnode}, 2)"
+            );
+        }
+    });
+}

@@ -1,0 +1,410 @@
+//! The redb backend against raw redb doing the same work, in one run.
+//!
+//! `cargo bench -p laminar-state-redb` (or `cargo xtask bench`) measures:
+//! durable 4 KiB writes with 1 and 64 concurrent writers, reads with 1 and 64,
+//! `epoch_complete` at 256 vnodes, and pruning 20 epochs x 256 vnodes. Raw
+//! redb writes are one transaction (one fsync) per write, which is what a
+//! store without group commit pays. Results: a table on stdout and
+//! `target/bench/redb.json`. Under `cargo test` it runs once, tiny, as a
+//! smoke test.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use laminar_state_api::StateBackend;
+use laminar_state_redb::RedbStore;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+const RAW: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("raw");
+const RAW_MARKERS: TableDefinition<u64, &[u8]> = TableDefinition::new("raw_markers");
+const PAYLOAD: usize = 4096;
+const GATE_VNODES: u32 = 256;
+
+struct Scale {
+    single_writes: u64,
+    concurrent_writes: u64,
+    reads: u64,
+    gate_rounds: u64,
+    prune_epochs: u64,
+}
+
+const FULL: Scale = Scale {
+    single_writes: 1_000,
+    concurrent_writes: 20_000,
+    reads: 50_000,
+    gate_rounds: 50,
+    prune_epochs: 20,
+};
+
+const SMOKE: Scale = Scale {
+    single_writes: 20,
+    concurrent_writes: 128,
+    reads: 256,
+    gate_rounds: 2,
+    prune_epochs: 2,
+};
+
+struct Row {
+    name: &'static str,
+    unit: &'static str,
+    backend: f64,
+    raw: f64,
+    target: Option<f64>,
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let scale = if full { &FULL } else { &SMOKE };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let payload = Bytes::from(vec![0xA5; PAYLOAD]);
+
+    let raw_db = Arc::new(Database::create(dir.path().join("raw.redb")).expect("raw db"));
+    let store = RedbStore::open(dir.path().join("backend.redb")).expect("backend db");
+    let backend: Arc<dyn StateBackend> = Arc::new(store.handle("bench", u32::MAX));
+
+    let mut rows = Vec::new();
+
+    // Durable writes, one writer.
+    let raw = per_second(scale.single_writes, || {
+        raw_writes(&raw_db, 0, 1, scale.single_writes, &payload)
+    });
+    let ours = per_second(scale.single_writes, || {
+        runtime.block_on(backend_writes(
+            &backend,
+            0,
+            1,
+            scale.single_writes,
+            &payload,
+        ))
+    });
+    rows.push(Row {
+        name: "durable writes/s, 1 writer",
+        unit: "writes/s",
+        backend: ours,
+        raw,
+        target: Some(0.8),
+    });
+
+    // Durable writes, 64 writers: raw pays a transaction per write.
+    let raw = per_second(scale.concurrent_writes / 10, || {
+        raw_writes(&raw_db, 1, 64, scale.concurrent_writes / 10, &payload)
+    });
+    let ours = per_second(scale.concurrent_writes, || {
+        runtime.block_on(backend_writes(
+            &backend,
+            1,
+            64,
+            scale.concurrent_writes,
+            &payload,
+        ))
+    });
+    rows.push(Row {
+        name: "durable writes/s, 64 writers",
+        unit: "writes/s",
+        backend: ours,
+        raw,
+        target: Some(10.0),
+    });
+
+    // Reads of what was just written.
+    for tasks in [1u64, 64] {
+        let raw = per_second(scale.reads, || {
+            raw_reads(&raw_db, 1, tasks, scale.reads, scale.concurrent_writes / 10)
+        });
+        let ours = per_second(scale.reads, || {
+            runtime.block_on(backend_reads(
+                &backend,
+                1,
+                tasks,
+                scale.reads,
+                scale.concurrent_writes,
+            ))
+        });
+        let name = if tasks == 1 {
+            "reads/s, 1 reader"
+        } else {
+            "reads/s, 64 readers"
+        };
+        rows.push(Row {
+            name,
+            unit: "reads/s",
+            backend: ours,
+            raw,
+            target: None,
+        });
+    }
+
+    // The commit gate at 256 vnodes: a fresh seal each round.
+    let gate_vnodes: Vec<u32> = (0..GATE_VNODES).collect();
+    let mut raw_gate = Duration::ZERO;
+    let mut our_gate = Duration::ZERO;
+    for round in 0..scale.gate_rounds {
+        let epoch = 1_000_000 + round;
+        raw_writes_at(&raw_db, epoch, GATE_VNODES, &payload);
+        let started = Instant::now();
+        raw_seal(&raw_db, epoch, GATE_VNODES);
+        raw_gate += started.elapsed();
+        runtime.block_on(async {
+            for vnode in 0..GATE_VNODES {
+                backend
+                    .write_partial(vnode, epoch, 0, payload.clone())
+                    .await
+                    .expect("write");
+            }
+            let started = Instant::now();
+            assert!(
+                backend
+                    .epoch_complete(epoch, &gate_vnodes)
+                    .await
+                    .expect("seal")
+            );
+            our_gate += started.elapsed();
+        });
+    }
+    let per_round = |d: Duration| d.as_secs_f64() * 1e3 / scale.gate_rounds as f64;
+    rows.push(Row {
+        name: "epoch_complete, 256 vnodes",
+        unit: "ms",
+        backend: per_round(our_gate),
+        raw: per_round(raw_gate),
+        target: None,
+    });
+
+    // Prune 20 epochs x 256 vnodes.
+    let base = 2_000_000;
+    for epoch in base..base + scale.prune_epochs {
+        raw_writes_at(&raw_db, epoch, GATE_VNODES, &payload);
+        runtime.block_on(async {
+            let mut tasks = tokio::task::JoinSet::new();
+            for vnode in 0..GATE_VNODES {
+                let (backend, payload) = (Arc::clone(&backend), payload.clone());
+                tasks.spawn(async move { backend.write_partial(vnode, epoch, 0, payload).await });
+            }
+            while let Some(done) = tasks.join_next().await {
+                done.expect("task").expect("write");
+            }
+        });
+    }
+    let started = Instant::now();
+    raw_prune(&raw_db, base + scale.prune_epochs);
+    let raw = started.elapsed().as_secs_f64() * 1e3;
+    let started = Instant::now();
+    runtime
+        .block_on(backend.prune_before(base + scale.prune_epochs))
+        .expect("prune");
+    let ours = started.elapsed().as_secs_f64() * 1e3;
+    rows.push(Row {
+        name: "prune 20 epochs x 256 vnodes",
+        unit: "ms",
+        backend: ours,
+        raw,
+        target: None,
+    });
+
+    report(&rows, full, &store);
+}
+
+fn per_second(ops: u64, work: impl FnOnce()) -> f64 {
+    let started = Instant::now();
+    work();
+    ops as f64 / started.elapsed().as_secs_f64()
+}
+
+/// `count` writes from `writers` threads, one durable transaction each.
+fn raw_writes(db: &Arc<Database>, epoch: u64, writers: u64, count: u64, payload: &Bytes) {
+    std::thread::scope(|scope| {
+        for writer in 0..writers {
+            let db = Arc::clone(db);
+            scope.spawn(move || {
+                for i in (writer..count).step_by(writers as usize) {
+                    let txn = db.begin_write().expect("begin");
+                    txn.open_table(RAW)
+                        .expect("table")
+                        .insert((epoch, i as u32), &payload[..])
+                        .expect("insert");
+                    txn.commit().expect("commit");
+                }
+            });
+        }
+    });
+}
+
+fn raw_writes_at(db: &Database, epoch: u64, vnodes: u32, payload: &Bytes) {
+    let txn = db.begin_write().expect("begin");
+    {
+        let mut table = txn.open_table(RAW).expect("table");
+        for vnode in 0..vnodes {
+            table.insert((epoch, vnode), &payload[..]).expect("insert");
+        }
+    }
+    txn.commit().expect("commit");
+}
+
+/// `count` reads over `keys` keys, one read transaction per read (as the
+/// backend does), from up to 8 threads.
+fn raw_reads(db: &Arc<Database>, epoch: u64, readers: u64, count: u64, keys: u64) {
+    let threads = readers.min(8);
+    std::thread::scope(|scope| {
+        for reader in 0..threads {
+            let db = Arc::clone(db);
+            scope.spawn(move || {
+                for i in (reader..count).step_by(threads as usize) {
+                    let txn = db.begin_read().expect("read");
+                    let table = txn.open_table(RAW).expect("table");
+                    let value = table
+                        .get((epoch, (i % keys) as u32))
+                        .expect("get")
+                        .expect("present");
+                    std::hint::black_box(Bytes::copy_from_slice(value.value()));
+                }
+            });
+        }
+    });
+}
+
+/// The seal as raw redb does it: check every vnode, then write the marker.
+fn raw_seal(db: &Database, epoch: u64, vnodes: u32) {
+    let txn = db.begin_write().expect("begin");
+    {
+        let table = txn.open_table(RAW).expect("table");
+        for vnode in 0..vnodes {
+            assert!(table.get((epoch, vnode)).expect("get").is_some());
+        }
+        txn.open_table(RAW_MARKERS)
+            .expect("markers")
+            .insert(epoch, &b"bench"[..])
+            .expect("insert");
+    }
+    txn.commit().expect("commit");
+}
+
+fn raw_prune(db: &Database, before: u64) {
+    let txn = db.begin_write().expect("begin");
+    txn.open_table(RAW)
+        .expect("table")
+        .retain_in(..(before, 0), |_, _| false)
+        .expect("retain");
+    txn.commit().expect("commit");
+}
+
+async fn backend_writes(
+    backend: &Arc<dyn StateBackend>,
+    epoch: u64,
+    writers: u64,
+    count: u64,
+    payload: &Bytes,
+) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for writer in 0..writers {
+        let (backend, payload) = (Arc::clone(backend), payload.clone());
+        tasks.spawn(async move {
+            for i in (writer..count).step_by(writers as usize) {
+                backend
+                    .write_partial(i as u32, epoch, 0, payload.clone())
+                    .await
+                    .expect("write");
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("writer task");
+    }
+}
+
+async fn backend_reads(
+    backend: &Arc<dyn StateBackend>,
+    epoch: u64,
+    readers: u64,
+    count: u64,
+    keys: u64,
+) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for reader in 0..readers {
+        let backend = Arc::clone(backend);
+        tasks.spawn(async move {
+            for i in (reader..count).step_by(readers as usize) {
+                let vnode = (i % keys) as u32;
+                std::hint::black_box(
+                    backend
+                        .read_partial(vnode, epoch)
+                        .await
+                        .expect("read")
+                        .expect("present"),
+                );
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("reader task");
+    }
+}
+
+fn report(rows: &[Row], full: bool, store: &RedbStore) {
+    println!(
+        "\nredb backend vs raw redb ({} run)",
+        if full { "full" } else { "smoke" }
+    );
+    println!(
+        "{:<32} {:>14} {:>14} {:>8} {:>8}",
+        "measure", "backend", "raw redb", "ratio", "target"
+    );
+    let mut json = Vec::new();
+    for row in rows {
+        // For times lower is better: the ratio is always "how many times
+        // better than raw", so above 1 means faster.
+        let ratio = if row.unit == "ms" {
+            row.raw / row.backend
+        } else {
+            row.backend / row.raw
+        };
+        let target = row
+            .target
+            .map_or_else(|| "-".to_owned(), |t| format!(">={t}"));
+        println!(
+            "{:<32} {:>10.1} {:<3} {:>10.1} {:<3} {:>8.2} {:>8}",
+            row.name,
+            row.backend,
+            short(row.unit),
+            row.raw,
+            short(row.unit),
+            ratio,
+            target
+        );
+        json.push(format!(
+            "  {{\"measure\": {:?}, \"unit\": {:?}, \"backend\": {:.3}, \"raw\": {:.3}, \"ratio\": {:.3}, \"target\": {}}}",
+            row.name,
+            row.unit,
+            row.backend,
+            row.raw,
+            ratio,
+            row.target.map_or("null".to_owned(), |t| t.to_string())
+        ));
+    }
+    let stats = store.commit_stats();
+    println!(
+        "group commit: {} requests in {} transactions",
+        stats.requests, stats.transactions
+    );
+    if full {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+        std::fs::create_dir_all(&dir).expect("bench dir");
+        std::fs::write(
+            dir.join("redb.json"),
+            format!("[\n{}\n]\n", json.join(",\n")),
+        )
+        .expect("write results");
+        println!("results in target/bench/redb.json");
+    }
+}
+
+fn short(unit: &str) -> &str {
+    match unit {
+        "writes/s" | "reads/s" => "/s",
+        other => other,
+    }
+}
