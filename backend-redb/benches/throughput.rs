@@ -111,6 +111,19 @@ fn main() {
         target: Some(10.0),
     });
 
+    // The ceiling for any group commit: raw redb with 64 writes per
+    // transaction, one writer, no hand-off.
+    let ceiling = per_second(scale.concurrent_writes, || {
+        raw_batched_writes(&raw_db, 3, scale.concurrent_writes, 64, &payload)
+    });
+    rows.push(Row {
+        name: "durable writes/s, 64 writers vs raw 64/txn",
+        unit: "writes/s",
+        backend: ours,
+        raw: ceiling,
+        target: None,
+    });
+
     // Reads of what was just written.
     for tasks in [1u64, 64] {
         let raw = per_second(scale.reads, || {
@@ -232,6 +245,22 @@ fn raw_writes(db: &Arc<Database>, epoch: u64, writers: u64, count: u64, payload:
             });
         }
     });
+}
+
+/// `count` writes, `per_txn` to a durable transaction.
+fn raw_batched_writes(db: &Database, epoch: u64, count: u64, per_txn: u64, payload: &Bytes) {
+    for start in (0..count).step_by(per_txn as usize) {
+        let txn = db.begin_write().expect("begin");
+        {
+            let mut table = txn.open_table(RAW).expect("table");
+            for i in start..(start + per_txn).min(count) {
+                table
+                    .insert((epoch, i as u32), &payload[..])
+                    .expect("insert");
+            }
+        }
+        txn.commit().expect("commit");
+    }
 }
 
 fn raw_writes_at(db: &Database, epoch: u64, vnodes: u32, payload: &Bytes) {

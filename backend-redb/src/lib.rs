@@ -52,6 +52,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, Weak};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -77,6 +78,8 @@ const MAX_BATCH_REQUESTS: usize = 4096;
 /// Payload bytes one transaction takes at most (the first request always
 /// goes in, whatever its size).
 const MAX_BATCH_BYTES: usize = 64 << 20;
+/// How long the committer waits for returning callers to fill a batch.
+const GATHER_WAIT: Duration = Duration::from_micros(200);
 /// Partials one prune transaction deletes at most.
 const PRUNE_CHUNK: usize = 8192;
 
@@ -431,38 +434,14 @@ impl StateBackend for RedbBackend {
 
     async fn epoch_complete(&self, epoch: u64, vnodes: &[u32]) -> Result<bool, StateBackendError> {
         self.limits.check_gate(epoch, vnodes)?;
-        let vnodes = vnodes.to_vec();
-        // Most calls are repeats or come too early: answer those from a read
-        // transaction and spend a commit only on a new seal.
-        let probe_vnodes = vnodes.clone();
-        let settled = self
-            .store
-            .blocking(move |core| {
-                let what = || format!("epoch_complete({epoch})");
-                let txn = core.db.begin_read().map_err(|e| redb_error(&what(), e))?;
-                let partials = txn
-                    .open_table(PARTIALS)
-                    .map_err(|e| redb_error(&what(), e))?;
-                let markers = txn
-                    .open_table(MARKERS)
-                    .map_err(|e| redb_error(&what(), e))?;
-                gate(&partials, &markers, epoch, &probe_vnodes)
-            })
-            .await?;
-        match settled {
-            Gate::Missing => Ok(false),
-            Gate::SealedBy(committer) => self.seal_outcome(committer),
-            Gate::Unsealed => {
-                let (reply, answer) = oneshot::channel();
-                let request = Request::Seal {
-                    epoch,
-                    vnodes,
-                    instance_id: Arc::clone(&self.instance_id),
-                    reply,
-                };
-                self.store.submit(request, answer).await
-            }
-        }
+        let (reply, answer) = oneshot::channel();
+        let request = Request::Seal {
+            epoch,
+            vnodes: vnodes.to_vec(),
+            instance_id: Arc::clone(&self.instance_id),
+            reply,
+        };
+        self.store.submit(request, answer).await
     }
 
     async fn prune_before(&self, before: u64) -> Result<(), StateBackendError> {
@@ -475,18 +454,18 @@ impl StateBackend for RedbBackend {
                         let mut partials = txn
                             .open_table(PARTIALS)
                             .map_err(|e| redb_error(&what(), e))?;
-                        // The key PRUNE_CHUNK entries in bounds this transaction.
-                        let chunk_end = partials
-                            .range(..(before, 0))
+                        // Lazily extracted: only what is taken is removed, so
+                        // one transaction deletes at most PRUNE_CHUNK partials.
+                        let mut removed = 0;
+                        for entry in partials
+                            .extract_from_if(..(before, 0), |_, _| true)
                             .map_err(|e| redb_error(&what(), e))?
-                            .nth(PRUNE_CHUNK)
-                            .transpose()
-                            .map_err(|e| redb_error(&what(), e))?
-                            .map(|(key, _)| key.value());
-                        partials
-                            .retain_in(..chunk_end.unwrap_or((before, 0)), |_, _| false)
-                            .map_err(|e| redb_error(&what(), e))?;
-                        let finished = chunk_end.is_none();
+                            .take(PRUNE_CHUNK)
+                        {
+                            entry.map_err(|e| redb_error(&what(), e))?;
+                            removed += 1;
+                        }
+                        let finished = removed < PRUNE_CHUNK;
                         if finished {
                             let mut markers = txn
                                 .open_table(MARKERS)
@@ -566,19 +545,6 @@ impl StateBackend for RedbBackend {
     }
 }
 
-impl RedbBackend {
-    fn seal_outcome(&self, committer: String) -> Result<bool, StateBackendError> {
-        if *committer == *self.instance_id {
-            Ok(true)
-        } else {
-            Err(StateBackendError::SplitBrainCommit {
-                committer,
-                self_id: self.instance_id.to_string(),
-            })
-        }
-    }
-}
-
 /// What the commit gate found.
 enum Gate {
     Missing,
@@ -616,22 +582,42 @@ fn gate(
 }
 
 /// The committer thread: one transaction per batch of queued requests.
+///
+/// Callers answered by one batch usually come straight back with their next
+/// request, but a commit returns faster than they do; taking only what is
+/// queued at that instant would commit a trickle of tiny batches. So when the
+/// queue holds less than half of the previous batch, the committer waits up
+/// to [`GATHER_WAIT`] for the rest. A lone writer (previous batch of one)
+/// never waits.
 fn commit_loop(core: &Core, queue: &mpsc::Receiver<Request>) {
+    let mut previous_batch = 1;
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
-        let mut bytes = 0;
+        let mut bytes = batch_bytes(&batch[0]);
+        let deadline = Instant::now() + GATHER_WAIT;
         while batch.len() < MAX_BATCH_REQUESTS && bytes < MAX_BATCH_BYTES {
-            match queue.try_recv() {
-                Ok(request) => {
-                    if let Request::Write { bytes: b, .. } = &request {
-                        bytes += b.len();
-                    }
-                    batch.push(request);
+            let next = match queue.try_recv() {
+                Ok(request) => Some(request),
+                Err(mpsc::TryRecvError::Disconnected) => None,
+                Err(mpsc::TryRecvError::Empty) if batch.len() * 2 < previous_batch => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    queue.recv_timeout(left).ok()
                 }
-                Err(_) => break,
-            }
+                Err(mpsc::TryRecvError::Empty) => None,
+            };
+            let Some(request) = next else { break };
+            bytes += batch_bytes(&request);
+            batch.push(request);
         }
+        previous_batch = batch.len();
         commit_batch(core, batch);
+    }
+}
+
+fn batch_bytes(request: &Request) -> usize {
+    match request {
+        Request::Write { bytes, .. } => bytes.len(),
+        _ => 0,
     }
 }
 
@@ -701,6 +687,9 @@ fn apply_batch(
     let what = || "group commit".to_owned();
     let txn = core.db.begin_write().map_err(|e| redb_error(&what(), e))?;
     let mut answers = Vec::with_capacity(batch.len());
+    // A batch of refused writes, early gates and repeated seals changes
+    // nothing: it is rolled back instead of paying a commit.
+    let mut dirty = false;
     {
         let mut partials = txn
             .open_table(PARTIALS)
@@ -727,6 +716,7 @@ fn apply_batch(
                             .insert_reserve((*epoch, *vnode), FRAME_HEADER + bytes.len())
                             .map_err(|e| redb_error(&what(), e))?;
                         frame_into(slot.as_mut(), bytes);
+                        dirty = true;
                         Answer::Write(Ok(()))
                     }
                 }
@@ -748,6 +738,7 @@ fn apply_batch(
                             .insert_reserve(*epoch, FRAME_HEADER + id.len())
                             .map_err(|e| redb_error(&what(), e))?;
                         frame_into(slot.as_mut(), id);
+                        dirty = true;
                         Ok(true)
                     }
                     Err(error) => Err(error),
@@ -756,10 +747,15 @@ fn apply_batch(
             });
         }
         if fence > core.fence_on_disk.load(Ordering::Acquire) {
+            dirty = true;
             let mut meta = txn.open_table(META).map_err(|e| redb_error(&what(), e))?;
             meta.insert(FENCE_KEY, fence)
                 .map_err(|e| redb_error(&what(), e))?;
         }
+    }
+    if !dirty {
+        txn.abort().map_err(|e| redb_error(&what(), e))?;
+        return Ok(answers);
     }
     txn.commit().map_err(|e| redb_error(&what(), e))?;
     core.transactions.fetch_add(1, Ordering::Relaxed);
