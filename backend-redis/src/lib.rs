@@ -1,0 +1,899 @@
+//! A [`StateBackend`] on Redis or Redis Cluster, for engines that already
+//! run Redis and want low-latency state shared by several nodes.
+//!
+//! # Layout
+//!
+//! One store is one namespace `NS`. Its vnodes are split into `G` groups
+//! (`vnode % G`); each group's keys share the hash tag `{NS/gK}`, so they
+//! live in one cluster slot and every per-write atomic step is a single-slot
+//! script, while different groups spread over the cluster's shards. The
+//! namespace-wide keys share the tag `{NS}`.
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `laminar:{NS}:layout` | string | `G`, fixed when the namespace is created |
+//! | `laminar:{NS}:fence` | string | the fence (20-digit decimal) |
+//! | `laminar:{NS}:markers` | hash | sealed epoch → committer instance id |
+//! | `laminar:{NS}:sealed` | sorted set (lex) | sealed epochs |
+//! | `laminar:{NS/gK}:fence` | string | group K's copy of the fence |
+//! | `laminar:{NS/gK}:p:EPOCH:VNODE` | string | a partial's bytes |
+//! | `laminar:{NS/gK}:e:EPOCH` | set | vnodes of group K with a partial in EPOCH |
+//! | `laminar:{NS/gK}:epochs` | sorted set (lex) | epochs group K holds |
+//!
+//! Epochs and versions are written as 20-digit zero-padded decimals: they
+//! sort and compare as strings exactly as `u64`s do, which Lua's doubles
+//! cannot do above 2^53.
+//!
+//! # Operations and round trips
+//!
+//! - `write_partial`: one script on the vnode's group checks the group's
+//!   fence and writes the partial and both indexes, atomically: 1 round trip.
+//!   After a raise, the raising handle first copies the fence to every group
+//!   (G + 1 small scripts, in parallel) so that every group refuses stale
+//!   writers before the raise is acknowledged.
+//! - `epoch_complete`: standalone, one script checks every listed vnode
+//!   (`SMISMEMBER`) and creates the marker only if absent: 1 round trip
+//!   whatever the number of vnodes. Cluster: one `SMISMEMBER` per group, in
+//!   parallel, then the marker script: 2 round trips.
+//! - `prune_before`: per group, a script pops up to 16 epochs below the
+//!   bound from the group's epoch index and deletes exactly their keys; no
+//!   keyspace scan.
+//!
+//! # Durability
+//!
+//! A write is acknowledged when the server answers. It survives a server
+//! crash only if the server runs with `appendonly yes` and
+//! `appendfsync always` (the reply is sent after the AOF is fsynced); with
+//! `everysec`, up to a second of acknowledged writes can be lost. The test
+//! servers run with `always`, and P10 is checked by killing and restarting
+//! them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use laminar_state_api::{InputLimits, StateBackend, StateBackendError};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
+
+/// The default largest partial: 64 MiB.
+pub const DEFAULT_MAX_PAYLOAD_LEN: usize = 64 << 20;
+/// The default bound on every network call.
+pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
+/// Vnode groups of a new standalone namespace.
+pub const DEFAULT_STANDALONE_GROUPS: u32 = 1;
+/// Vnode groups of a new cluster namespace: enough to spread over the
+/// shards of a typical cluster.
+pub const DEFAULT_CLUSTER_GROUPS: u32 = 16;
+
+/// Epochs one prune script removes from a group at most.
+const PRUNE_EPOCHS_PER_CALL: u32 = 16;
+
+/// The key names of one namespace.
+#[derive(Debug, Clone)]
+struct Keys {
+    namespace: String,
+    groups: u32,
+}
+
+impl Keys {
+    fn layout(&self) -> String {
+        format!("laminar:{{{}}}:layout", self.namespace)
+    }
+    fn fence(&self) -> String {
+        format!("laminar:{{{}}}:fence", self.namespace)
+    }
+    fn markers(&self) -> String {
+        format!("laminar:{{{}}}:markers", self.namespace)
+    }
+    fn sealed(&self) -> String {
+        format!("laminar:{{{}}}:sealed", self.namespace)
+    }
+    fn group_of(&self, vnode: u32) -> u32 {
+        vnode % self.groups
+    }
+    /// Every key of group `group` starts with this.
+    fn group_prefix(&self, group: u32) -> String {
+        format!("laminar:{{{}/g{group}}}:", self.namespace)
+    }
+    fn group_fence(&self, group: u32) -> String {
+        format!("{}fence", self.group_prefix(group))
+    }
+    fn partial(&self, vnode: u32, epoch: u64) -> String {
+        format!(
+            "{}p:{}:{vnode}",
+            self.group_prefix(self.group_of(vnode)),
+            decimal(epoch)
+        )
+    }
+    fn epoch_index(&self, group: u32, epoch: u64) -> String {
+        format!("{}e:{}", self.group_prefix(group), decimal(epoch))
+    }
+    fn group_epochs(&self, group: u32) -> String {
+        format!("{}epochs", self.group_prefix(group))
+    }
+}
+
+/// A `u64` as 20 zero-padded digits, so string order is numeric order.
+fn decimal(value: u64) -> String {
+    format!("{value:020}")
+}
+
+fn parse_decimal(text: &str, what: &str) -> Result<u64, StateBackendError> {
+    text.parse().map_err(|_| {
+        StateBackendError::Serialization(format!("{what} holds {text:?}, not a number"))
+    })
+}
+
+/// Checks the group's fence (raising it to the carried value first) and
+/// writes the partial and its indexes. Returns the group's fence.
+const WRITE_SCRIPT: &str = r"
+local fence = redis.call('GET', KEYS[1]) or '00000000000000000000'
+if ARGV[2] > fence then
+  redis.call('SET', KEYS[1], ARGV[2])
+  fence = ARGV[2]
+end
+if ARGV[1] < fence then
+  return fence
+end
+redis.call('SET', KEYS[2], ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[4])
+redis.call('ZADD', KEYS[4], 0, ARGV[5])
+return fence
+";
+
+/// Raises one fence key, never lowers it. Returns the fence.
+const RAISE_SCRIPT: &str = r"
+local fence = redis.call('GET', KEYS[1]) or '00000000000000000000'
+if ARGV[1] > fence then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return ARGV[1]
+end
+return fence
+";
+
+/// The commit gate. KEYS: markers, sealed, then (standalone only) the epoch
+/// index of each group. ARGV: epoch, instance id, then per group in KEYS
+/// order: a count and that many vnodes. Returns {0} if a partial is
+/// missing, else {1, committer}, creating the marker if there was none.
+const SEAL_SCRIPT: &str = r"
+local at = 3
+for i = 3, #KEYS do
+  local count = tonumber(ARGV[at])
+  local present = redis.call('SMISMEMBER', KEYS[i], unpack(ARGV, at + 1, at + count))
+  for _, p in ipairs(present) do
+    if p == 0 then return {0} end
+  end
+  at = at + count + 1
+end
+local committer = redis.call('HGET', KEYS[1], ARGV[1])
+if committer then return {1, committer} end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], 0, ARGV[1])
+return {1, ARGV[2]}
+";
+
+/// Removes up to ARGV[2] epochs below ARGV[1] from one group. KEYS[1] is the
+/// group's epoch index; ARGV[3] the group's key prefix. Returns how many
+/// epochs it removed.
+const PRUNE_GROUP_SCRIPT: &str = r"
+local epochs = redis.call('ZRANGEBYLEX', KEYS[1], '-', '(' .. ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, epoch in ipairs(epochs) do
+  local index = ARGV[3] .. 'e:' .. epoch
+  for _, vnode in ipairs(redis.call('SMEMBERS', index)) do
+    redis.call('UNLINK', ARGV[3] .. 'p:' .. epoch .. ':' .. vnode)
+  end
+  redis.call('UNLINK', index)
+  redis.call('ZREM', KEYS[1], epoch)
+end
+return #epochs
+";
+
+/// Removes up to ARGV[2] markers below ARGV[1]. KEYS: markers, sealed.
+const PRUNE_MARKERS_SCRIPT: &str = r"
+local epochs = redis.call('ZRANGEBYLEX', KEYS[2], '-', '(' .. ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, epoch in ipairs(epochs) do
+  redis.call('HDEL', KEYS[1], epoch)
+  redis.call('ZREM', KEYS[2], epoch)
+end
+return #epochs
+";
+
+/// Records the namespace's group count, or returns the one recorded.
+const LAYOUT_SCRIPT: &str = r"
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return redis.call('GET', KEYS[1])
+";
+
+/// The compiled scripts, loaded once per server and called by SHA.
+struct Scripts {
+    write: Script,
+    raise: Script,
+    seal: Script,
+    prune_group: Script,
+    prune_markers: Script,
+    layout: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            write: Script::new(WRITE_SCRIPT),
+            raise: Script::new(RAISE_SCRIPT),
+            seal: Script::new(SEAL_SCRIPT),
+            prune_group: Script::new(PRUNE_GROUP_SCRIPT),
+            prune_markers: Script::new(PRUNE_MARKERS_SCRIPT),
+            layout: Script::new(LAYOUT_SCRIPT),
+        }
+    }
+}
+
+/// How to reach the server and which namespace to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]` or `rediss://...` (TLS).
+    pub url: String,
+    /// Treat `url` (and `extra_nodes`) as seed nodes of a Redis Cluster.
+    pub cluster: bool,
+    /// More cluster seed nodes, as URLs.
+    pub extra_nodes: Vec<String>,
+    /// The namespace: every key of this store carries it.
+    pub namespace: String,
+    /// Vnode groups for a new namespace; an existing namespace keeps its own.
+    pub groups: Option<u32>,
+    /// The bound on every network call.
+    pub operation_timeout: Duration,
+    /// The largest partial, in bytes.
+    pub max_payload_len: usize,
+}
+
+impl RedisConfig {
+    /// Defaults for a standalone server at `url`, namespace `namespace`.
+    pub fn new(url: impl Into<String>, namespace: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            cluster: false,
+            extra_nodes: Vec::new(),
+            namespace: namespace.into(),
+            groups: None,
+            operation_timeout: DEFAULT_OPERATION_TIMEOUT,
+            max_payload_len: DEFAULT_MAX_PAYLOAD_LEN,
+        }
+    }
+
+    /// Parse `redis://host:port/?namespace=NS` (or `rediss://`), with
+    /// optional `cluster=true`, `nodes=host:port,host:port`, `groups=N`,
+    /// `timeout_ms=MS` and `max_payload_len=BYTES`. Other query settings are
+    /// passed to the redis client.
+    pub fn from_url(url: &str) -> Result<Self, StateBackendError> {
+        let bad =
+            |why: String| StateBackendError::Serialization(format!("bad redis URL {url:?}: {why}"));
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let scheme = base.split_once("://").map_or("", |(s, _)| s);
+        if scheme != "redis" && scheme != "rediss" {
+            return Err(bad("the scheme must be redis:// or rediss://".into()));
+        }
+        let mut config = Self::new(base, "laminar");
+        let mut passed = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let number = |what: &str| {
+                value
+                    .parse::<u64>()
+                    .map_err(|_| bad(format!("{what}={value} is not a number")))
+            };
+            match key {
+                "namespace" | "prefix" if !value.is_empty() => config.namespace = value.to_owned(),
+                "cluster" => config.cluster = value == "true" || value == "1",
+                "nodes" => {
+                    config.extra_nodes = value
+                        .split(',')
+                        .filter(|n| !n.is_empty())
+                        .map(|node| format!("{scheme}://{node}"))
+                        .collect();
+                }
+                "groups" => {
+                    let groups = u32::try_from(number("groups")?)
+                        .map_err(|_| bad("groups is too large".into()))?;
+                    if groups == 0 {
+                        return Err(bad("groups must be at least 1".into()));
+                    }
+                    config.groups = Some(groups);
+                }
+                "timeout_ms" => {
+                    config.operation_timeout = Duration::from_millis(number("timeout_ms")?)
+                }
+                "max_payload_len" => {
+                    config.max_payload_len = usize::try_from(number("max_payload_len")?)
+                        .map_err(|_| bad("max_payload_len is too large".into()))?;
+                }
+                _ => passed.push(pair),
+            }
+        }
+        if !passed.is_empty() {
+            config.url = format!("{base}?{}", passed.join("&"));
+        }
+        if config.namespace.contains(['{', '}']) {
+            return Err(bad("the namespace may not contain braces".into()));
+        }
+        Ok(config)
+    }
+}
+
+/// A multiplexed, self-reconnecting connection to a server or a cluster.
+#[derive(Clone)]
+enum Connection {
+    Standalone(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Standalone(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Standalone(c) => c.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Standalone(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// One namespace on one server or cluster: shared by the handles opened
+/// from it (they share its connection).
+#[derive(Clone)]
+pub struct RedisStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    connection: Connection,
+    keys: Keys,
+    cluster: bool,
+    scripts: Scripts,
+    timeout: Duration,
+    max_payload_len: usize,
+    server: String,
+}
+
+impl RedisStore {
+    /// Connect and check (or record) the namespace's layout.
+    pub async fn connect(config: &RedisConfig) -> Result<Self, StateBackendError> {
+        let server = config
+            .url
+            .split('@')
+            .next_back()
+            .unwrap_or(&config.url)
+            .to_owned();
+        let connect_error = |e: RedisError| {
+            StateBackendError::Io(format!("cannot connect to redis at {server}: {e}"))
+        };
+        let connection = if config.cluster {
+            let nodes: Vec<&str> = std::iter::once(config.url.as_str())
+                .chain(config.extra_nodes.iter().map(String::as_str))
+                .collect();
+            let client = redis::cluster::ClusterClient::builder(nodes)
+                .connection_timeout(config.operation_timeout)
+                .response_timeout(config.operation_timeout)
+                .retries(3)
+                .build()
+                .map_err(connect_error)?;
+            let connection =
+                tokio::time::timeout(config.operation_timeout, client.get_async_connection())
+                    .await
+                    .map_err(|_| {
+                        StateBackendError::Io(format!(
+                            "connecting to redis cluster at {server} timed out"
+                        ))
+                    })?
+                    .map_err(connect_error)?;
+            Connection::Cluster(connection)
+        } else {
+            let client = redis::Client::open(config.url.as_str()).map_err(connect_error)?;
+            let manager_config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(config.operation_timeout))
+                .set_response_timeout(Some(config.operation_timeout))
+                .set_number_of_retries(3)
+                .set_max_delay(Duration::from_millis(500));
+            let connection = tokio::time::timeout(
+                config.operation_timeout,
+                ConnectionManager::new_with_config(client, manager_config),
+            )
+            .await
+            .map_err(|_| {
+                StateBackendError::Io(format!("connecting to redis at {server} timed out"))
+            })?
+            .map_err(connect_error)?;
+            Connection::Standalone(connection)
+        };
+        let wanted = config.groups.unwrap_or(if config.cluster {
+            DEFAULT_CLUSTER_GROUPS
+        } else {
+            DEFAULT_STANDALONE_GROUPS
+        });
+        let mut store = Self {
+            shared: Arc::new(Shared {
+                connection,
+                keys: Keys {
+                    namespace: config.namespace.clone(),
+                    groups: wanted,
+                },
+                cluster: config.cluster,
+                scripts: Scripts::new(),
+                timeout: config.operation_timeout,
+                max_payload_len: config.max_payload_len,
+                server,
+            }),
+        };
+        let keys_layout = store.shared.keys.layout();
+        let recorded: String = store
+            .call(
+                "open",
+                |s| &s.layout,
+                |call| {
+                    call.key(keys_layout).arg(wanted);
+                },
+            )
+            .await?;
+        let groups = u32::try_from(parse_decimal(&recorded, "the layout key")?)
+            .ok()
+            .filter(|&g| g > 0)
+            .ok_or_else(|| {
+                StateBackendError::Serialization(format!(
+                    "namespace {:?} records {recorded} vnode groups",
+                    config.namespace
+                ))
+            })?;
+        if groups != wanted {
+            if config.groups.is_some() {
+                return Err(StateBackendError::Serialization(format!(
+                    "namespace {:?} was created with {groups} vnode groups, not {wanted}",
+                    config.namespace
+                )));
+            }
+            if let Some(shared) = Arc::get_mut(&mut store.shared) {
+                shared.keys.groups = groups;
+            }
+        }
+        Ok(store)
+    }
+
+    /// A handle on this namespace for `instance_id`, serving vnodes
+    /// `0..vnode_capacity`. It starts with the namespace's current fence.
+    pub async fn handle(
+        &self,
+        instance_id: impl Into<String>,
+        vnode_capacity: u32,
+    ) -> Result<RedisBackend, StateBackendError> {
+        let fence: Option<String> = self
+            .query(
+                "open",
+                redis::cmd("GET").arg(self.shared.keys.fence()).clone(),
+            )
+            .await?;
+        let fence = fence
+            .map(|f| parse_decimal(&f, "the fence key"))
+            .transpose()?
+            .unwrap_or(0);
+        Ok(RedisBackend {
+            store: self.clone(),
+            instance_id: instance_id.into(),
+            limits: InputLimits::new(vnode_capacity, self.shared.max_payload_len),
+            fence: AtomicU64::new(fence),
+            propagated: AtomicU64::new(fence),
+        })
+    }
+
+    /// Run one command, bounded by the operation timeout.
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        what: &str,
+        cmd: Cmd,
+    ) -> Result<T, StateBackendError> {
+        let mut connection = self.shared.connection.clone();
+        let result =
+            tokio::time::timeout(self.shared.timeout, cmd.query_async(&mut connection)).await;
+        self.finish(what, result)
+    }
+
+    /// Run one script, by SHA (loading it on first use), with the keys and
+    /// arguments `build` adds, bounded by the operation timeout.
+    async fn call<T: redis::FromRedisValue>(
+        &self,
+        what: &str,
+        script: fn(&Scripts) -> &Script,
+        build: impl FnOnce(&mut redis::ScriptInvocation<'_>),
+    ) -> Result<T, StateBackendError> {
+        let mut connection = self.shared.connection.clone();
+        let mut invocation = script(&self.shared.scripts).prepare_invoke();
+        build(&mut invocation);
+        let result = tokio::time::timeout(
+            self.shared.timeout,
+            invocation.invoke_async(&mut connection),
+        )
+        .await;
+        self.finish(what, result)
+    }
+
+    fn finish<T>(
+        &self,
+        what: &str,
+        result: Result<Result<T, RedisError>, tokio::time::error::Elapsed>,
+    ) -> Result<T, StateBackendError> {
+        match result {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(redis_error(what, &self.shared.server, &error)),
+            Err(_) => Err(StateBackendError::Io(format!(
+                "redis {what} at {}: no answer within {:?}",
+                self.shared.server, self.shared.timeout
+            ))),
+        }
+    }
+
+    /// Copy `fence` to the namespace's fence and to every group's, in
+    /// parallel; done when every copy is at least `fence`.
+    async fn propagate_fence(&self, fence: u64) -> Result<(), StateBackendError> {
+        let mut raises = tokio::task::JoinSet::new();
+        let keys = &self.shared.keys;
+        for key in
+            std::iter::once(keys.fence()).chain((0..keys.groups).map(|g| keys.group_fence(g)))
+        {
+            let store = self.clone();
+            raises.spawn(async move {
+                let _: String = store
+                    .call(
+                        "fence raise",
+                        |s| &s.raise,
+                        |call| {
+                            call.key(key).arg(decimal(fence));
+                        },
+                    )
+                    .await?;
+                Ok::<(), StateBackendError>(())
+            });
+        }
+        while let Some(raised) = raises.join_next().await {
+            raised
+                .map_err(|e| StateBackendError::Io(format!("a fence raise task failed: {e}")))??;
+        }
+        Ok(())
+    }
+}
+
+/// A handle on a [`RedisStore`], with its own instance id.
+pub struct RedisBackend {
+    store: RedisStore,
+    instance_id: String,
+    limits: InputLimits,
+    /// The fence this handle enforces: raised locally, and learned from the
+    /// server whenever it refuses a write.
+    fence: AtomicU64,
+    /// The highest fence this handle has copied to every group.
+    propagated: AtomicU64,
+}
+
+impl RedisBackend {
+    /// Connect with `config` and return a handle.
+    pub async fn connect(
+        config: &RedisConfig,
+        instance_id: impl Into<String>,
+        vnode_capacity: u32,
+    ) -> Result<Self, StateBackendError> {
+        RedisStore::connect(config)
+            .await?
+            .handle(instance_id, vnode_capacity)
+            .await
+    }
+
+    /// The store this handle uses.
+    pub fn store(&self) -> &RedisStore {
+        &self.store
+    }
+
+    /// Carry a raise made on this handle to every group before its next
+    /// write or seal, as the contract requires.
+    async fn carry_fence(&self) -> Result<u64, StateBackendError> {
+        let fence = self.fence.load(Ordering::Acquire);
+        if fence > self.propagated.load(Ordering::Acquire) {
+            self.store.propagate_fence(fence).await?;
+            self.propagated.fetch_max(fence, Ordering::AcqRel);
+        }
+        Ok(fence)
+    }
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("server", &self.store.shared.server)
+            .field("namespace", &self.store.shared.keys.namespace)
+            .field("instance_id", &self.instance_id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl StateBackend for RedisBackend {
+    async fn write_partial(
+        &self,
+        vnode: u32,
+        epoch: u64,
+        assignment_version: u64,
+        bytes: Bytes,
+    ) -> Result<(), StateBackendError> {
+        self.limits.check_write(vnode, &bytes)?;
+        // The server decides, after any pending raise of this handle has
+        // reached it, so a refusal always names the fence actually in force.
+        let carried = self.carry_fence().await?;
+        let keys = &self.store.shared.keys;
+        let group = keys.group_of(vnode);
+        let what = format!("write_partial({vnode}, {epoch})");
+        let fence: String = self
+            .store
+            .call(
+                &what,
+                |s| &s.write,
+                |call| {
+                    call.key(keys.group_fence(group))
+                        .key(keys.partial(vnode, epoch))
+                        .key(keys.epoch_index(group, epoch))
+                        .key(keys.group_epochs(group))
+                        .arg(decimal(assignment_version))
+                        .arg(decimal(carried))
+                        .arg(&bytes[..])
+                        .arg(vnode)
+                        .arg(decimal(epoch));
+                },
+            )
+            .await?;
+        let fence = parse_decimal(&fence, "a group fence")?;
+        if fence > 0 && assignment_version < fence {
+            self.fence.fetch_max(fence, Ordering::AcqRel);
+            return Err(StateBackendError::StaleVersion {
+                caller: assignment_version,
+                authoritative: fence,
+            });
+        }
+        Ok(())
+    }
+
+    async fn read_partial(
+        &self,
+        vnode: u32,
+        epoch: u64,
+    ) -> Result<Option<Bytes>, StateBackendError> {
+        self.limits.check_vnode(vnode)?;
+        let key = self.store.shared.keys.partial(vnode, epoch);
+        let value: Option<Vec<u8>> = self
+            .store
+            .query(
+                &format!("read_partial({vnode}, {epoch})"),
+                redis::cmd("GET").arg(key).clone(),
+            )
+            .await?;
+        Ok(value.map(Bytes::from))
+    }
+
+    async fn epoch_complete(&self, epoch: u64, vnodes: &[u32]) -> Result<bool, StateBackendError> {
+        self.limits.check_gate(epoch, vnodes)?;
+        self.carry_fence().await?;
+        let keys = &self.store.shared.keys;
+        let mut by_group: Vec<Vec<u32>> = vec![Vec::new(); keys.groups as usize];
+        for &vnode in vnodes {
+            by_group[keys.group_of(vnode) as usize].push(vnode);
+        }
+        let what = format!("epoch_complete({epoch})");
+        let listed: Vec<(u32, Vec<u32>)> = by_group
+            .into_iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(g, v)| (g as u32, v))
+            .collect();
+        let cluster = self.store.shared.cluster;
+        if cluster && !self.all_present(epoch, &listed).await? {
+            return Ok(false);
+        }
+        let reply: Vec<Value> = self
+            .store
+            .call(
+                &what,
+                |s| &s.seal,
+                |call| {
+                    call.key(keys.markers()).key(keys.sealed());
+                    call.arg(decimal(epoch)).arg(&self.instance_id);
+                    // Standalone: the same script checks the partials too.
+                    if !cluster {
+                        for (group, vnodes) in &listed {
+                            call.key(keys.epoch_index(*group, epoch));
+                            call.arg(vnodes.len()).arg(vnodes.as_slice());
+                        }
+                    }
+                },
+            )
+            .await?;
+        match reply.as_slice() {
+            [Value::Int(0)] => Ok(false),
+            [Value::Int(1), committer] => {
+                let committer: String = redis::from_redis_value_ref(committer).map_err(|e| {
+                    StateBackendError::Serialization(format!(
+                        "the commit marker of epoch {epoch} is unreadable: {e}"
+                    ))
+                })?;
+                if committer == self.instance_id {
+                    Ok(true)
+                } else {
+                    Err(StateBackendError::SplitBrainCommit {
+                        committer,
+                        self_id: self.instance_id.clone(),
+                    })
+                }
+            }
+            other => Err(StateBackendError::Serialization(format!(
+                "{what}: unexpected reply from the seal script: {other:?}"
+            ))),
+        }
+    }
+
+    async fn prune_before(&self, before: u64) -> Result<(), StateBackendError> {
+        let keys = &self.store.shared.keys;
+        let mut groups = tokio::task::JoinSet::new();
+        for group in 0..keys.groups {
+            let store = self.store.clone();
+            groups.spawn(async move {
+                let keys = &store.shared.keys;
+                loop {
+                    let removed: u32 = store
+                        .call(
+                            &format!("prune_before({before})"),
+                            |s| &s.prune_group,
+                            |call| {
+                                call.key(keys.group_epochs(group))
+                                    .arg(decimal(before))
+                                    .arg(PRUNE_EPOCHS_PER_CALL)
+                                    .arg(keys.group_prefix(group));
+                            },
+                        )
+                        .await?;
+                    if removed < PRUNE_EPOCHS_PER_CALL {
+                        return Ok::<(), StateBackendError>(());
+                    }
+                }
+            });
+        }
+        while let Some(pruned) = groups.join_next().await {
+            pruned.map_err(|e| StateBackendError::Io(format!("a prune task failed: {e}")))??;
+        }
+        loop {
+            let removed: u32 = self
+                .store
+                .call(
+                    &format!("prune_before({before})"),
+                    |s| &s.prune_markers,
+                    |call| {
+                        call.key(keys.markers())
+                            .key(keys.sealed())
+                            .arg(decimal(before))
+                            .arg(1024);
+                    },
+                )
+                .await?;
+            if removed < 1024 {
+                return Ok(());
+            }
+        }
+    }
+
+    fn set_authoritative_version(&self, version: u64) {
+        self.fence.fetch_max(version, Ordering::AcqRel);
+    }
+
+    fn authoritative_version(&self) -> u64 {
+        self.fence.load(Ordering::Acquire)
+    }
+
+    async fn latest_committed_epoch(&self) -> Result<Option<u64>, StateBackendError> {
+        let latest: Vec<String> = self
+            .store
+            .query(
+                "latest_committed_epoch()",
+                redis::cmd("ZREVRANGEBYLEX")
+                    .arg(self.store.shared.keys.sealed())
+                    .arg("+")
+                    .arg("-")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(1)
+                    .clone(),
+            )
+            .await?;
+        latest
+            .first()
+            .map(|e| parse_decimal(e, "the sealed index"))
+            .transpose()
+    }
+
+    async fn sealed_epochs(&self, after: u64) -> Result<Vec<u64>, StateBackendError> {
+        let sealed: Vec<String> = self
+            .store
+            .query(
+                &format!("sealed_epochs({after})"),
+                redis::cmd("ZRANGEBYLEX")
+                    .arg(self.store.shared.keys.sealed())
+                    .arg(format!("({}", decimal(after)))
+                    .arg("+")
+                    .clone(),
+            )
+            .await?;
+        sealed
+            .iter()
+            .map(|e| parse_decimal(e, "the sealed index"))
+            .collect()
+    }
+
+    async fn persist_authoritative_version(&self, version: u64) -> Result<(), StateBackendError> {
+        self.set_authoritative_version(version);
+        self.carry_fence().await.map(drop)
+    }
+}
+
+impl RedisBackend {
+    /// Cluster gate, phase one: every listed vnode has a partial, asked of
+    /// each group in parallel.
+    async fn all_present(
+        &self,
+        epoch: u64,
+        listed: &[(u32, Vec<u32>)],
+    ) -> Result<bool, StateBackendError> {
+        let mut checks = tokio::task::JoinSet::new();
+        for (group, vnodes) in listed {
+            let store = self.store.clone();
+            let cmd = redis::cmd("SMISMEMBER")
+                .arg(store.shared.keys.epoch_index(*group, epoch))
+                .arg(vnodes.as_slice())
+                .clone();
+            checks.spawn(async move {
+                let present: Vec<u8> = store
+                    .query(&format!("epoch_complete({epoch})"), cmd)
+                    .await?;
+                Ok::<bool, StateBackendError>(present.iter().all(|&p| p == 1))
+            });
+        }
+        let mut all = true;
+        while let Some(check) = checks.join_next().await {
+            all &=
+                check.map_err(|e| StateBackendError::Io(format!("a gate task failed: {e}")))??;
+        }
+        Ok(all)
+    }
+}
+
+/// Map a redis error once: what failed, where, and why. A full server
+/// (`maxmemory` reached) is called out, since retrying will not help.
+fn redis_error(what: &str, server: &str, error: &RedisError) -> StateBackendError {
+    let text = error.to_string();
+    if text.contains("OOM") {
+        return StateBackendError::Io(format!(
+            "redis {what} at {server}: the server is full (maxmemory reached): {text}"
+        ));
+    }
+    StateBackendError::Io(format!("redis {what} at {server}: {text}"))
+}
