@@ -1,1 +1,258 @@
-fn main() {}
+//! The Redis backend against raw Redis commands doing the same work, on
+//! the same server (`appendfsync always`, as P10 requires), in one run.
+//!
+//! `cargo bench -p laminar-state-redis` (or `cargo xtask bench`): 4 KiB
+//! writes (raw `SET`) and reads (raw `GET`) with 1 and 64 concurrent tasks,
+//! and `epoch_complete` at 256 vnodes against the raw approach of a pipeline
+//! of 256 `EXISTS` followed by `SET NX` of the marker. Results: a table and
+//! `target/bench/redis.json`. Under `cargo test` it runs once, tiny.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use laminar_state_api::StateBackend;
+use laminar_state_redis::{RedisBackend, RedisConfig};
+use redis::aio::ConnectionManager;
+
+const PAYLOAD: usize = 4096;
+const GATE_VNODES: u32 = 256;
+
+struct Row {
+    name: String,
+    unit: &'static str,
+    backend: f64,
+    raw: f64,
+    target: Option<f64>,
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let (ops, gate_rounds) = if full { (20_000u64, 200u64) } else { (256, 3) };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = support::RedisServer::start(dir.path(), &[]);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let rows = runtime.block_on(measure(&server.url(), ops, gate_rounds));
+    report(&rows, full);
+    drop(server);
+}
+
+async fn measure(url: &str, ops: u64, gate_rounds: u64) -> Vec<Row> {
+    let raw = ConnectionManager::new(redis::Client::open(url).expect("client"))
+        .await
+        .expect("raw connection");
+    let mut config = RedisConfig::new(url, "bench");
+    config.groups = Some(1);
+    let backend: Arc<dyn StateBackend> = Arc::new(
+        RedisBackend::connect(&config, "bench", u32::MAX)
+            .await
+            .expect("backend"),
+    );
+    let payload = Bytes::from(vec![0x5A; PAYLOAD]);
+    let mut rows = Vec::new();
+
+    for tasks in [1u64, 64] {
+        let (shared_raw, shared_payload) = (raw.clone(), payload.clone());
+        let raw_rate = rate(
+            ops,
+            run_tasks(tasks, ops, move |i| {
+                let (mut raw, payload) = (shared_raw.clone(), shared_payload.clone());
+                async move {
+                    let () = redis::cmd("SET")
+                        .arg(format!("raw:{i}"))
+                        .arg(&payload[..])
+                        .query_async(&mut raw)
+                        .await
+                        .expect("SET");
+                }
+            }),
+        )
+        .await;
+        let (shared_backend, shared_payload) = (Arc::clone(&backend), payload.clone());
+        let our_rate = rate(
+            ops,
+            run_tasks(tasks, ops, move |i| {
+                let (backend, payload) = (Arc::clone(&shared_backend), shared_payload.clone());
+                async move {
+                    backend
+                        .write_partial(i as u32, 1, 0, payload)
+                        .await
+                        .expect("write")
+                }
+            }),
+        )
+        .await;
+        rows.push(Row {
+            name: format!("writes/s, {tasks} task(s), 4 KiB"),
+            unit: "/s",
+            backend: our_rate,
+            raw: raw_rate,
+            target: Some(0.8),
+        });
+
+        let shared_raw = raw.clone();
+        let raw_rate = rate(
+            ops,
+            run_tasks(tasks, ops, move |i| {
+                let mut raw = shared_raw.clone();
+                async move {
+                    let value: Option<Vec<u8>> = redis::cmd("GET")
+                        .arg(format!("raw:{i}"))
+                        .query_async(&mut raw)
+                        .await
+                        .expect("GET");
+                    assert!(value.is_some());
+                }
+            }),
+        )
+        .await;
+        let shared_backend = Arc::clone(&backend);
+        let our_rate = rate(
+            ops,
+            run_tasks(tasks, ops, move |i| {
+                let backend = Arc::clone(&shared_backend);
+                async move {
+                    assert!(
+                        backend
+                            .read_partial(i as u32, 1)
+                            .await
+                            .expect("read")
+                            .is_some()
+                    )
+                }
+            }),
+        )
+        .await;
+        rows.push(Row {
+            name: format!("reads/s, {tasks} task(s), 4 KiB"),
+            unit: "/s",
+            backend: our_rate,
+            raw: raw_rate,
+            target: Some(0.8),
+        });
+    }
+
+    let vnodes: Vec<u32> = (0..GATE_VNODES).collect();
+    let (mut ours, mut seed) = (0.0, 0.0);
+    for round in 0..gate_rounds {
+        let epoch = 1_000 + round;
+        let mut pipe = redis::pipe();
+        for vnode in 0..GATE_VNODES {
+            backend
+                .write_partial(vnode, epoch, 0, Bytes::from_static(b"p"))
+                .await
+                .expect("write");
+            pipe.cmd("SET")
+                .arg(format!("raw:{epoch}:{vnode}"))
+                .arg("p")
+                .ignore();
+        }
+        let () = pipe
+            .query_async(&mut raw.clone())
+            .await
+            .expect("raw partials");
+        let started = Instant::now();
+        assert!(backend.epoch_complete(epoch, &vnodes).await.expect("seal"));
+        ours += started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let mut exists = redis::pipe();
+        for vnode in 0..GATE_VNODES {
+            exists.cmd("EXISTS").arg(format!("raw:{epoch}:{vnode}"));
+        }
+        let present: Vec<u8> = exists.query_async(&mut raw.clone()).await.expect("EXISTS");
+        assert!(present.iter().all(|&p| p == 1));
+        let _: Option<String> = redis::cmd("SET")
+            .arg(format!("raw:marker:{epoch}"))
+            .arg("bench")
+            .arg("NX")
+            .query_async(&mut raw.clone())
+            .await
+            .expect("SET NX");
+        seed += started.elapsed().as_secs_f64();
+    }
+    let ms = |total: f64| total * 1e3 / gate_rounds as f64;
+    rows.push(Row {
+        name: "epoch_complete, 256 vnodes".into(),
+        unit: "ms",
+        backend: ms(ours),
+        raw: ms(seed),
+        target: None,
+    });
+    rows
+}
+
+/// Run `ops` operations from `tasks` concurrent tasks; the elapsed time.
+async fn run_tasks<F, Fut>(tasks: u64, ops: u64, op: F) -> std::time::Duration
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let op = Arc::new(op);
+    let started = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for task in 0..tasks {
+        let op = Arc::clone(&op);
+        set.spawn(async move {
+            for i in (task..ops).step_by(tasks as usize) {
+                op(i).await;
+            }
+        });
+    }
+    while let Some(done) = set.join_next().await {
+        done.expect("bench task");
+    }
+    started.elapsed()
+}
+
+async fn rate(ops: u64, elapsed: impl std::future::Future<Output = std::time::Duration>) -> f64 {
+    ops as f64 / elapsed.await.as_secs_f64()
+}
+
+fn report(rows: &[Row], full: bool) {
+    println!(
+        "\nredis backend vs raw redis ({} run)",
+        if full { "full" } else { "smoke" }
+    );
+    println!(
+        "{:<34} {:>12} {:>12} {:>7} {:>7}",
+        "measure", "backend", "raw", "ratio", "target"
+    );
+    let mut json = Vec::new();
+    for row in rows {
+        let ratio = if row.unit == "ms" {
+            row.raw / row.backend
+        } else {
+            row.backend / row.raw
+        };
+        let target = row
+            .target
+            .map_or_else(|| "-".to_owned(), |t| format!(">={t}"));
+        println!(
+            "{:<34} {:>9.1} {:<2} {:>9.1} {:<2} {:>7.2} {:>7}",
+            row.name, row.backend, row.unit, row.raw, row.unit, ratio, target
+        );
+        json.push(format!(
+            "  {{\"measure\": {:?}, \"unit\": {:?}, \"backend\": {:.3}, \"raw\": {:.3}, \"ratio\": {:.3}}}",
+            row.name, row.unit, row.backend, row.raw, ratio
+        ));
+    }
+    println!(
+        "(epoch_complete raw = pipelined EXISTS x256, then SET NX: the seed's approach, 2 round trips)"
+    );
+    if full {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+        std::fs::create_dir_all(&dir).expect("bench dir");
+        std::fs::write(
+            dir.join("redis.json"),
+            format!("[\n{}\n]\n", json.join(",\n")),
+        )
+        .expect("write results");
+        println!("results in target/bench/redis.json");
+    }
+}

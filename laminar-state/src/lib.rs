@@ -9,6 +9,7 @@
 //! |---|---|---|
 //! | `memory` (default) | `memory://` or `memory://NAME` | [`memory`]: in-process; a name shares one store between handles |
 //! | `redb` (default) | `redb:///path/to/state.redb` | [`redb`]: durable, one file, no server |
+//! | `redis` | `redis://host:port/?namespace=NS`, `rediss://...` | [`redis`]: Redis or Redis Cluster (`&cluster=true`) |
 //!
 //! A URL whose backend is not compiled in fails with
 //! [`ConfigError::FeatureDisabled`], which names the feature to enable.
@@ -42,6 +43,11 @@ pub use laminar_state_memory as memory;
 #[cfg_attr(docsrs, doc(cfg(feature = "redb")))]
 pub use laminar_state_redb as redb;
 
+/// Redis and Redis Cluster.
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use laminar_state_redis as redis;
+
 /// Why a backend could not be built from a URL or config.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -56,7 +62,7 @@ pub enum ConfigError {
         feature: &'static str,
     },
     /// The URL's scheme names no backend.
-    #[error("unknown state backend scheme `{0}://` (known: memory, redb)")]
+    #[error("unknown state backend scheme `{0}://` (known: memory, redb, redis, rediss, s3)")]
     UnknownScheme(String),
     /// The URL or config is malformed.
     #[error("invalid state backend URL or config `{input}`: {reason}")]
@@ -98,6 +104,13 @@ pub enum BackendConfig {
         #[serde(default)]
         verify_on_open: Option<bool>,
     },
+    /// Redis or Redis Cluster.
+    Redis {
+        /// `redis://...` or `rediss://...`, with the settings of
+        /// `RedisConfig::from_url` in its query (`namespace`, `cluster`,
+        /// `nodes`, `groups`, `timeout_ms`, `max_payload_len`).
+        url: String,
+    },
 }
 
 /// A whole backend configuration: the backend, and who this handle is.
@@ -124,6 +137,11 @@ impl BackendConfig {
         let (scheme, rest) = url
             .split_once("://")
             .ok_or_else(|| invalid("expected SCHEME://..."))?;
+        if scheme == "redis" || scheme == "rediss" {
+            return Ok(BackendConfig::Redis {
+                url: url.to_owned(),
+            });
+        }
         let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
         let location = percent_decode(location).map_err(|reason| invalid(&reason))?;
         let mut max_payload_len = None;
@@ -154,10 +172,6 @@ impl BackendConfig {
                 path: PathBuf::from(location),
                 max_payload_len,
                 verify_on_open,
-            }),
-            "redis" | "rediss" => Err(ConfigError::FeatureDisabled {
-                scheme: scheme.to_owned(),
-                feature: "redis",
             }),
             "s3" => Err(ConfigError::FeatureDisabled {
                 scheme: scheme.to_owned(),
@@ -197,6 +211,7 @@ impl BackendConfig {
                 )
                 .await
             }
+            BackendConfig::Redis { url } => open_redis(url, instance_id, vnode_capacity).await,
         }
     }
 }
@@ -298,6 +313,26 @@ async fn open_redb(
     Err(ConfigError::FeatureDisabled {
         scheme: "redb".into(),
         feature: "redb",
+    })
+}
+
+#[cfg(feature = "redis")]
+async fn open_redis(
+    url: &str,
+    instance_id: &str,
+    vnode_capacity: u32,
+) -> Result<Arc<dyn StateBackend>, ConfigError> {
+    let config = laminar_state_redis::RedisConfig::from_url(url)?;
+    Ok(Arc::new(
+        laminar_state_redis::RedisBackend::connect(&config, instance_id, vnode_capacity).await?,
+    ))
+}
+
+#[cfg(not(feature = "redis"))]
+async fn open_redis(_: &str, _: &str, _: u32) -> Result<Arc<dyn StateBackend>, ConfigError> {
+    Err(ConfigError::FeatureDisabled {
+        scheme: "redis".into(),
+        feature: "redis",
     })
 }
 

@@ -42,11 +42,19 @@ fn have_nextest() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Make sure the servers the tests start (redis-server) are installed.
+pub(crate) fn install() -> Result<(), String> {
+    let mut install = Command::new("bash");
+    install.arg(root().join(".ci").join("install"));
+    run(install)
+}
+
 /// Every test: the doc tests first (nextest does not run them), then the
 /// rest with nextest (one process per test, so the crash tests' children
 /// and the per-test time limits are isolated) when it is installed, else
 /// with libtest.
 pub(crate) fn test() -> Result<(), String> {
+    install()?;
     let mut doc = cargo();
     doc.args(["test", "--workspace", "--doc"]);
     run(doc)?;

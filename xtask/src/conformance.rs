@@ -22,19 +22,23 @@ struct Cell {
 }
 
 pub(crate) fn run(backends: &[&Backend]) -> Result<(), String> {
-    let mut columns = Vec::new();
+    if backends.iter().any(|b| !b.embedded) {
+        crate::cargo::install()?;
+    }
+    let mut columns: Vec<(String, Vec<(String, Cell)>)> = Vec::new();
     for backend in backends {
         let binary = build(backend)?;
-        let tests = list(&binary)?;
-        eprintln!("{}: {} properties", backend.name, tests.len());
-        let mut cells = Vec::new();
-        for test in &tests {
-            let cell = run_one(&binary, test)?;
-            let property = test.rsplit("::").next().unwrap_or(test).to_owned();
-            eprintln!("  {property:<24} {}", verdict_text(&cell));
-            cells.push((property, cell));
+        // One column per conformance module: a crate may test several
+        // deployments (redis: standalone and cluster).
+        for test in list(&binary)? {
+            let (column, property) = test.rsplit_once("::").unwrap_or((backend.name, &test));
+            let cell = run_one(&binary, &test)?;
+            eprintln!("  {column:<18} {property:<24} {}", verdict_text(&cell));
+            match columns.iter_mut().find(|(name, _)| name == column) {
+                Some((_, cells)) => cells.push((property.to_owned(), cell)),
+                None => columns.push((column.to_owned(), vec![(property.to_owned(), cell)])),
+            }
         }
-        columns.push((backend.name, cells));
     }
     print_matrix(&columns);
     write_json(&columns)?;
@@ -159,7 +163,7 @@ fn verdict_text(cell: &Cell) -> String {
     }
 }
 
-fn print_matrix(columns: &[(&str, Vec<(String, Cell)>)]) {
+fn print_matrix(columns: &[(String, Vec<(String, Cell)>)]) {
     let Some((_, first)) = columns.first() else {
         return;
     };
@@ -199,7 +203,7 @@ fn print_matrix(columns: &[(&str, Vec<(String, Cell)>)]) {
     println!("{table}{totals}");
 }
 
-fn write_json(columns: &[(&str, Vec<(String, Cell)>)]) -> Result<(), String> {
+fn write_json(columns: &[(String, Vec<(String, Cell)>)]) -> Result<(), String> {
     let mut json = String::from("[\n");
     let rows: Vec<String> = columns
         .iter()

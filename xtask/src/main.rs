@@ -16,7 +16,8 @@ commands:
   lint                     cargo fmt --check, clippy -D warnings, rustdoc -D warnings
   conformance [--backend NAME|embedded|all]
                            run the conformance suite and print the matrix,
-                           property by backend (default: embedded = memory, redb)
+                           property by backend (default: embedded = memory, redb;
+                           redis starts its own redis-server processes)
   bench [--backend NAME|all]
                            benchmarks against the raw store, in release mode
                            (default: all); results in target/bench/

@@ -101,10 +101,20 @@ impl RedisServer {
         self.wait_until_ready();
     }
 
+    /// Wait for PING, and make sure the server answering is ours: if
+    /// another process took the port first, ours has exited.
     fn wait_until_ready(&self) {
         let deadline = Instant::now() + START_TIMEOUT;
         while Instant::now() < deadline {
             if ping(self.port) {
+                let info = self.cli(&["info", "server"]);
+                assert!(
+                    info.contains(&format!("process_id:{}\r", self.pid))
+                        || info.contains(&format!("process_id:{}\n", self.pid)),
+                    "port {} is served by another process, not our redis-server {}",
+                    self.port,
+                    self.pid
+                );
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
