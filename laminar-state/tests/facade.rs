@@ -2,8 +2,9 @@
 //! names the missing feature otherwise.
 
 use bytes::Bytes;
-use laminar_state::{BackendConfig, Config, ConfigError, StateBackendError, connect};
+use laminar_state::{ConfigError, StateBackendError, connect};
 
+#[cfg(feature = "memory")]
 #[tokio::test]
 async fn memory_urls_share_named_stores_only() {
     let a = connect("memory://facade-shared", "a", 4).await.unwrap();
@@ -24,6 +25,7 @@ async fn memory_urls_share_named_stores_only() {
     ));
 }
 
+#[cfg(feature = "redb")]
 #[tokio::test]
 async fn redb_urls_open_one_durable_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -64,6 +66,12 @@ async fn missing_features_and_bad_urls_are_named() {
     if cfg!(not(feature = "redis")) {
         missing.extend([("redis://localhost/0", "redis"), ("rediss://h", "redis")]);
     }
+    if cfg!(not(feature = "redb")) {
+        missing.push(("redb:///tmp/x.redb", "redb"));
+    }
+    if cfg!(not(feature = "memory")) {
+        missing.push(("memory://", "memory"));
+    }
     for (url, feature) in missing {
         let error = connect(url, "a", 4).await.err().expect("not compiled in");
         assert!(
@@ -96,6 +104,7 @@ async fn missing_features_and_bad_urls_are_named() {
     ));
 }
 
+#[cfg(feature = "redb")]
 #[tokio::test]
 async fn a_damaged_redb_file_is_a_typed_error() {
     let dir = tempfile::tempdir().unwrap();
@@ -114,8 +123,11 @@ async fn a_damaged_redb_file_is_a_typed_error() {
     );
 }
 
+#[cfg(all(feature = "memory", feature = "redb"))]
 #[tokio::test]
 async fn configs_deserialize_and_open() {
+    use laminar_state::{BackendConfig, Config};
+
     let dir = tempfile::tempdir().unwrap();
     let json = format!(
         r#"{{"instance_id": "node-1", "vnode_capacity": 8, "backend": "redb", "path": {:?}}}"#,
@@ -154,6 +166,8 @@ async fn configs_deserialize_and_open() {
 #[cfg(feature = "redis")]
 #[tokio::test]
 async fn redis_urls_reach_the_redis_backend() {
+    use laminar_state::BackendConfig;
+
     let config =
         BackendConfig::from_url("redis://127.0.0.1:1/?namespace=n&timeout_ms=200").unwrap();
     assert!(matches!(config, BackendConfig::Redis { .. }));
