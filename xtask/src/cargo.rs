@@ -56,19 +56,33 @@ pub(crate) fn install() -> Result<(), String> {
 pub(crate) fn test() -> Result<(), String> {
     install()?;
     let mut doc = cargo();
-    doc.args(["test", "--workspace", "--doc"]);
+    doc.args(["test", "--workspace", "--doc", "--all-features"]);
     run(doc)?;
+    // The facade with only the in-process backend: the others must answer
+    // with an error naming their feature.
+    let mut minimal = cargo();
+    minimal.args([
+        "test",
+        "--package",
+        "laminar-state",
+        "--no-default-features",
+        "--features",
+        "memory",
+        "--test",
+        "facade",
+    ]);
+    run(minimal)?;
     let mut tests = cargo();
+    let all = [
+        "--workspace",
+        "--all-targets",
+        "--all-features",
+        "--no-fail-fast",
+    ];
     if have_nextest() {
-        tests.args([
-            "nextest",
-            "run",
-            "--workspace",
-            "--all-targets",
-            "--no-fail-fast",
-        ]);
+        tests.args(["nextest", "run"]).args(all);
     } else {
-        tests.args(["test", "--workspace", "--all-targets", "--no-fail-fast"]);
+        tests.arg("test").args(all);
     }
     run(tests)
 }

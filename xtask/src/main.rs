@@ -36,6 +36,11 @@ pub(crate) const BACKENDS: &[Backend] = &[
         package: "laminar-state-redb",
         embedded: true,
     },
+    Backend {
+        name: "redis",
+        package: "laminar-state-redis",
+        embedded: false,
+    },
 ];
 
 /// One backend crate.
