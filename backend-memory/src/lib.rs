@@ -29,6 +29,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
@@ -95,6 +96,7 @@ impl MemoryStore {
             limits: InputLimits::new(vnode_capacity, self.shared.max_payload_len),
             shared: Arc::clone(&self.shared),
             instance_id: instance_id.into(),
+            told: AtomicU64::new(0),
         }
     }
 }
@@ -104,6 +106,9 @@ pub struct MemoryBackend {
     shared: Arc<Shared>,
     instance_id: String,
     limits: InputLimits,
+    /// The highest version this handle was told; a handle told less than
+    /// the store's fence is a deposed leader and may not seal.
+    told: AtomicU64,
 }
 
 impl MemoryBackend {
@@ -169,6 +174,14 @@ impl StateBackend for MemoryBackend {
         // Holding the marker lock across the gate keeps a concurrent prune
         // from removing partials between the check and the seal.
         let mut markers = lock(&self.shared.markers);
+        let fence = *read(&self.shared.fence);
+        let told = self.told.load(Ordering::Acquire);
+        if told > 0 && told < fence {
+            return Err(StateBackendError::StaleVersion {
+                caller: told,
+                authoritative: fence,
+            });
+        }
         let all_present = vnodes
             .iter()
             .all(|&vnode| read(self.shared.shard(vnode)).contains_key(&(epoch, vnode)));
@@ -199,6 +212,7 @@ impl StateBackend for MemoryBackend {
     }
 
     fn set_authoritative_version(&self, version: u64) {
+        self.told.fetch_max(version, Ordering::AcqRel);
         let mut fence = write(&self.shared.fence);
         *fence = (*fence).max(version);
     }

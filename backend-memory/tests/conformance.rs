@@ -19,7 +19,7 @@ impl BackendFactory for MemoryFactory {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::NONE.shared_fence().recovery_queries()
+        Capabilities::NONE.fenced_seal().recovery_queries()
     }
 
     async fn create_store(&self) -> Result<Box<dyn TestStore>, StateBackendError> {

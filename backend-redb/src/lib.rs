@@ -158,6 +158,7 @@ enum Request {
         epoch: u64,
         vnodes: Vec<u32>,
         instance_id: Arc<str>,
+        told: u64,
         reply: oneshot::Sender<Result<bool, StateBackendError>>,
     },
     PersistFence {
@@ -213,6 +214,7 @@ impl RedbStore {
             limits: InputLimits::new(vnode_capacity, self.inner.core.max_payload_len),
             store: self.clone(),
             instance_id: Arc::from(instance_id.into()),
+            told: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -360,6 +362,9 @@ pub struct RedbBackend {
     store: RedbStore,
     instance_id: Arc<str>,
     limits: InputLimits,
+    /// The highest version this handle (and its clones) was told; a handle
+    /// told less than the fence is a deposed leader and may not seal.
+    told: Arc<AtomicU64>,
 }
 
 impl RedbBackend {
@@ -439,6 +444,7 @@ impl StateBackend for RedbBackend {
             epoch,
             vnodes: vnodes.to_vec(),
             instance_id: Arc::clone(&self.instance_id),
+            told: self.told.load(Ordering::Acquire),
             reply,
         };
         self.store.submit(request, answer).await
@@ -486,6 +492,7 @@ impl StateBackend for RedbBackend {
     }
 
     fn set_authoritative_version(&self, version: u64) {
+        self.told.fetch_max(version, Ordering::AcqRel);
         let core = &self.store.inner.core;
         if version <= core.fence_now.load(Ordering::Acquire) {
             return;
@@ -724,8 +731,14 @@ fn apply_batch(
                     epoch,
                     vnodes,
                     instance_id,
+                    told,
                     ..
                 } => Answer::Seal(match gate(&partials, &markers, *epoch, vnodes) {
+                    // A deposed leader may not seal, whatever it finds.
+                    _ if *told > 0 && *told < fence => Err(StateBackendError::StaleVersion {
+                        caller: *told,
+                        authoritative: fence,
+                    }),
                     Ok(Gate::Missing) => Ok(false),
                     Ok(Gate::SealedBy(committer)) if *committer == **instance_id => Ok(true),
                     Ok(Gate::SealedBy(committer)) => Err(StateBackendError::SplitBrainCommit {

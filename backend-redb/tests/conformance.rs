@@ -39,7 +39,7 @@ impl BackendFactory for RedbFactory {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::NONE
-            .shared_fence()
+            .fenced_seal()
             .cross_process_reopen()
             .recovery_queries()
             .corruption_detection()

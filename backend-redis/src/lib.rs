@@ -155,13 +155,19 @@ end
 return fence
 ";
 
-/// The commit gate. KEYS: markers, sealed, then (standalone only) the epoch
-/// index of each group. ARGV: epoch, instance id, then per group in KEYS
-/// order: a count and that many vnodes. Returns {0} if a partial is
-/// missing, else {1, committer}, creating the marker if there was none.
+/// The commit gate. KEYS: markers, sealed, the namespace fence, then
+/// (standalone only) the epoch index of each group. ARGV: epoch, instance
+/// id, the version the handle was told, then per group in KEYS order: a
+/// count and that many vnodes. Returns {2, fence} if the handle was told a
+/// version below the fence (a deposed leader may not seal), {0} if a partial
+/// is missing, else {1, committer}, creating the marker if there was none.
 const SEAL_SCRIPT: &str = r"
-local at = 3
-for i = 3, #KEYS do
+local fence = redis.call('GET', KEYS[3]) or '00000000000000000000'
+if ARGV[3] ~= '00000000000000000000' and ARGV[3] < fence then
+  return {2, fence}
+end
+local at = 4
+for i = 4, #KEYS do
   local count = tonumber(ARGV[at])
   local present = redis.call('SMISMEMBER', KEYS[i], unpack(ARGV, at + 1, at + count))
   for _, p in ipairs(present) do
@@ -500,6 +506,7 @@ impl RedisStore {
             limits: InputLimits::new(vnode_capacity, self.shared.max_payload_len),
             fence: AtomicU64::new(fence),
             propagated: AtomicU64::new(fence),
+            told: AtomicU64::new(0),
         })
     }
 
@@ -589,6 +596,9 @@ pub struct RedisBackend {
     fence: AtomicU64,
     /// The highest fence this handle has copied to every group.
     propagated: AtomicU64,
+    /// The highest version this handle was told; a handle told less than
+    /// the fence is a deposed leader and may not seal.
+    told: AtomicU64,
 }
 
 impl RedisBackend {
@@ -709,8 +719,25 @@ impl StateBackend for RedisBackend {
             .map(|(g, v)| (g as u32, v))
             .collect();
         let cluster = self.store.shared.cluster;
-        if cluster && !self.all_present(epoch, &listed).await? {
-            return Ok(false);
+        if cluster {
+            // Phase one: the partials, and whether this handle is deposed
+            // (the seal script checks that again, atomically).
+            let fence_cmd = redis::cmd("GET").arg(keys.fence()).clone();
+            let (present, fence) = tokio::join!(
+                self.all_present(epoch, &listed),
+                self.store.query::<Option<String>>(&what, fence_cmd)
+            );
+            let fence = fence?
+                .map(|f| parse_decimal(&f, "the fence key"))
+                .transpose()?
+                .unwrap_or(0);
+            let told = self.told.load(Ordering::Acquire);
+            if told > 0 && told < fence {
+                return Err(self.deposed(fence));
+            }
+            if !present? {
+                return Ok(false);
+            }
         }
         let reply: Vec<Value> = self
             .store
@@ -718,8 +745,12 @@ impl StateBackend for RedisBackend {
                 &what,
                 |s| &s.seal,
                 |call| {
-                    call.key(keys.markers()).key(keys.sealed());
-                    call.arg(decimal(epoch)).arg(&self.instance_id);
+                    call.key(keys.markers())
+                        .key(keys.sealed())
+                        .key(keys.fence());
+                    call.arg(decimal(epoch))
+                        .arg(&self.instance_id)
+                        .arg(decimal(self.told.load(Ordering::Acquire)));
                     // Standalone: the same script checks the partials too.
                     if !cluster {
                         for (group, vnodes) in &listed {
@@ -732,6 +763,12 @@ impl StateBackend for RedisBackend {
             .await?;
         match reply.as_slice() {
             [Value::Int(0)] => Ok(false),
+            [Value::Int(2), fence] => {
+                let fence: String = redis::from_redis_value_ref(fence).map_err(|e| {
+                    StateBackendError::Serialization(format!("{what}: unreadable fence: {e}"))
+                })?;
+                Err(self.deposed(parse_decimal(&fence, "the fence key")?))
+            }
             [Value::Int(1), committer] => {
                 let committer: String = redis::from_redis_value_ref(committer).map_err(|e| {
                     StateBackendError::Serialization(format!(
@@ -803,6 +840,7 @@ impl StateBackend for RedisBackend {
     }
 
     fn set_authoritative_version(&self, version: u64) {
+        self.told.fetch_max(version, Ordering::AcqRel);
         self.fence.fetch_max(version, Ordering::AcqRel);
     }
 
@@ -856,6 +894,14 @@ impl StateBackend for RedisBackend {
 }
 
 impl RedisBackend {
+    /// The refusal of a seal by a handle told less than `fence`.
+    fn deposed(&self, fence: u64) -> StateBackendError {
+        StateBackendError::StaleVersion {
+            caller: self.told.load(Ordering::Acquire),
+            authoritative: fence,
+        }
+    }
+
     /// Cluster gate, phase one: every listed vnode has a partial, asked of
     /// each group in parallel.
     async fn all_present(

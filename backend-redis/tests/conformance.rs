@@ -119,7 +119,7 @@ impl BackendFactory for RedisFactory {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::NONE
-            .shared_fence()
+            .fenced_seal()
             .cross_process_reopen()
             .recovery_queries()
     }

@@ -36,6 +36,9 @@ pub struct Capabilities {
     /// Stored bytes are framed or checksummed, so damage is reported as an
     /// error rather than returned as data; the test store can inject it.
     pub corruption_detection: bool,
+    /// A handle told an assignment version below the store's fence cannot
+    /// seal an epoch (P15).
+    pub fenced_seal: bool,
 }
 
 impl Capabilities {
@@ -47,6 +50,7 @@ impl Capabilities {
         cross_process_reopen: false,
         recovery_queries: false,
         corruption_detection: false,
+        fenced_seal: false,
     };
 
     /// Claim [`fencing`](Self::fencing).
@@ -88,6 +92,14 @@ impl Capabilities {
         self
     }
 
+    /// Claim [`fenced_seal`](Self::fenced_seal) (implies shared fence).
+    pub const fn fenced_seal(mut self) -> Self {
+        self.fencing = true;
+        self.shared_fence = true;
+        self.fenced_seal = true;
+        self
+    }
+
     /// Whether the named capability is claimed.
     pub const fn has(&self, capability: Capability) -> bool {
         match capability {
@@ -97,6 +109,7 @@ impl Capabilities {
             Capability::CrossProcessReopen => self.cross_process_reopen,
             Capability::RecoveryQueries => self.recovery_queries,
             Capability::CorruptionDetection => self.corruption_detection,
+            Capability::FencedSeal => self.fenced_seal,
         }
     }
 }
@@ -116,6 +129,8 @@ pub enum Capability {
     RecoveryQueries,
     /// See [`Capabilities::corruption_detection`].
     CorruptionDetection,
+    /// See [`Capabilities::fenced_seal`].
+    FencedSeal,
 }
 
 impl Capability {
@@ -128,6 +143,7 @@ impl Capability {
             Capability::CrossProcessReopen => "cross_process_reopen",
             Capability::RecoveryQueries => "recovery_queries",
             Capability::CorruptionDetection => "corruption_detection",
+            Capability::FencedSeal => "fenced_seal",
         }
     }
 }

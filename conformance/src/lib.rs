@@ -1,5 +1,5 @@
 //! The conformance suite for [`StateBackend`] implementations: the
-//! contract's properties P1 to P14, checked with proptest, real concurrency
+//! contract's properties P1 to P15, checked with proptest, real concurrency
 //! and real process kills, against any backend.
 //!
 //! # Test your own backend
@@ -264,6 +264,7 @@ macro_rules! conformance_tests {
                 p12_corruption,
                 p13_shared_object,
                 p14_recovery_queries,
+                p15_fenced_seal,
             );
         }
     };

@@ -138,17 +138,20 @@ pub(crate) struct Model {
     markers: BTreeMap<u64, usize>,
     /// One fence per handle; with a shared fence every raise moves them all.
     fences: Vec<u64>,
+    /// The highest version each handle was told.
+    told: Vec<u64>,
 }
 
 impl Model {
     pub(crate) fn new(ids: Vec<String>, capabilities: Capabilities) -> Self {
         let fences = vec![0; ids.len()];
         Self {
-            ids,
             capabilities,
             partials: BTreeMap::new(),
             markers: BTreeMap::new(),
+            told: fences.clone(),
             fences,
+            ids,
         }
     }
 
@@ -156,6 +159,7 @@ impl Model {
         if !self.capabilities.fencing {
             return;
         }
+        self.told[handle] = self.told[handle].max(version);
         if self.capabilities.shared_fence {
             self.fences.iter_mut().for_each(|f| *f = (*f).max(version));
         } else {
@@ -183,6 +187,13 @@ impl Model {
     }
 
     fn complete(&mut self, handle: usize, epoch: u64, vnodes: &[u32]) -> Reply {
+        let (told, fence) = (self.told[handle], self.fences[handle]);
+        if self.capabilities.fenced_seal && told > 0 && told < fence {
+            return Reply::Stale {
+                caller: told,
+                authoritative: fence,
+            };
+        }
         if !vnodes
             .iter()
             .all(|&vnode| self.partials.contains_key(&(epoch, vnode)))

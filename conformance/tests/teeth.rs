@@ -47,6 +47,8 @@ enum Flaw {
     FenceNotPersisted,
     /// A replayed write after the seal removes the seal.
     ReplayUnseals,
+    /// A deposed leader may still seal.
+    SealIgnoresFence,
 }
 
 #[derive(Default)]
@@ -258,6 +260,16 @@ impl StateBackend for Handle {
 
     async fn epoch_complete(&self, epoch: u64, vnodes: &[u32]) -> Result<bool, StateBackendError> {
         self.limits.check_gate(epoch, vnodes)?;
+        if self.shared.flaw != Flaw::SealIgnoresFence {
+            let fence = self.shared.state.lock().unwrap().0.fence;
+            let told = *self.own_fence.lock().unwrap();
+            if told > 0 && told < fence {
+                return Err(StateBackendError::StaleVersion {
+                    caller: told,
+                    authoritative: fence,
+                });
+            }
+        }
         let epoch = self.epoch_key(epoch);
         let existing = {
             let guard = self.shared.state.lock().unwrap();
@@ -396,7 +408,7 @@ impl BackendFactory for Factory {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::NONE
-            .shared_fence()
+            .fenced_seal()
             .cross_process_reopen()
             .recovery_queries()
     }
@@ -573,6 +585,11 @@ fn forgotten_fence_is_caught_by_p10_reopen() {
 #[test]
 fn unsealing_replay_is_caught_by_p2() {
     caught("p02_idempotent_replay", Flaw::ReplayUnseals);
+}
+
+#[test]
+fn sealing_deposed_leader_is_caught_by_p15() {
+    caught("p15_fenced_seal", Flaw::SealIgnoresFence);
 }
 
 #[test]

@@ -145,6 +145,11 @@ pub trait StateBackend: Send + Sync + 'static {
     /// `Ok(false)` and seals nothing. If the epoch is already sealed by
     /// another instance it returns [`StateBackendError::SplitBrainCommit`]
     /// naming the winner; asking again as the winner returns `Ok(true)`.
+    ///
+    /// A handle that was told an assignment version below the store's fence
+    /// (a deposed leader) may be refused with
+    /// [`StateBackendError::StaleVersion`]; every backend of this workspace
+    /// does so, since a leader that lost its assignment must not seal.
     async fn epoch_complete(&self, epoch: u64, vnodes: &[u32]) -> Result<bool, StateBackendError>;
 
     /// Delete every partial and commit marker whose epoch is strictly below

@@ -151,6 +151,65 @@ pub async fn p09_one_committer(factory: &dyn BackendFactory) -> Checked {
     Ok(())
 }
 
+/// P15: a handle told an assignment version below the store's fence (a
+/// deposed leader) cannot seal: `epoch_complete` fails with `StaleVersion {
+/// caller: its version, authoritative: the fence }` and seals nothing, so the
+/// new leader seals the epoch itself. A handle never told any version (fencing
+/// opted out) is not refused.
+pub async fn p15_fenced_seal(factory: &dyn BackendFactory) -> Checked {
+    const VNODES: u32 = 4;
+    let store = fresh_store(factory).await?;
+    let tag = unique_tag("p15");
+    let (old_id, new_id) = (format!("{tag}-old"), format!("{tag}-new"));
+    let old = open(&*store, &old_id, VNODES).await?;
+    let new = open(&*store, &new_id, VNODES).await?;
+    let bystander = open(&*store, &format!("{tag}-bystander"), VNODES).await?;
+    let all: Vec<u32> = (0..VNODES).collect();
+    old.set_authoritative_version(3);
+    for vnode in 0..VNODES {
+        write(&old, vnode, 1, 3, &payload(u64::from(vnode), 16)).await?;
+    }
+    // The rotation: the new leader raises the fence and writes.
+    new.set_authoritative_version(5);
+    write(&new, 0, 2, 5, &payload(9, 16)).await?;
+
+    let refused = old.epoch_complete(1, &all).await;
+    ensure!(
+        matches!(
+            refused,
+            Err(StateBackendError::StaleVersion {
+                caller: 3,
+                authoritative: 5
+            })
+        ),
+        "the deposed leader (told 3, fence 5) sealing got {}, expected StaleVersion {{ caller: 3, authoritative: 5 }}",
+        describe(&refused)
+    );
+    let sealed = new.epoch_complete(1, &all).await;
+    ensure!(
+        matches!(sealed, Ok(true)),
+        "after the refused seal, the new leader got {}: the refusal sealed something",
+        describe(&sealed)
+    );
+    let other = bystander.epoch_complete(1, &all).await;
+    ensure!(
+        matches!(&other, Err(StateBackendError::SplitBrainCommit { committer, .. }) if *committer == new_id),
+        "a handle never told a version got {}, expected SplitBrainCommit naming {new_id}",
+        describe(&other)
+    );
+    let again = old.epoch_complete(1, &all).await;
+    ensure!(
+        matches!(
+            again,
+            Err(StateBackendError::StaleVersion { .. })
+                | Err(StateBackendError::SplitBrainCommit { .. })
+        ),
+        "the deposed leader asking again got {}",
+        describe(&again)
+    );
+    Ok(())
+}
+
 fn summarize(results: &[(String, Result<bool, StateBackendError>)]) -> String {
     results
         .iter()

@@ -10,7 +10,7 @@ mod pruning;
 mod recovery;
 
 pub use bad_input::{p12_bad_input, p12_corruption};
-pub use commit::{p08_commit_gate, p09_one_committer};
+pub use commit::{p08_commit_gate, p09_one_committer, p15_fenced_seal};
 pub use data::{p01_round_trip, p02_idempotent_replay, p03_independence, p13_shared_object};
 pub use durability::{CHILD_ENV, ChildCommand, p10_durability_crash, p10_durability_reopen};
 pub use fence::{p04_fence_monotonic, p05_fence_enforced, p06_shared_fence, p07_atomic_fence};
@@ -24,7 +24,7 @@ use crate::factory::{BackendFactory, Capability};
 /// One property of the contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Property {
-    /// The contract's id, `P1` to `P14`.
+    /// The contract's id, `P1` to `P15`.
     pub id: &'static str,
     /// The test name, as the conformance macro and reports spell it.
     pub name: &'static str,
@@ -134,6 +134,12 @@ pub const PROPERTIES: &[Property] = &[
         summary: "latest_committed_epoch and sealed_epochs follow the markers",
         needs: &[RecoveryQueries],
     },
+    Property {
+        id: "P15",
+        name: "p15_fenced_seal",
+        summary: "a handle behind the fence cannot seal an epoch",
+        needs: &[FencedSeal],
+    },
 ];
 
 /// The property named `name`, if there is one.
@@ -164,6 +170,7 @@ pub(crate) async fn run(
         "p12_corruption" => p12_corruption(factory).await,
         "p13_shared_object" => p13_shared_object(factory).await,
         "p14_recovery_queries" => p14_recovery_queries(factory).await,
+        "p15_fenced_seal" => p15_fenced_seal(factory).await,
         other => Err(format!("no property is named {other:?}")),
     }
 }
