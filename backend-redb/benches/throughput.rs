@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use laminar_state_api::StateBackend;
+use laminar_state_bench::{Mode, Row, Unit, report};
 use laminar_state_redb::RedbStore;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -45,26 +46,9 @@ const SMOKE: Scale = Scale {
     prune_epochs: 2,
 };
 
-struct Row {
-    name: &'static str,
-    unit: &'static str,
-    backend: f64,
-    raw: f64,
-    target: Option<f64>,
-}
-
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    // Test runners list a harness-less target first: it holds one smoke
-    // test, which runs the whole benchmark at a tiny scale.
-    if args.iter().any(|a| a == "--list") {
-        if !args.iter().any(|a| a == "--ignored") {
-            println!("smoke: test");
-        }
-        return;
-    }
-    let full = args.iter().any(|a| a == "--bench");
-    let scale = if full { &FULL } else { &SMOKE };
+    let mode = Mode::from_args();
+    let scale = if mode == Mode::Full { &FULL } else { &SMOKE };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -92,8 +76,8 @@ fn main() {
         ))
     });
     rows.push(Row {
-        name: "durable writes/s, 1 writer",
-        unit: "writes/s",
+        name: "durable writes/s, 1 writer".into(),
+        unit: Unit::PerSecond,
         backend: ours,
         raw,
         target: Some(0.8),
@@ -113,8 +97,8 @@ fn main() {
         ))
     });
     rows.push(Row {
-        name: "durable writes/s, 64 writers",
-        unit: "writes/s",
+        name: "durable writes/s, 64 writers".into(),
+        unit: Unit::PerSecond,
         backend: ours,
         raw,
         target: Some(10.0),
@@ -126,8 +110,8 @@ fn main() {
         raw_batched_writes(&raw_db, 3, scale.concurrent_writes, 64, &payload)
     });
     rows.push(Row {
-        name: "durable writes/s, 64 writers vs raw 64/txn",
-        unit: "writes/s",
+        name: "durable writes/s, 64 writers vs raw 64/txn".into(),
+        unit: Unit::PerSecond,
         backend: ours,
         raw: ceiling,
         target: None,
@@ -153,8 +137,8 @@ fn main() {
             "reads/s, 64 readers"
         };
         rows.push(Row {
-            name,
-            unit: "reads/s",
+            name: name.into(),
+            unit: Unit::PerSecond,
             backend: ours,
             raw,
             target: None,
@@ -190,8 +174,8 @@ fn main() {
     }
     let per_round = |d: Duration| d.as_secs_f64() * 1e3 / scale.gate_rounds as f64;
     rows.push(Row {
-        name: "epoch_complete, 256 vnodes",
-        unit: "ms",
+        name: "epoch_complete, 256 vnodes".into(),
+        unit: Unit::Millis,
         backend: per_round(our_gate),
         raw: per_round(raw_gate),
         target: None,
@@ -221,14 +205,19 @@ fn main() {
         .expect("prune");
     let ours = started.elapsed().as_secs_f64() * 1e3;
     rows.push(Row {
-        name: "prune 20 epochs x 256 vnodes",
-        unit: "ms",
+        name: "prune 20 epochs x 256 vnodes".into(),
+        unit: Unit::Millis,
         backend: ours,
         raw,
         target: None,
     });
 
-    report(&rows, full, &store);
+    let stats = store.commit_stats();
+    let notes = [format!(
+        "group commit: {} requests in {} transactions",
+        stats.requests, stats.transactions
+    )];
+    report("redb", "raw redb", &rows, mode, &notes);
 }
 
 fn per_second(ops: u64, work: impl FnOnce()) -> f64 {
@@ -379,70 +368,5 @@ async fn backend_reads(
     }
     while let Some(done) = tasks.join_next().await {
         done.expect("reader task");
-    }
-}
-
-fn report(rows: &[Row], full: bool, store: &RedbStore) {
-    println!(
-        "\nredb backend vs raw redb ({} run)",
-        if full { "full" } else { "smoke" }
-    );
-    println!(
-        "{:<32} {:>14} {:>14} {:>8} {:>8}",
-        "measure", "backend", "raw redb", "ratio", "target"
-    );
-    let mut json = Vec::new();
-    for row in rows {
-        // For times lower is better: the ratio is always "how many times
-        // better than raw", so above 1 means faster.
-        let ratio = if row.unit == "ms" {
-            row.raw / row.backend
-        } else {
-            row.backend / row.raw
-        };
-        let target = row
-            .target
-            .map_or_else(|| "-".to_owned(), |t| format!(">={t}"));
-        println!(
-            "{:<32} {:>10.1} {:<3} {:>10.1} {:<3} {:>8.2} {:>8}",
-            row.name,
-            row.backend,
-            short(row.unit),
-            row.raw,
-            short(row.unit),
-            ratio,
-            target
-        );
-        json.push(format!(
-            "  {{\"measure\": {:?}, \"unit\": {:?}, \"backend\": {:.3}, \"raw\": {:.3}, \"ratio\": {:.3}, \"target\": {}}}",
-            row.name,
-            row.unit,
-            row.backend,
-            row.raw,
-            ratio,
-            row.target.map_or("null".to_owned(), |t| t.to_string())
-        ));
-    }
-    let stats = store.commit_stats();
-    println!(
-        "group commit: {} requests in {} transactions",
-        stats.requests, stats.transactions
-    );
-    if full {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-        std::fs::create_dir_all(&dir).expect("bench dir");
-        std::fs::write(
-            dir.join("redb.json"),
-            format!("[\n{}\n]\n", json.join(",\n")),
-        )
-        .expect("write results");
-        println!("results in target/bench/redb.json");
-    }
-}
-
-fn short(unit: &str) -> &str {
-    match unit {
-        "writes/s" | "reads/s" => "/s",
-        other => other,
     }
 }

@@ -15,32 +15,20 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use laminar_state_api::StateBackend;
+use laminar_state_bench::{Mode, Row, Unit, report};
 use laminar_state_redis::{RedisBackend, RedisConfig};
 use redis::aio::ConnectionManager;
 
 const PAYLOAD: usize = 4096;
 const GATE_VNODES: u32 = 256;
 
-struct Row {
-    name: String,
-    unit: &'static str,
-    backend: f64,
-    raw: f64,
-    target: Option<f64>,
-}
-
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    // Test runners list a harness-less target first: it holds one smoke
-    // test, which runs the whole benchmark at a tiny scale.
-    if args.iter().any(|a| a == "--list") {
-        if !args.iter().any(|a| a == "--ignored") {
-            println!("smoke: test");
-        }
-        return;
-    }
-    let full = args.iter().any(|a| a == "--bench");
-    let (ops, gate_rounds) = if full { (20_000u64, 200u64) } else { (256, 3) };
+    let mode = Mode::from_args();
+    let (ops, gate_rounds) = if mode == Mode::Full {
+        (20_000u64, 200u64)
+    } else {
+        (256, 3)
+    };
     let dir = tempfile::tempdir().expect("temp dir");
     let server = support::RedisServer::start(dir.path(), &[]);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -48,7 +36,8 @@ fn main() {
         .build()
         .expect("runtime");
     let rows = runtime.block_on(measure(&server.url(), ops, gate_rounds));
-    report(&rows, full);
+    let notes = ["(raw epoch_complete: pipelined EXISTS x256, then SET NX of the marker: the seed's approach, 2 round trips)".to_owned()];
+    report("redis", "raw redis", &rows, mode, &notes);
     drop(server);
 }
 
@@ -99,7 +88,7 @@ async fn measure(url: &str, ops: u64, gate_rounds: u64) -> Vec<Row> {
         .await;
         rows.push(Row {
             name: format!("writes/s, {tasks} task(s), 4 KiB"),
-            unit: "/s",
+            unit: Unit::PerSecond,
             backend: our_rate,
             raw: raw_rate,
             target: Some(0.8),
@@ -140,7 +129,7 @@ async fn measure(url: &str, ops: u64, gate_rounds: u64) -> Vec<Row> {
         .await;
         rows.push(Row {
             name: format!("reads/s, {tasks} task(s), 4 KiB"),
-            unit: "/s",
+            unit: Unit::PerSecond,
             backend: our_rate,
             raw: raw_rate,
             target: Some(0.8),
@@ -188,7 +177,7 @@ async fn measure(url: &str, ops: u64, gate_rounds: u64) -> Vec<Row> {
     let ms = |total: f64| total * 1e3 / gate_rounds as f64;
     rows.push(Row {
         name: "epoch_complete, 256 vnodes".into(),
-        unit: "ms",
+        unit: Unit::Millis,
         backend: ms(ours),
         raw: ms(seed),
         target: None,
@@ -221,47 +210,4 @@ where
 
 async fn rate(ops: u64, elapsed: impl std::future::Future<Output = std::time::Duration>) -> f64 {
     ops as f64 / elapsed.await.as_secs_f64()
-}
-
-fn report(rows: &[Row], full: bool) {
-    println!(
-        "\nredis backend vs raw redis ({} run)",
-        if full { "full" } else { "smoke" }
-    );
-    println!(
-        "{:<34} {:>12} {:>12} {:>7} {:>7}",
-        "measure", "backend", "raw", "ratio", "target"
-    );
-    let mut json = Vec::new();
-    for row in rows {
-        let ratio = if row.unit == "ms" {
-            row.raw / row.backend
-        } else {
-            row.backend / row.raw
-        };
-        let target = row
-            .target
-            .map_or_else(|| "-".to_owned(), |t| format!(">={t}"));
-        println!(
-            "{:<34} {:>9.1} {:<2} {:>9.1} {:<2} {:>7.2} {:>7}",
-            row.name, row.backend, row.unit, row.raw, row.unit, ratio, target
-        );
-        json.push(format!(
-            "  {{\"measure\": {:?}, \"unit\": {:?}, \"backend\": {:.3}, \"raw\": {:.3}, \"ratio\": {:.3}}}",
-            row.name, row.unit, row.backend, row.raw, ratio
-        ));
-    }
-    println!(
-        "(epoch_complete raw = pipelined EXISTS x256, then SET NX: the seed's approach, 2 round trips)"
-    );
-    if full {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-        std::fs::create_dir_all(&dir).expect("bench dir");
-        std::fs::write(
-            dir.join("redis.json"),
-            format!("[\n{}\n]\n", json.join(",\n")),
-        )
-        .expect("write results");
-        println!("results in target/bench/redis.json");
-    }
 }
