@@ -16,8 +16,7 @@
 //! | `laminar:{NS}:markers` | hash | sealed epoch → committer instance id |
 //! | `laminar:{NS}:sealed` | sorted set (lex) | sealed epochs |
 //! | `laminar:{NS/gK}:fence` | string | group K's copy of the fence |
-//! | `laminar:{NS/gK}:p:EPOCH:VNODE` | string | a partial's bytes |
-//! | `laminar:{NS/gK}:e:EPOCH` | set | vnodes of group K with a partial in EPOCH |
+//! | `laminar:{NS/gK}:p:EPOCH` | hash | vnode → partial bytes, for group K's vnodes in EPOCH |
 //! | `laminar:{NS/gK}:epochs` | sorted set (lex) | epochs group K holds |
 //!
 //! Epochs and versions are written as 20-digit zero-padded decimals: they
@@ -27,17 +26,19 @@
 //! # Operations and round trips
 //!
 //! - `write_partial`: one script on the vnode's group checks the group's
-//!   fence and writes the partial and both indexes, atomically: 1 round trip.
+//!   fence and sets the partial's field (and, for an epoch's first partial
+//!   in the group, the epoch index), atomically: 1 round trip.
 //!   After a raise, the raising handle first copies the fence to every group
 //!   (G + 1 small scripts, in parallel) so that every group refuses stale
 //!   writers before the raise is acknowledged.
+//! - `read_partial`: one `HGET`.
 //! - `epoch_complete`: standalone, one script checks every listed vnode
-//!   (`SMISMEMBER`) and creates the marker only if absent: 1 round trip
-//!   whatever the number of vnodes. Cluster: one `SMISMEMBER` per group, in
-//!   parallel, then the marker script: 2 round trips.
+//!   (`HEXISTS`) and creates the marker only if absent: 1 round trip
+//!   whatever the number of vnodes. Cluster: one presence script per group,
+//!   in parallel, then the marker script: 2 round trips.
 //! - `prune_before`: per group, a script pops up to 16 epochs below the
-//!   bound from the group's epoch index and deletes exactly their keys; no
-//!   keyspace scan.
+//!   bound from the group's epoch index and unlinks their hashes, one key
+//!   per group and epoch; no keyspace scan.
 //!
 //! # Durability
 //!
@@ -102,15 +103,9 @@ impl Keys {
     fn group_fence(&self, group: u32) -> String {
         format!("{}fence", self.group_prefix(group))
     }
-    fn partial(&self, vnode: u32, epoch: u64) -> String {
-        format!(
-            "{}p:{}:{vnode}",
-            self.group_prefix(self.group_of(vnode)),
-            decimal(epoch)
-        )
-    }
-    fn epoch_index(&self, group: u32, epoch: u64) -> String {
-        format!("{}e:{}", self.group_prefix(group), decimal(epoch))
+    /// The hash of group `group`'s partials in `epoch`.
+    fn epoch_partials(&self, group: u32, epoch: u64) -> String {
+        format!("{}p:{}", self.group_prefix(group), decimal(epoch))
     }
     fn group_epochs(&self, group: u32) -> String {
         format!("{}epochs", self.group_prefix(group))
@@ -129,7 +124,9 @@ fn parse_decimal(text: &str, what: &str) -> Result<u64, StateBackendError> {
 }
 
 /// Checks the group's fence (raising it to the carried value first) and
-/// writes the partial and its indexes. Returns the group's fence.
+/// writes the partial, indexing its epoch when it is the epoch's first in
+/// the group. KEYS: group fence, epoch hash, epoch index. ARGV: version,
+/// carried fence, bytes, vnode, epoch. Returns the group's fence.
 const WRITE_SCRIPT: &str = r"
 local fence = redis.call('GET', KEYS[1]) or '00000000000000000000'
 if ARGV[2] > fence then
@@ -139,9 +136,9 @@ end
 if ARGV[1] < fence then
   return fence
 end
-redis.call('SET', KEYS[2], ARGV[3])
-redis.call('SADD', KEYS[3], ARGV[4])
-redis.call('ZADD', KEYS[4], 0, ARGV[5])
+if redis.call('HSET', KEYS[2], ARGV[4], ARGV[3]) == 1 and redis.call('HLEN', KEYS[2]) == 1 then
+  redis.call('ZADD', KEYS[3], 0, ARGV[5])
+end
 return fence
 ";
 
@@ -156,7 +153,7 @@ return fence
 ";
 
 /// The commit gate. KEYS: markers, sealed, the namespace fence, then
-/// (standalone only) the epoch index of each group. ARGV: epoch, instance
+/// (standalone only) the epoch hash of each group. ARGV: epoch, instance
 /// id, the version the handle was told, then per group in KEYS order: a
 /// count and that many vnodes. Returns {2, fence} if the handle was told a
 /// version below the fence (a deposed leader may not seal), {0} if a partial
@@ -169,9 +166,8 @@ end
 local at = 4
 for i = 4, #KEYS do
   local count = tonumber(ARGV[at])
-  local present = redis.call('SMISMEMBER', KEYS[i], unpack(ARGV, at + 1, at + count))
-  for _, p in ipairs(present) do
-    if p == 0 then return {0} end
+  for j = at + 1, at + count do
+    if redis.call('HEXISTS', KEYS[i], ARGV[j]) == 0 then return {0} end
   end
   at = at + count + 1
 end
@@ -182,17 +178,22 @@ redis.call('ZADD', KEYS[2], 0, ARGV[1])
 return {1, ARGV[2]}
 ";
 
+/// Cluster gate, phase one, for one group: 1 if every vnode in ARGV has a
+/// field in the epoch hash KEYS[1], else 0.
+const PRESENT_SCRIPT: &str = r"
+for _, vnode in ipairs(ARGV) do
+  if redis.call('HEXISTS', KEYS[1], vnode) == 0 then return 0 end
+end
+return 1
+";
+
 /// Removes up to ARGV[2] epochs below ARGV[1] from one group. KEYS[1] is the
 /// group's epoch index; ARGV[3] the group's key prefix. Returns how many
 /// epochs it removed.
 const PRUNE_GROUP_SCRIPT: &str = r"
 local epochs = redis.call('ZRANGEBYLEX', KEYS[1], '-', '(' .. ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 for _, epoch in ipairs(epochs) do
-  local index = ARGV[3] .. 'e:' .. epoch
-  for _, vnode in ipairs(redis.call('SMEMBERS', index)) do
-    redis.call('UNLINK', ARGV[3] .. 'p:' .. epoch .. ':' .. vnode)
-  end
-  redis.call('UNLINK', index)
+  redis.call('UNLINK', ARGV[3] .. 'p:' .. epoch)
   redis.call('ZREM', KEYS[1], epoch)
 end
 return #epochs
@@ -219,6 +220,7 @@ struct Scripts {
     write: Script,
     raise: Script,
     seal: Script,
+    present: Script,
     prune_group: Script,
     prune_markers: Script,
     layout: Script,
@@ -230,6 +232,7 @@ impl Scripts {
             write: Script::new(WRITE_SCRIPT),
             raise: Script::new(RAISE_SCRIPT),
             seal: Script::new(SEAL_SCRIPT),
+            present: Script::new(PRESENT_SCRIPT),
             prune_group: Script::new(PRUNE_GROUP_SCRIPT),
             prune_markers: Script::new(PRUNE_MARKERS_SCRIPT),
             layout: Script::new(LAYOUT_SCRIPT),
@@ -664,8 +667,7 @@ impl StateBackend for RedisBackend {
                 |s| &s.write,
                 |call| {
                     call.key(keys.group_fence(group))
-                        .key(keys.partial(vnode, epoch))
-                        .key(keys.epoch_index(group, epoch))
+                        .key(keys.epoch_partials(group, epoch))
                         .key(keys.group_epochs(group))
                         .arg(decimal(assignment_version))
                         .arg(decimal(carried))
@@ -692,12 +694,13 @@ impl StateBackend for RedisBackend {
         epoch: u64,
     ) -> Result<Option<Bytes>, StateBackendError> {
         self.limits.check_vnode(vnode)?;
-        let key = self.store.shared.keys.partial(vnode, epoch);
+        let keys = &self.store.shared.keys;
+        let hash = keys.epoch_partials(keys.group_of(vnode), epoch);
         let value: Option<Vec<u8>> = self
             .store
             .query(
                 &format!("read_partial({vnode}, {epoch})"),
-                redis::cmd("GET").arg(key).clone(),
+                redis::cmd("HGET").arg(hash).arg(vnode).clone(),
             )
             .await?;
         Ok(value.map(Bytes::from))
@@ -754,7 +757,7 @@ impl StateBackend for RedisBackend {
                     // Standalone: the same script checks the partials too.
                     if !cluster {
                         for (group, vnodes) in &listed {
-                            call.key(keys.epoch_index(*group, epoch));
+                            call.key(keys.epoch_partials(*group, epoch));
                             call.arg(vnodes.len()).arg(vnodes.as_slice());
                         }
                     }
@@ -911,16 +914,20 @@ impl RedisBackend {
     ) -> Result<bool, StateBackendError> {
         let mut checks = tokio::task::JoinSet::new();
         for (group, vnodes) in listed {
-            let store = self.store.clone();
-            let cmd = redis::cmd("SMISMEMBER")
-                .arg(store.shared.keys.epoch_index(*group, epoch))
-                .arg(vnodes.as_slice())
-                .clone();
+            let (store, group, vnodes) = (self.store.clone(), *group, vnodes.clone());
             checks.spawn(async move {
-                let present: Vec<u8> = store
-                    .query(&format!("epoch_complete({epoch})"), cmd)
+                let keys = &store.shared.keys;
+                let present: u8 = store
+                    .call(
+                        &format!("epoch_complete({epoch})"),
+                        |s| &s.present,
+                        |call| {
+                            call.key(keys.epoch_partials(group, epoch))
+                                .arg(vnodes.as_slice());
+                        },
+                    )
                     .await?;
-                Ok::<bool, StateBackendError>(present.iter().all(|&p| p == 1))
+                Ok::<bool, StateBackendError>(present == 1)
             });
         }
         let mut all = true;
