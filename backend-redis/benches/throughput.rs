@@ -11,7 +11,7 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use laminar_state_api::StateBackend;
@@ -56,11 +56,10 @@ async fn measure(url: &str, ops: u64, gate_rounds: u64) -> Vec<Row> {
     let mut rows = Vec::new();
 
     for tasks in [1u64, 64] {
-        let (shared_raw, shared_payload) = (raw.clone(), payload.clone());
-        let raw_rate = rate(
-            ops,
-            run_tasks(tasks, ops, move |i| {
-                let (mut raw, payload) = (shared_raw.clone(), shared_payload.clone());
+        let raw_set = {
+            let (raw, payload) = (raw.clone(), payload.clone());
+            move |i: u64| {
+                let (mut raw, payload) = (raw.clone(), payload.clone());
                 async move {
                     let () = redis::cmd("SET")
                         .arg(format!("raw:{i}"))
@@ -69,23 +68,21 @@ async fn measure(url: &str, ops: u64, gate_rounds: u64) -> Vec<Row> {
                         .await
                         .expect("SET");
                 }
-            }),
-        )
-        .await;
-        let (shared_backend, shared_payload) = (Arc::clone(&backend), payload.clone());
-        let our_rate = rate(
-            ops,
-            run_tasks(tasks, ops, move |i| {
-                let (backend, payload) = (Arc::clone(&shared_backend), shared_payload.clone());
+            }
+        };
+        let our_write = {
+            let (backend, payload) = (Arc::clone(&backend), payload.clone());
+            move |i: u64| {
+                let (backend, payload) = (Arc::clone(&backend), payload.clone());
                 async move {
                     backend
                         .write_partial(i as u32, 1, 0, payload)
                         .await
                         .expect("write")
                 }
-            }),
-        )
-        .await;
+            }
+        };
+        let (raw_rate, our_rate) = alternate(tasks, ops, raw_set, our_write).await;
         rows.push(Row {
             name: format!("writes/s, {tasks} task(s), 4 KiB"),
             unit: Unit::PerSecond,
@@ -94,11 +91,10 @@ async fn measure(url: &str, ops: u64, gate_rounds: u64) -> Vec<Row> {
             target: Some(0.8),
         });
 
-        let shared_raw = raw.clone();
-        let raw_rate = rate(
-            ops,
-            run_tasks(tasks, ops, move |i| {
-                let mut raw = shared_raw.clone();
+        let raw_get = {
+            let raw = raw.clone();
+            move |i: u64| {
+                let mut raw = raw.clone();
                 async move {
                     let value: Option<Vec<u8>> = redis::cmd("GET")
                         .arg(format!("raw:{i}"))
@@ -107,26 +103,19 @@ async fn measure(url: &str, ops: u64, gate_rounds: u64) -> Vec<Row> {
                         .expect("GET");
                     assert!(value.is_some());
                 }
-            }),
-        )
-        .await;
-        let shared_backend = Arc::clone(&backend);
-        let our_rate = rate(
-            ops,
-            run_tasks(tasks, ops, move |i| {
-                let backend = Arc::clone(&shared_backend);
+            }
+        };
+        let our_read = {
+            let backend = Arc::clone(&backend);
+            move |i: u64| {
+                let backend = Arc::clone(&backend);
                 async move {
-                    assert!(
-                        backend
-                            .read_partial(i as u32, 1)
-                            .await
-                            .expect("read")
-                            .is_some()
-                    )
+                    let read = backend.read_partial(i as u32, 1).await.expect("read");
+                    assert!(read.is_some());
                 }
-            }),
-        )
-        .await;
+            }
+        };
+        let (raw_rate, our_rate) = alternate(tasks, ops, raw_get, our_read).await;
         rows.push(Row {
             name: format!("reads/s, {tasks} task(s), 4 KiB"),
             unit: Unit::PerSecond,
@@ -208,6 +197,28 @@ where
     started.elapsed()
 }
 
-async fn rate(ops: u64, elapsed: impl std::future::Future<Output = std::time::Duration>) -> f64 {
-    ops as f64 / elapsed.await.as_secs_f64()
+/// Rounds each pair of measurements alternates over, so that drift in the
+/// machine (the disk's fsync time above all) falls on both sides alike.
+const ROUNDS: u64 = 4;
+
+/// `ops` operations of `raw` and of `ours`, alternating in [`ROUNDS`]
+/// slices, from `tasks` concurrent tasks; the two rates.
+async fn alternate<R, RFut, O, OFut>(tasks: u64, ops: u64, raw: R, ours: O) -> (f64, f64)
+where
+    R: Fn(u64) -> RFut + Clone + Send + Sync + 'static,
+    RFut: std::future::Future<Output = ()> + Send + 'static,
+    O: Fn(u64) -> OFut + Clone + Send + Sync + 'static,
+    OFut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let slice = ops / ROUNDS;
+    let (mut raw_time, mut our_time) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..ROUNDS {
+        raw_time += run_tasks(tasks, slice, raw.clone()).await;
+        our_time += run_tasks(tasks, slice, ours.clone()).await;
+    }
+    let total = (slice * ROUNDS) as f64;
+    (
+        total / raw_time.as_secs_f64(),
+        total / our_time.as_secs_f64(),
+    )
 }
