@@ -27,7 +27,10 @@
 //!
 //! - `write_partial`: one script on the vnode's group checks the group's
 //!   fence and sets the partial's field (and, for an epoch's first partial
-//!   in the group, the epoch index), atomically: 1 round trip.
+//!   in the group, the epoch index), atomically: 1 round trip. Concurrent
+//!   writes to one group share that script call: each group has a writer
+//!   task that sends everything queued as one batch and answers each write
+//!   on its own (a refused write fails alone).
 //!   After a raise, the raising handle first copies the fence to every group
 //!   (G + 1 small scripts, in parallel) so that every group refuses stale
 //!   writers before the raise is acknowledged.
@@ -49,8 +52,8 @@
 //! servers run with `always`, and P10 is checked by killing and restarting
 //! them.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -59,6 +62,7 @@ use laminar_state_api::{InputLimits, StateBackend, StateBackendError};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
+use tokio::sync::{mpsc, oneshot};
 
 /// The default largest partial: 64 MiB.
 pub const DEFAULT_MAX_PAYLOAD_LEN: usize = 64 << 20;
@@ -69,6 +73,12 @@ pub const DEFAULT_STANDALONE_GROUPS: u32 = 1;
 /// Vnode groups of a new cluster namespace: enough to spread over the
 /// shards of a typical cluster.
 pub const DEFAULT_CLUSTER_GROUPS: u32 = 16;
+
+/// Writes one batch script carries at most.
+const MAX_BATCH_WRITES: usize = 256;
+/// Payload bytes one batch script carries at most (the first write always
+/// goes in, whatever its size).
+const MAX_BATCH_BYTES: usize = 8 << 20;
 
 /// Epochs one prune script removes from a group at most.
 const PRUNE_EPOCHS_PER_CALL: u32 = 16;
@@ -123,23 +133,51 @@ fn parse_decimal(text: &str, what: &str) -> Result<u64, StateBackendError> {
     })
 }
 
-/// Checks the group's fence (raising it to the carried value first) and
-/// writes the partial, indexing its epoch when it is the epoch's first in
-/// the group. KEYS: group fence, epoch hash, epoch index. ARGV: version,
-/// carried fence, bytes, vnode, epoch. Returns the group's fence.
-const WRITE_SCRIPT: &str = r"
+/// One write to one group: the batch script's work for a single write,
+/// without its bookkeeping, for the common lone writer. KEYS: group fence,
+/// epoch index, epoch hash. ARGV: carried fence, version, vnode, epoch,
+/// bytes. Returns the group's fence; the write happened unless the version
+/// is below it.
+const WRITE_ONE_SCRIPT: &str = r"
 local fence = redis.call('GET', KEYS[1]) or '00000000000000000000'
-if ARGV[2] > fence then
-  redis.call('SET', KEYS[1], ARGV[2])
-  fence = ARGV[2]
+if ARGV[1] > fence then
+  redis.call('SET', KEYS[1], ARGV[1])
+  fence = ARGV[1]
 end
-if ARGV[1] < fence then
+if ARGV[2] < fence then
   return fence
 end
-if redis.call('HSET', KEYS[2], ARGV[4], ARGV[3]) == 1 and redis.call('HLEN', KEYS[2]) == 1 then
-  redis.call('ZADD', KEYS[3], 0, ARGV[5])
+if redis.call('HSET', KEYS[3], ARGV[3], ARGV[5]) == 1 and redis.call('HLEN', KEYS[3]) == 1 then
+  redis.call('ZADD', KEYS[2], 0, ARGV[4])
 end
 return fence
+";
+
+/// A batch of writes to one group. Raises the group's fence to the highest
+/// fence the batch carries, then checks and applies each write on its own,
+/// indexing an epoch when it gets its first partial in the group.
+/// KEYS: group fence, epoch index, then the epoch hashes the batch touches.
+/// ARGV: carried fence, then per write: version, vnode, epoch, index of its
+/// hash in KEYS, bytes. Returns {fence, {1 written | 0 refused, ...}}.
+const WRITE_SCRIPT: &str = r"
+local fence = redis.call('GET', KEYS[1]) or '00000000000000000000'
+if ARGV[1] > fence then
+  redis.call('SET', KEYS[1], ARGV[1])
+  fence = ARGV[1]
+end
+local written = {}
+for at = 2, #ARGV, 5 do
+  if ARGV[at] < fence then
+    written[#written + 1] = 0
+  else
+    local hash = KEYS[tonumber(ARGV[at + 3])]
+    if redis.call('HSET', hash, ARGV[at + 1], ARGV[at + 4]) == 1 and redis.call('HLEN', hash) == 1 then
+      redis.call('ZADD', KEYS[2], 0, ARGV[at + 2])
+    end
+    written[#written + 1] = 1
+  end
+end
+return {fence, written}
 ";
 
 /// Raises one fence key, never lowers it. Returns the fence.
@@ -218,6 +256,7 @@ return redis.call('GET', KEYS[1])
 /// The compiled scripts, loaded once per server and called by SHA.
 struct Scripts {
     write: Script,
+    write_one: Script,
     raise: Script,
     seal: Script,
     present: Script,
@@ -230,6 +269,7 @@ impl Scripts {
     fn new() -> Self {
         Self {
             write: Script::new(WRITE_SCRIPT),
+            write_one: Script::new(WRITE_ONE_SCRIPT),
             raise: Script::new(RAISE_SCRIPT),
             seal: Script::new(SEAL_SCRIPT),
             present: Script::new(PRESENT_SCRIPT),
@@ -375,6 +415,10 @@ pub struct RedisStore {
 }
 
 struct Shared {
+    /// One queue per vnode group, drained by that group's writer task.
+    writers: Vec<mpsc::UnboundedSender<PendingWrite>>,
+    /// Per vnode group: direct writes in flight (see [`group_writer`]).
+    direct_writes: Vec<AtomicU64>,
     connection: Connection,
     keys: Keys,
     cluster: bool,
@@ -451,6 +495,8 @@ impl RedisStore {
                 timeout: config.operation_timeout,
                 max_payload_len: config.max_payload_len,
                 server,
+                writers: Vec::new(),
+                direct_writes: Vec::new(),
             }),
         };
         let keys_layout = store.shared.keys.layout();
@@ -482,6 +528,22 @@ impl RedisStore {
             if let Some(shared) = Arc::get_mut(&mut store.shared) {
                 shared.keys.groups = groups;
             }
+        }
+        let mut queues = Vec::new();
+        if let Some(shared) = Arc::get_mut(&mut store.shared) {
+            for _ in 0..shared.keys.groups {
+                let (sender, queue) = mpsc::unbounded_channel();
+                shared.writers.push(sender);
+                shared.direct_writes.push(AtomicU64::new(0));
+                queues.push(queue);
+            }
+        }
+        for (group, queue) in queues.into_iter().enumerate() {
+            tokio::spawn(group_writer(
+                Arc::downgrade(&store.shared),
+                group as u32,
+                queue,
+            ));
         }
         Ok(store)
     }
@@ -657,35 +719,42 @@ impl StateBackend for RedisBackend {
         // The server decides, after any pending raise of this handle has
         // reached it, so a refusal always names the fence actually in force.
         let carried = self.carry_fence().await?;
-        let keys = &self.store.shared.keys;
-        let group = keys.group_of(vnode);
-        let what = format!("write_partial({vnode}, {epoch})");
-        let fence: String = self
-            .store
-            .call(
-                &what,
-                |s| &s.write,
-                |call| {
-                    call.key(keys.group_fence(group))
-                        .key(keys.epoch_partials(group, epoch))
-                        .key(keys.group_epochs(group))
-                        .arg(decimal(assignment_version))
-                        .arg(decimal(carried))
-                        .arg(&bytes[..])
-                        .arg(vnode)
-                        .arg(decimal(epoch));
-                },
-            )
-            .await?;
-        let fence = parse_decimal(&fence, "a group fence")?;
-        if fence > 0 && assignment_version < fence {
-            self.fence.fetch_max(fence, Ordering::AcqRel);
-            return Err(StateBackendError::StaleVersion {
-                caller: assignment_version,
-                authoritative: fence,
-            });
+        let shared = &self.store.shared;
+        let group = shared.keys.group_of(vnode);
+        let op = WriteOp {
+            vnode,
+            epoch,
+            version: assignment_version,
+            carried,
+            bytes,
+        };
+        let in_flight = &shared.direct_writes[group as usize];
+        let outcome = if in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
+            let _direct = DirectWrite(in_flight);
+            self.store.write_one(group, &op).await?
+        } else {
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+            let (reply, answer) = oneshot::channel();
+            let stopped = || {
+                StateBackendError::Io(format!(
+                    "redis write_partial({vnode}, {epoch}): the group's writer task stopped"
+                ))
+            };
+            shared.writers[group as usize]
+                .send(PendingWrite { op, reply })
+                .map_err(|_| stopped())?;
+            answer.await.map_err(|_| stopped())??
+        };
+        match outcome {
+            None => Ok(()),
+            Some(fence) => {
+                self.fence.fetch_max(fence, Ordering::AcqRel);
+                Err(StateBackendError::StaleVersion {
+                    caller: assignment_version,
+                    authoritative: fence,
+                })
+            }
         }
-        Ok(())
     }
 
     async fn read_partial(
@@ -936,6 +1005,150 @@ impl RedisBackend {
                 check.map_err(|e| StateBackendError::Io(format!("a gate task failed: {e}")))??;
         }
         Ok(all)
+    }
+}
+
+/// One write, as the write script takes it.
+struct WriteOp {
+    vnode: u32,
+    epoch: u64,
+    version: u64,
+    /// The writer's fence, carried to the group.
+    carried: u64,
+    bytes: Bytes,
+}
+
+/// A write waiting for its group's next batch. The answer is `None` when it
+/// was written, `Some(fence)` when the group's fence refused it.
+struct PendingWrite {
+    op: WriteOp,
+    reply: oneshot::Sender<Result<Option<u64>, StateBackendError>>,
+}
+
+/// Counts a group's direct (unbatched) write in flight while alive.
+struct DirectWrite<'a>(&'a AtomicU64);
+
+impl Drop for DirectWrite<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One group's writer: sends everything queued for the group as one script
+/// call, so concurrent writers share round trips and script runs (the
+/// group commit of this backend), and answers each write on its own. Only
+/// writes that find another write of the group in flight are queued; a
+/// lone writer calls the script itself. The task ends when the store is
+/// dropped.
+async fn group_writer(
+    store: Weak<Shared>,
+    group: u32,
+    mut queue: mpsc::UnboundedReceiver<PendingWrite>,
+) {
+    while let Some(first) = queue.recv().await {
+        let mut bytes = first.op.bytes.len();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_WRITES && bytes < MAX_BATCH_BYTES {
+            let Ok(next) = queue.try_recv() else { break };
+            bytes += next.op.bytes.len();
+            batch.push(next);
+        }
+        let Some(shared) = store.upgrade() else {
+            return;
+        };
+        let ops: Vec<&WriteOp> = batch.iter().map(|w| &w.op).collect();
+        let outcome = RedisStore { shared }.write_batch(group, &ops).await;
+        match outcome {
+            Ok((fence, written)) => {
+                for (write, written) in batch.into_iter().zip(written) {
+                    let _ = write.reply.send(Ok((!written).then_some(fence)));
+                }
+            }
+            Err(error) => {
+                let text = error.to_string();
+                for write in batch {
+                    let _ = write.reply.send(Err(StateBackendError::Io(text.clone())));
+                }
+            }
+        }
+    }
+}
+
+impl RedisStore {
+    /// Apply one write to `group`; `Some(fence)` if the fence refused it.
+    async fn write_one(&self, group: u32, op: &WriteOp) -> Result<Option<u64>, StateBackendError> {
+        let keys = &self.shared.keys;
+        let what = format!("write_partial({}, {})", op.vnode, op.epoch);
+        let fence: String = self
+            .call(
+                &what,
+                |s| &s.write_one,
+                |call| {
+                    call.key(keys.group_fence(group))
+                        .key(keys.group_epochs(group))
+                        .key(keys.epoch_partials(group, op.epoch))
+                        .arg(decimal(op.carried))
+                        .arg(decimal(op.version))
+                        .arg(op.vnode)
+                        .arg(decimal(op.epoch))
+                        .arg(&op.bytes[..]);
+                },
+            )
+            .await?;
+        let fence = parse_decimal(&fence, "a group fence")?;
+        Ok((op.version < fence).then_some(fence))
+    }
+
+    /// Apply one batch of writes to `group` in one script call; the group's
+    /// fence and, per write, whether it was written.
+    async fn write_batch(
+        &self,
+        group: u32,
+        batch: &[&WriteOp],
+    ) -> Result<(u64, Vec<bool>), StateBackendError> {
+        let keys = &self.shared.keys;
+        let mut epochs: Vec<u64> = batch.iter().map(|w| w.epoch).collect();
+        epochs.sort_unstable();
+        epochs.dedup();
+        let carried = batch.iter().map(|w| w.carried).max().unwrap_or(0);
+        let what = match batch {
+            [one] => format!("write_partial({}, {})", one.vnode, one.epoch),
+            many => format!("a batch of {} writes to vnode group {group}", many.len()),
+        };
+        let (fence, written): (String, Vec<u8>) = self
+            .call(
+                &what,
+                |s| &s.write,
+                |call| {
+                    call.key(keys.group_fence(group))
+                        .key(keys.group_epochs(group));
+                    for &epoch in &epochs {
+                        call.key(keys.epoch_partials(group, epoch));
+                    }
+                    call.arg(decimal(carried));
+                    for write in batch {
+                        // Lua indexes KEYS from 1; the two group keys come first.
+                        let hash = 3 + epochs.binary_search(&write.epoch).unwrap_or(0);
+                        call.arg(decimal(write.version))
+                            .arg(write.vnode)
+                            .arg(decimal(write.epoch))
+                            .arg(hash)
+                            .arg(&write.bytes[..]);
+                    }
+                },
+            )
+            .await?;
+        if written.len() != batch.len() {
+            return Err(StateBackendError::Serialization(format!(
+                "{what}: the write script answered for {} of {} writes",
+                written.len(),
+                batch.len()
+            )));
+        }
+        Ok((
+            parse_decimal(&fence, "a group fence")?,
+            written.into_iter().map(|w| w == 1).collect(),
+        ))
     }
 }
 

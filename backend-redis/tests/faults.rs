@@ -237,3 +237,65 @@ async fn the_commit_gate_is_one_round_trip_on_a_standalone_server() {
         "epoch_complete sent commands outside its one script"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_script_calls_and_fail_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start(dir.path(), &[]);
+    let handle: Arc<dyn StateBackend> = Arc::new(
+        RedisBackend::connect(&config(&server.url(), "batch"), "w", 256)
+            .await
+            .unwrap(),
+    );
+    handle.set_authoritative_version(5);
+    handle
+        .write_partial(0, 0, 5, Bytes::from_static(b"warm-up"))
+        .await
+        .unwrap();
+    let calls = |info: &str| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+            .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+    };
+    let before = calls(&server.cli(&["info", "commandstats"]));
+    let mut tasks = tokio::task::JoinSet::new();
+    for vnode in 0..256u32 {
+        let handle = Arc::clone(&handle);
+        // Every fourth writer is stale: it must fail on its own.
+        let version = if vnode % 4 == 0 { 4 } else { 5 };
+        tasks.spawn(async move {
+            (
+                vnode,
+                handle
+                    .write_partial(vnode, 1, version, Bytes::from(vec![vnode as u8; 4096]))
+                    .await,
+            )
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let (vnode, result) = joined.unwrap();
+        if vnode % 4 == 0 {
+            assert!(
+                matches!(
+                    result,
+                    Err(StateBackendError::StaleVersion {
+                        caller: 4,
+                        authoritative: 5
+                    })
+                ),
+                "{vnode}: {result:?}"
+            );
+        } else {
+            result.unwrap();
+        }
+    }
+    let used = calls(&server.cli(&["info", "commandstats"])) - before;
+    assert!(
+        used < 128,
+        "256 concurrent writes took {used} script calls: no batching"
+    );
+    for vnode in 0..256u32 {
+        let read = handle.read_partial(vnode, 1).await.unwrap();
+        assert_eq!(read.is_some(), vnode % 4 != 0, "vnode {vnode}");
+    }
+}
