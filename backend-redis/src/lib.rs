@@ -430,6 +430,10 @@ struct Shared {
 
 impl RedisStore {
     /// Connect and check (or record) the namespace's layout.
+    ///
+    /// Spawns one writer task per vnode group on the current tokio runtime
+    /// (they batch concurrent writes and end when the store is dropped), so
+    /// use the store on the runtime that created it.
     pub async fn connect(config: &RedisConfig) -> Result<Self, StateBackendError> {
         let server = config
             .url
