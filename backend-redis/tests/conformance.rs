@@ -120,6 +120,7 @@ impl BackendFactory for RedisFactory {
     fn capabilities(&self) -> Capabilities {
         Capabilities::NONE
             .fenced_seal()
+            .cross_process()
             .cross_process_reopen()
             .recovery_queries()
     }

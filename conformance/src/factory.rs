@@ -39,6 +39,9 @@ pub struct Capabilities {
     /// A handle told an assignment version below the store's fence cannot
     /// seal an epoch (P15).
     pub fenced_seal: bool,
+    /// Several processes may have the store open at once, each attaching by
+    /// its locator (P6 across processes).
+    pub cross_process: bool,
 }
 
 impl Capabilities {
@@ -51,6 +54,7 @@ impl Capabilities {
         recovery_queries: false,
         corruption_detection: false,
         fenced_seal: false,
+        cross_process: false,
     };
 
     /// Claim [`fencing`](Self::fencing).
@@ -100,6 +104,12 @@ impl Capabilities {
         self
     }
 
+    /// Claim [`cross_process`](Self::cross_process).
+    pub const fn cross_process(mut self) -> Self {
+        self.cross_process = true;
+        self
+    }
+
     /// Whether the named capability is claimed.
     pub const fn has(&self, capability: Capability) -> bool {
         match capability {
@@ -110,6 +120,7 @@ impl Capabilities {
             Capability::RecoveryQueries => self.recovery_queries,
             Capability::CorruptionDetection => self.corruption_detection,
             Capability::FencedSeal => self.fenced_seal,
+            Capability::CrossProcess => self.cross_process,
         }
     }
 }
@@ -131,6 +142,8 @@ pub enum Capability {
     CorruptionDetection,
     /// See [`Capabilities::fenced_seal`].
     FencedSeal,
+    /// See [`Capabilities::cross_process`].
+    CrossProcess,
 }
 
 impl Capability {
@@ -144,6 +157,7 @@ impl Capability {
             Capability::RecoveryQueries => "recovery_queries",
             Capability::CorruptionDetection => "corruption_detection",
             Capability::FencedSeal => "fenced_seal",
+            Capability::CrossProcess => "cross_process",
         }
     }
 }

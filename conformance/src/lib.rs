@@ -254,6 +254,7 @@ macro_rules! conformance_tests {
                 p04_fence_monotonic,
                 p05_fence_enforced,
                 p06_shared_fence,
+                p06_shared_fence_across_processes,
                 p07_atomic_fence,
                 p08_commit_gate,
                 p09_one_committer,

@@ -49,6 +49,8 @@ enum Flaw {
     ReplayUnseals,
     /// A deposed leader may still seal.
     SealIgnoresFence,
+    /// Claims processes share the store, but each keeps its own fence.
+    ClaimsCrossProcess,
 }
 
 #[derive(Default)]
@@ -407,10 +409,15 @@ impl BackendFactory for Factory {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::NONE
+        let claims = Capabilities::NONE
             .fenced_seal()
             .cross_process_reopen()
-            .recovery_queries()
+            .recovery_queries();
+        if self.0 == Flaw::ClaimsCrossProcess {
+            claims.cross_process()
+        } else {
+            claims
+        }
     }
 
     async fn create_store(&self) -> Result<Box<dyn TestStore>, StateBackendError> {
@@ -496,6 +503,7 @@ fn run(property: &str, flaw: Flaw) -> Outcome {
 fn child_test_name(flaw: Flaw) -> &'static str {
     match flaw {
         Flaw::BufferedAcks => "crash_buffered_acks_are_caught",
+        Flaw::ClaimsCrossProcess => "unshared_fence_across_processes_is_caught",
         _ => "crash_reference_passes",
     }
 }
@@ -524,7 +532,8 @@ fn reference_passes_everything_else() {
         let outcome = run(property.name, Flaw::None);
         assert!(
             matches!(outcome, Outcome::Passed)
-                || (property.name == "p12_corruption"
+                || (["p12_corruption", "p06_shared_fence_across_processes"]
+                    .contains(&property.name)
                     && matches!(outcome, Outcome::NotApplicable { .. })),
             "{} on the reference backend: {outcome:?}",
             property.name
@@ -590,6 +599,22 @@ fn unsealing_replay_is_caught_by_p2() {
 #[test]
 fn sealing_deposed_leader_is_caught_by_p15() {
     caught("p15_fenced_seal", Flaw::SealIgnoresFence);
+}
+
+#[test]
+fn unshared_fence_across_processes_is_caught() {
+    // Only this flawed variant claims the capability, so there is no passing
+    // baseline to compare with: the memory of each process is its own.
+    match run(
+        "p06_shared_fence_across_processes",
+        Flaw::ClaimsCrossProcess,
+    ) {
+        Outcome::Failed { reason } => eprintln!(
+            "P6 across processes caught ClaimsCrossProcess: {}",
+            reason.lines().next().unwrap_or("")
+        ),
+        other => panic!("P6 across processes did not catch ClaimsCrossProcess: {other:?}"),
+    }
 }
 
 #[test]

@@ -229,7 +229,7 @@ fn run_child_until_killed(
         .args(&child.args)
         .env(
             CHILD_ENV,
-            format!("{backend}\t{first_epoch}\t{seed:x}\t{locator}"),
+            format!("{backend}\tcrash\t{first_epoch}\t{seed:x}\t{locator}"),
         )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -390,14 +390,123 @@ pub(crate) async fn run_child_if_requested(factory: &dyn BackendFactory) {
     let Some(spec) = value.strip_prefix(&format!("{}\t", factory.name())) else {
         return;
     };
-    let code = match child_writer(factory, spec).await {
+    let outcome = match spec.split_once('\t') {
+        Some(("crash", spec)) => child_writer(factory, spec).await,
+        Some(("raise", spec)) => child_raiser(factory, spec).await,
+        _ => Err(format!("bad {CHILD_ENV} value {value:?}")),
+    };
+    let code = match outcome {
         Ok(()) => 0,
         Err(error) => {
-            eprintln!("crash child writer failed: {error}");
+            eprintln!("conformance child failed: {error}");
             3
         }
     };
     std::process::exit(code);
+}
+
+/// The bytes the raising child writes.
+const RAISED: &[u8] = b"written by the raising process";
+
+/// P6 across processes: a zombie handle in this process, a new leader in a
+/// child process that raises the fence, writes and exits. The zombie, never
+/// told, is refused with the child's fence, and cannot overwrite the child's
+/// data.
+pub async fn p06_shared_fence_across_processes(
+    factory: &dyn BackendFactory,
+    child: &ChildCommand,
+) -> Checked {
+    const STALE: u64 = 2;
+    const FENCE: u64 = 10;
+    let store = fresh_store(factory).await?;
+    let Some(locator) = store.locator() else {
+        return Err("the backend claims cross_process, but its test store has no locator".into());
+    };
+    let zombie = open(&*store, &unique_tag("p06x-zombie"), 4).await?;
+    write(
+        &zombie,
+        1,
+        1,
+        STALE,
+        &Bytes::from_static(b"zombie, before the rotation"),
+    )
+    .await?;
+
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the test binary: {e}"))?;
+    let mut raiser = Command::new(&exe)
+        .args(&child.args)
+        .env(
+            CHILD_ENV,
+            format!("{}\traise\t{FENCE}\t{locator}", factory.name()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start the raising child {}: {e}", exe.display()))?;
+    let deadline = Instant::now() + CHILD_TIMEOUT;
+    let status = loop {
+        match raiser.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Ok(None) => {
+                let _ = raiser.kill();
+                let _ = raiser.wait();
+                return Err(format!(
+                    "the raising child did not finish within {CHILD_TIMEOUT:?}"
+                ));
+            }
+            Err(e) => return Err(format!("waiting for the raising child: {e}")),
+        }
+    };
+    if !status.success() {
+        let mut stderr = String::new();
+        if let Some(mut pipe) = raiser.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+        }
+        return Err(format!("the raising child failed ({status}):\n{stderr}"));
+    }
+
+    let refused = zombie
+        .write_partial(1, 1, STALE, Bytes::from_static(b"zombie, after"))
+        .await;
+    ensure!(
+        crate::support::is_stale(&refused, STALE, FENCE),
+        "after another process raised the fence to {FENCE}, a write at {STALE} gave {}",
+        describe(&refused)
+    );
+    let overwrite = zombie
+        .write_partial(0, 1, STALE, Bytes::from_static(b"zombie, overwrite"))
+        .await;
+    ensure!(
+        crate::support::is_stale(&overwrite, STALE, FENCE),
+        "the zombie overwrote the other process's data: {}",
+        describe(&overwrite)
+    );
+    ensure!(
+        read(&zombie, 0, 1).await?.as_deref() == Some(RAISED),
+        "the other process's write is not visible here"
+    );
+    Ok(())
+}
+
+/// The raising child: a new leader in its own process.
+async fn child_raiser(factory: &dyn BackendFactory, spec: &str) -> Result<(), String> {
+    let (fence, locator) = spec
+        .split_once('\t')
+        .ok_or_else(|| format!("bad raise spec {spec:?}"))?;
+    let fence: u64 = fence
+        .parse()
+        .map_err(|_| format!("bad fence in {spec:?}"))?;
+    let store = factory
+        .attach_store(locator)
+        .await
+        .ctx(|| format!("attach_store({locator:?})"))?;
+    let leader = open(&*store, "raising-leader", 4).await?;
+    leader.set_authoritative_version(fence);
+    write(&leader, 0, 1, fence, &Bytes::from_static(RAISED)).await
 }
 
 async fn child_writer(factory: &dyn BackendFactory, spec: &str) -> Result<(), String> {

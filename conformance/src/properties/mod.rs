@@ -12,7 +12,10 @@ mod recovery;
 pub use bad_input::{p12_bad_input, p12_corruption};
 pub use commit::{p08_commit_gate, p09_one_committer, p15_fenced_seal};
 pub use data::{p01_round_trip, p02_idempotent_replay, p03_independence, p13_shared_object};
-pub use durability::{CHILD_ENV, ChildCommand, p10_durability_crash, p10_durability_reopen};
+pub use durability::{
+    CHILD_ENV, ChildCommand, p06_shared_fence_across_processes, p10_durability_crash,
+    p10_durability_reopen,
+};
 pub use fence::{p04_fence_monotonic, p05_fence_enforced, p06_shared_fence, p07_atomic_fence};
 pub use pruning::p11_pruning;
 pub use recovery::p14_recovery_queries;
@@ -73,6 +76,12 @@ pub const PROPERTIES: &[Property] = &[
         name: "p06_shared_fence",
         summary: "a raise through one handle fences every handle on the store",
         needs: &[SharedFence],
+    },
+    Property {
+        id: "P6",
+        name: "p06_shared_fence_across_processes",
+        summary: "a raise in another process fences a handle here",
+        needs: &[SharedFence, CrossProcess],
     },
     Property {
         id: "P7",
@@ -160,6 +169,9 @@ pub(crate) async fn run(
         "p04_fence_monotonic" => p04_fence_monotonic(factory).await,
         "p05_fence_enforced" => p05_fence_enforced(factory).await,
         "p06_shared_fence" => p06_shared_fence(factory).await,
+        "p06_shared_fence_across_processes" => {
+            p06_shared_fence_across_processes(factory, child).await
+        }
         "p07_atomic_fence" => p07_atomic_fence(factory).await,
         "p08_commit_gate" => p08_commit_gate(factory).await,
         "p09_one_committer" => p09_one_committer(factory).await,
