@@ -33,7 +33,7 @@ pub(crate) fn run(backends: &[&Backend]) -> Result<(), String> {
         for test in list(&binary)? {
             let (column, property) = test.rsplit_once("::").unwrap_or((backend.name, &test));
             let cell = run_one(&binary, &test)?;
-            eprintln!("  {column:<18} {property:<24} {}", verdict_text(&cell));
+            eprintln!("  {column:<18} {property:<34} {}", verdict_text(&cell));
             match columns.iter_mut().find(|(name, _)| name == column) {
                 Some((_, cells)) => cells.push((property.to_owned(), cell)),
                 None => columns.push((column.to_owned(), vec![(property.to_owned(), cell)])),
@@ -167,13 +167,14 @@ fn print_matrix(columns: &[(String, Vec<(String, Cell)>)]) {
     let Some((_, first)) = columns.first() else {
         return;
     };
-    let mut table = format!("\n{:<24}", "property");
+    let width = first.iter().map(|(p, _)| p.len()).max().unwrap_or(8);
+    let mut table = format!("\n{:<width$}", "property");
     for (backend, _) in columns {
         let _ = write!(table, " {backend:<28}");
     }
     table.push('\n');
     for (row, (property, _)) in first.iter().enumerate() {
-        let _ = write!(table, "{property:<24}");
+        let _ = write!(table, "{property:<width$}");
         for (_, cells) in columns {
             let text = cells
                 .get(row)
@@ -182,7 +183,7 @@ fn print_matrix(columns: &[(String, Vec<(String, Cell)>)]) {
         }
         table.push('\n');
     }
-    let mut totals = format!("{:<24}", "total");
+    let mut totals = format!("{:<width$}", "total");
     for (_, cells) in columns {
         let pass = cells
             .iter()
