@@ -727,18 +727,19 @@ fn apply_batch(
                         Answer::Write(Ok(()))
                     }
                 }
+                Request::Seal { told, .. } if *told > 0 && *told < fence => {
+                    // A deposed leader may not seal: no need to look.
+                    Answer::Seal(Err(StateBackendError::StaleVersion {
+                        caller: *told,
+                        authoritative: fence,
+                    }))
+                }
                 Request::Seal {
                     epoch,
                     vnodes,
                     instance_id,
-                    told,
                     ..
                 } => Answer::Seal(match gate(&partials, &markers, *epoch, vnodes) {
-                    // A deposed leader may not seal, whatever it finds.
-                    _ if *told > 0 && *told < fence => Err(StateBackendError::StaleVersion {
-                        caller: *told,
-                        authoritative: fence,
-                    }),
                     Ok(Gate::Missing) => Ok(false),
                     Ok(Gate::SealedBy(committer)) if *committer == **instance_id => Ok(true),
                     Ok(Gate::SealedBy(committer)) => Err(StateBackendError::SplitBrainCommit {

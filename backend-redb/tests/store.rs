@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use laminar_state_api::{StateBackend, StateBackendError};
+use laminar_state_conformance::properties;
 use laminar_state_redb::{RedbBackend, RedbStore};
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -179,50 +180,17 @@ fn concurrent_writes_share_commits_and_fail_alone() {
     let store = RedbStore::open(dir.path().join("batch.redb")).unwrap();
     runtime().block_on(async {
         let handle: Arc<dyn StateBackend> = Arc::new(store.handle("w", 256));
-        handle.set_authoritative_version(5);
         let before = store.commit_stats();
-        let mut tasks = tokio::task::JoinSet::new();
-        for vnode in 0..256u32 {
-            let handle = Arc::clone(&handle);
-            // Every fourth writer is stale: it must fail on its own.
-            let version = if vnode % 4 == 0 { 4 } else { 5 };
-            tasks.spawn(async move {
-                (
-                    vnode,
-                    handle
-                        .write_partial(vnode, 1, version, Bytes::from(vec![vnode as u8; 4096]))
-                        .await,
-                )
-            });
-        }
-        while let Some(joined) = tasks.join_next().await {
-            let (vnode, result) = joined.unwrap();
-            if vnode % 4 == 0 {
-                assert!(
-                    matches!(
-                        result,
-                        Err(StateBackendError::StaleVersion {
-                            caller: 4,
-                            authoritative: 5
-                        })
-                    ),
-                    "{vnode}: {result:?}"
-                );
-            } else {
-                result.unwrap();
-            }
-        }
+        properties::concurrent_writes_fail_alone(&handle, 256)
+            .await
+            .unwrap();
         let after = store.commit_stats();
-        let transactions = after.transactions - before.transactions;
         assert_eq!(after.requests - before.requests, 256);
+        let transactions = after.transactions - before.transactions;
         assert!(
             transactions < 128,
             "256 concurrent writes took {transactions} transactions: no group commit"
         );
-        for vnode in 0..256u32 {
-            let read = handle.read_partial(vnode, 1).await.unwrap();
-            assert_eq!(read.is_some(), vnode % 4 != 0, "vnode {vnode}");
-        }
     });
 }
 

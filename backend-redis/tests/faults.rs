@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use laminar_state_api::{StateBackend, StateBackendError};
+use laminar_state_conformance::properties;
 use laminar_state_redis::{RedisBackend, RedisConfig};
 use support::{RedisCluster, RedisServer};
 
@@ -247,6 +248,7 @@ async fn concurrent_writes_share_script_calls_and_fail_alone() {
             .await
             .unwrap(),
     );
+    // Load the scripts and carry the fence before counting.
     handle.set_authoritative_version(5);
     handle
         .write_partial(0, 0, 5, Bytes::from_static(b"warm-up"))
@@ -258,44 +260,12 @@ async fn concurrent_writes_share_script_calls_and_fail_alone() {
             .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
     };
     let before = calls(&server.cli(&["info", "commandstats"]));
-    let mut tasks = tokio::task::JoinSet::new();
-    for vnode in 0..256u32 {
-        let handle = Arc::clone(&handle);
-        // Every fourth writer is stale: it must fail on its own.
-        let version = if vnode % 4 == 0 { 4 } else { 5 };
-        tasks.spawn(async move {
-            (
-                vnode,
-                handle
-                    .write_partial(vnode, 1, version, Bytes::from(vec![vnode as u8; 4096]))
-                    .await,
-            )
-        });
-    }
-    while let Some(joined) = tasks.join_next().await {
-        let (vnode, result) = joined.unwrap();
-        if vnode % 4 == 0 {
-            assert!(
-                matches!(
-                    result,
-                    Err(StateBackendError::StaleVersion {
-                        caller: 4,
-                        authoritative: 5
-                    })
-                ),
-                "{vnode}: {result:?}"
-            );
-        } else {
-            result.unwrap();
-        }
-    }
+    properties::concurrent_writes_fail_alone(&handle, 256)
+        .await
+        .unwrap();
     let used = calls(&server.cli(&["info", "commandstats"])) - before;
     assert!(
         used < 128,
         "256 concurrent writes took {used} script calls: no batching"
     );
-    for vnode in 0..256u32 {
-        let read = handle.read_partial(vnode, 1).await.unwrap();
-        assert_eq!(read.is_some(), vnode % 4 != 0, "vnode {vnode}");
-    }
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use laminar_state_api::StateBackendError;
+use laminar_state_api::{StateBackend, StateBackendError};
 use proptest::prelude::*;
 
 use crate::factory::BackendFactory;
@@ -38,7 +38,8 @@ pub async fn p04_fence_monotonic(factory: &dyn BackendFactory) -> Checked {
 
 /// P5: with fence `f > 0`, a write at `v < f` fails with exactly
 /// `StaleVersion { caller: v, authoritative: f }` and leaves the stored bytes
-/// as they were; `v >= f` is accepted.
+/// as they were; `v >= f` is accepted. Then the same with 64 concurrent
+/// writers, a quarter of them stale (see [`concurrent_writes_fail_alone`]).
 pub async fn p05_fence_enforced(factory: &dyn BackendFactory) -> Checked {
     let strategy = (1u64..1_000, 0u64..1_200, any::<u64>());
     for_all(factory, strategy, |(fence, version, seed)| async move {
@@ -66,7 +67,57 @@ pub async fn p05_fence_enforced(factory: &dyn BackendFactory) -> Checked {
         ensure!(is_stale(&below, fence - 1, fence), "a write one below the fence gave {}", describe(&below));
         Ok(())
     })
-    .await
+    .await?;
+    let store = fresh_store(factory).await?;
+    let handle = open(&*store, &unique_tag("p05-concurrent"), 64).await?;
+    concurrent_writes_fail_alone(&handle, 64).await
+}
+
+/// `writers` concurrent 4 KiB writes through `handle` (fence raised to 5
+/// here) to vnodes `0..writers` of epoch 1, every fourth at version 4: each
+/// of those fails alone with exactly `StaleVersion { 4, 5 }` and stores
+/// nothing, every other one is stored. Backends that batch concurrent writes
+/// (group commit) run it to show a refusal does not fail its batch.
+pub async fn concurrent_writes_fail_alone(handle: &Arc<dyn StateBackend>, writers: u32) -> Checked {
+    handle.set_authoritative_version(5);
+    let bytes = |vnode: u32| Bytes::from(vec![vnode as u8; 4096]);
+    let mut tasks = tokio::task::JoinSet::new();
+    for vnode in 0..writers {
+        let handle = Arc::clone(handle);
+        let version = if vnode % 4 == 0 { 4 } else { 5 };
+        tasks.spawn(async move {
+            (
+                vnode,
+                handle.write_partial(vnode, 1, version, bytes(vnode)).await,
+            )
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let (vnode, result) = joined.map_err(|e| format!("a writer panicked: {e}"))?;
+        if vnode % 4 == 0 {
+            ensure!(
+                is_stale(&result, 4, 5),
+                "concurrent stale write to vnode {vnode} gave {}",
+                describe(&result)
+            );
+        } else {
+            ensure!(
+                result.is_ok(),
+                "concurrent write to vnode {vnode} at the fence failed: {}",
+                describe(&result)
+            );
+        }
+    }
+    for vnode in 0..writers {
+        let held = read(handle, vnode, 1).await?;
+        let expected = (vnode % 4 != 0).then(|| bytes(vnode));
+        ensure!(
+            held == expected,
+            "after the concurrent writes, vnode {vnode} is {}",
+            if held.is_some() { "present" } else { "absent" }
+        );
+    }
+    Ok(())
 }
 
 /// P6: a raise through one handle is enforced against another handle on the

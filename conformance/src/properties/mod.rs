@@ -16,7 +16,10 @@ pub use durability::{
     CHILD_ENV, ChildCommand, p06_shared_fence_across_processes, p10_durability_crash,
     p10_durability_reopen,
 };
-pub use fence::{p04_fence_monotonic, p05_fence_enforced, p06_shared_fence, p07_atomic_fence};
+pub use fence::{
+    concurrent_writes_fail_alone, p04_fence_monotonic, p05_fence_enforced, p06_shared_fence,
+    p07_atomic_fence,
+};
 pub use pruning::p11_pruning;
 pub use recovery::p14_recovery_queries;
 
