@@ -11,11 +11,11 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use laminar_state_api::StateBackend;
-use laminar_state_bench::{Mode, Row, Unit, report};
+use laminar_state_bench::{Mode, Row, Unit, alternate, report};
 use laminar_state_redis::{RedisBackend, RedisConfig};
 use redis::aio::ConnectionManager;
 
@@ -172,53 +172,4 @@ async fn measure(url: &str, ops: u64, gate_rounds: u64) -> Vec<Row> {
         target: None,
     });
     rows
-}
-
-/// Run `ops` operations from `tasks` concurrent tasks; the elapsed time.
-async fn run_tasks<F, Fut>(tasks: u64, ops: u64, op: F) -> std::time::Duration
-where
-    F: Fn(u64) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let op = Arc::new(op);
-    let started = Instant::now();
-    let mut set = tokio::task::JoinSet::new();
-    for task in 0..tasks {
-        let op = Arc::clone(&op);
-        set.spawn(async move {
-            for i in (task..ops).step_by(tasks as usize) {
-                op(i).await;
-            }
-        });
-    }
-    while let Some(done) = set.join_next().await {
-        done.expect("bench task");
-    }
-    started.elapsed()
-}
-
-/// Rounds each pair of measurements alternates over, so that drift in the
-/// machine (the disk's fsync time above all) falls on both sides alike.
-const ROUNDS: u64 = 4;
-
-/// `ops` operations of `raw` and of `ours`, alternating in [`ROUNDS`]
-/// slices, from `tasks` concurrent tasks; the two rates.
-async fn alternate<R, RFut, O, OFut>(tasks: u64, ops: u64, raw: R, ours: O) -> (f64, f64)
-where
-    R: Fn(u64) -> RFut + Clone + Send + Sync + 'static,
-    RFut: std::future::Future<Output = ()> + Send + 'static,
-    O: Fn(u64) -> OFut + Clone + Send + Sync + 'static,
-    OFut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let slice = ops / ROUNDS;
-    let (mut raw_time, mut our_time) = (Duration::ZERO, Duration::ZERO);
-    for _ in 0..ROUNDS {
-        raw_time += run_tasks(tasks, slice, raw.clone()).await;
-        our_time += run_tasks(tasks, slice, ours.clone()).await;
-    }
-    let total = (slice * ROUNDS) as f64;
-    (
-        total / raw_time.as_secs_f64(),
-        total / our_time.as_secs_f64(),
-    )
 }

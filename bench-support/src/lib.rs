@@ -4,7 +4,10 @@
 //! the raw store doing the same work in the same run.
 
 use std::fmt::Write as _;
+use std::future::Future;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// How the bench binary was invoked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,4 +126,59 @@ pub fn report(name: &str, raw: &str, rows: &[Row], mode: Mode, notes: &[String])
             Err(e) => eprintln!("cannot write {}: {e}", path.display()),
         }
     }
+}
+
+/// Run `ops` operations (`op(0)` to `op(ops - 1)`) from `tasks` concurrent
+/// tasks on the current runtime; the elapsed time.
+pub async fn run_tasks<F, Fut>(tasks: u64, ops: u64, op: F) -> Duration
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let op = Arc::new(op);
+    let started = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for task in 0..tasks {
+        let op = Arc::clone(&op);
+        set.spawn(async move {
+            for i in (task..ops).step_by(tasks as usize) {
+                op(i).await;
+            }
+        });
+    }
+    while let Some(done) = set.join_next().await {
+        done.expect("bench task");
+    }
+    started.elapsed()
+}
+
+/// Rounds each pair of measurements alternates over, so that drift in the
+/// machine (fsync time, a server's background work) falls on both sides
+/// alike.
+pub const ROUNDS: u64 = 4;
+
+/// `ops` operations of `raw` and of `ours`, alternating in [`ROUNDS`]
+/// slices, from `tasks` concurrent tasks; the two rates, raw first.
+/// Operation numbers continue across slices, so every operation of a side
+/// has its own number.
+pub async fn alternate<R, RFut, O, OFut>(tasks: u64, ops: u64, raw: R, ours: O) -> (f64, f64)
+where
+    R: Fn(u64) -> RFut + Clone + Send + Sync + 'static,
+    RFut: Future<Output = ()> + Send + 'static,
+    O: Fn(u64) -> OFut + Clone + Send + Sync + 'static,
+    OFut: Future<Output = ()> + Send + 'static,
+{
+    let slice = ops / ROUNDS;
+    let (mut raw_time, mut our_time) = (Duration::ZERO, Duration::ZERO);
+    for round in 0..ROUNDS {
+        let base = round * slice;
+        let (raw, ours) = (raw.clone(), ours.clone());
+        raw_time += run_tasks(tasks, slice, move |i| raw(base + i)).await;
+        our_time += run_tasks(tasks, slice, move |i| ours(base + i)).await;
+    }
+    let total = (slice * ROUNDS) as f64;
+    (
+        total / raw_time.as_secs_f64(),
+        total / our_time.as_secs_f64(),
+    )
 }

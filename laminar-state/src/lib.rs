@@ -10,6 +10,7 @@
 //! | `memory` (default) | `memory://` or `memory://NAME` | [`memory`]: in-process; a name shares one store between handles |
 //! | `redb` (default) | `redb:///path/to/state.redb` | [`redb`]: durable, one file, no server |
 //! | `redis` | `redis://host:port/?namespace=NS`, `rediss://...` | [`redis`]: Redis or Redis Cluster (`&cluster=true`) |
+//! | `s3` | `s3://BUCKET/PREFIX?endpoint=URL&region=R` | [`s3`]: Amazon S3 or an S3-compatible store (path-style with an endpoint) |
 //!
 //! A URL whose backend is not compiled in fails with
 //! [`ConfigError::FeatureDisabled`], which names the feature to enable.
@@ -47,6 +48,11 @@ pub use laminar_state_redb as redb;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use laminar_state_redis as redis;
+
+/// Amazon S3 and S3-compatible stores.
+#[cfg(feature = "s3")]
+#[cfg_attr(docsrs, doc(cfg(feature = "s3")))]
+pub use laminar_state_s3 as s3;
 
 /// Why a backend could not be built from a URL or config.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +117,43 @@ pub enum BackendConfig {
         /// `nodes`, `groups`, `timeout_ms`, `max_payload_len`).
         url: String,
     },
+    /// Amazon S3 or an S3-compatible store. Unset fields take the S3
+    /// backend's defaults; credentials come from AWS's default chain unless
+    /// both keys are given.
+    S3 {
+        /// The bucket; it must exist.
+        bucket: String,
+        /// The key prefix of the store.
+        #[serde(default)]
+        prefix: String,
+        /// An S3-compatible endpoint, e.g. `http://127.0.0.1:8333`.
+        #[serde(default)]
+        endpoint: Option<String>,
+        /// The region.
+        #[serde(default)]
+        region: Option<String>,
+        /// Path-style addressing (default: on with an endpoint, off without).
+        #[serde(default)]
+        path_style: Option<bool>,
+        /// A static access key id (with `secret_access_key`).
+        #[serde(default)]
+        access_key_id: Option<String>,
+        /// A static secret access key (with `access_key_id`).
+        #[serde(default)]
+        secret_access_key: Option<String>,
+        /// Attempts per request, the first included.
+        #[serde(default)]
+        max_attempts: Option<u32>,
+        /// The bound on one attempt, in milliseconds.
+        #[serde(default)]
+        attempt_timeout_ms: Option<u64>,
+        /// The bound on one request, all attempts included, in milliseconds.
+        #[serde(default)]
+        timeout_ms: Option<u64>,
+        /// The largest partial in bytes.
+        #[serde(default)]
+        max_payload_len: Option<usize>,
+    },
 }
 
 /// A whole backend configuration: the backend, and who this handle is.
@@ -142,6 +185,9 @@ impl BackendConfig {
                 url: url.to_owned(),
             });
         }
+        if scheme == "s3" {
+            return s3_from_url(url);
+        }
         let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
         let location = percent_decode(location).map_err(|reason| invalid(&reason))?;
         let mut max_payload_len = None;
@@ -172,10 +218,6 @@ impl BackendConfig {
                 path: PathBuf::from(location),
                 max_payload_len,
                 verify_on_open,
-            }),
-            "s3" => Err(ConfigError::FeatureDisabled {
-                scheme: scheme.to_owned(),
-                feature: "s3",
             }),
             other => Err(ConfigError::UnknownScheme(other.to_owned())),
         }
@@ -212,6 +254,7 @@ impl BackendConfig {
                 .await
             }
             BackendConfig::Redis { url } => open_redis(url, instance_id, vnode_capacity).await,
+            BackendConfig::S3 { .. } => open_s3(self, instance_id, vnode_capacity).await,
         }
     }
 }
@@ -333,6 +376,101 @@ async fn open_redis(_: &str, _: &str, _: u32) -> Result<Arc<dyn StateBackend>, C
     Err(ConfigError::FeatureDisabled {
         scheme: "redis".into(),
         feature: "redis",
+    })
+}
+
+/// `s3://` URLs are parsed by the S3 backend, so the settings and their
+/// errors are the same whichever way the store is configured.
+#[cfg(feature = "s3")]
+fn s3_from_url(url: &str) -> Result<BackendConfig, ConfigError> {
+    let config = laminar_state_s3::S3Config::from_url(url).map_err(|e| ConfigError::Invalid {
+        input: url.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let (access_key_id, secret_access_key) = config.credentials.clone().unzip();
+    Ok(BackendConfig::S3 {
+        bucket: config.bucket,
+        prefix: config.prefix,
+        endpoint: config.endpoint,
+        region: config.region,
+        path_style: Some(config.force_path_style),
+        access_key_id,
+        secret_access_key,
+        max_attempts: Some(config.max_attempts),
+        attempt_timeout_ms: Some(config.attempt_timeout.as_millis() as u64),
+        timeout_ms: Some(config.operation_timeout.as_millis() as u64),
+        max_payload_len: Some(config.max_payload_len),
+    })
+}
+
+#[cfg(not(feature = "s3"))]
+fn s3_from_url(_: &str) -> Result<BackendConfig, ConfigError> {
+    Err(ConfigError::FeatureDisabled {
+        scheme: "s3".into(),
+        feature: "s3",
+    })
+}
+
+#[cfg(feature = "s3")]
+async fn open_s3(
+    settings: &BackendConfig,
+    instance_id: &str,
+    vnode_capacity: u32,
+) -> Result<Arc<dyn StateBackend>, ConfigError> {
+    use std::time::Duration;
+
+    let BackendConfig::S3 {
+        bucket,
+        prefix,
+        endpoint,
+        region,
+        path_style,
+        access_key_id,
+        secret_access_key,
+        max_attempts,
+        attempt_timeout_ms,
+        timeout_ms,
+        max_payload_len,
+    } = settings
+    else {
+        unreachable!("open_s3 is called with S3 settings")
+    };
+    let mut config = laminar_state_s3::S3Config::new(bucket, prefix);
+    config.endpoint = endpoint.clone();
+    config.region = region.clone();
+    config.force_path_style = path_style.unwrap_or(endpoint.is_some());
+    config.credentials = match (access_key_id, secret_access_key) {
+        (Some(id), Some(secret)) => Some((id.clone(), secret.clone())),
+        (None, None) => None,
+        _ => {
+            return Err(ConfigError::Invalid {
+                input: format!("s3 bucket {bucket:?}"),
+                reason: "access_key_id and secret_access_key go together".into(),
+            });
+        }
+    };
+    if let Some(attempts) = max_attempts {
+        config.max_attempts = (*attempts).max(1);
+    }
+    if let Some(ms) = attempt_timeout_ms {
+        config.attempt_timeout = Duration::from_millis(*ms);
+    }
+    if let Some(ms) = timeout_ms {
+        config.operation_timeout = Duration::from_millis(*ms);
+    }
+    if let Some(limit) = max_payload_len {
+        config.max_payload_len = *limit;
+    }
+    Ok(Arc::new(
+        laminar_state_s3::S3Backend::connect(&config, instance_id, vnode_capacity).await?,
+    ))
+}
+
+#[cfg(not(feature = "s3"))]
+async fn open_s3(_: &BackendConfig, _: &str, _: u32) -> Result<Arc<dyn StateBackend>, ConfigError> {
+    Err(ConfigError::FeatureDisabled {
+        scheme: "s3".into(),
+        feature: "s3",
     })
 }
 

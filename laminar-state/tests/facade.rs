@@ -62,7 +62,10 @@ async fn redb_urls_open_one_durable_file() {
 
 #[tokio::test]
 async fn missing_features_and_bad_urls_are_named() {
-    let mut missing = vec![("s3://bucket/prefix", "s3")];
+    let mut missing = Vec::new();
+    if cfg!(not(feature = "s3")) {
+        missing.push(("s3://bucket/prefix", "s3"));
+    }
     if cfg!(not(feature = "redis")) {
         missing.extend([("redis://localhost/0", "redis"), ("rediss://h", "redis")]);
     }
@@ -177,4 +180,53 @@ async fn redis_urls_reach_the_redis_backend() {
         matches!(error, ConfigError::Backend(StateBackendError::Io(_))),
         "{error}"
     );
+}
+
+#[cfg(feature = "s3")]
+#[tokio::test]
+async fn s3_urls_and_configs_become_s3_settings() {
+    use laminar_state::BackendConfig;
+
+    let url = BackendConfig::from_url(
+        "s3://state/engine/a?endpoint=http://127.0.0.1:1&region=eu-west-1&max_attempts=1&timeout_ms=500",
+    )
+    .unwrap();
+    let json: BackendConfig = serde_json::from_str(
+        r#"{"backend": "s3", "bucket": "state", "prefix": "engine/a", "endpoint": "http://127.0.0.1:1", "region": "eu-west-1", "max_attempts": 1, "timeout_ms": 500}"#,
+    )
+    .unwrap();
+    for config in [url, json] {
+        let BackendConfig::S3 {
+            bucket,
+            prefix,
+            endpoint,
+            ..
+        } = &config
+        else {
+            panic!("not S3 settings: {config:?}")
+        };
+        assert_eq!(
+            (bucket.as_str(), prefix.as_str(), endpoint.as_deref()),
+            ("state", "engine/a", Some("http://127.0.0.1:1"))
+        );
+        // Nothing listens on port 1: a typed I/O error, within the timeout.
+        let error = config.open("a", 4).await.err().expect("no server");
+        assert!(
+            matches!(error, ConfigError::Backend(StateBackendError::Io(_))),
+            "{error}"
+        );
+    }
+    for bad in [
+        "s3://",
+        "s3://b/p?max_attempts=none",
+        "s3://b/p?shape=round",
+    ] {
+        assert!(
+            matches!(
+                BackendConfig::from_url(bad),
+                Err(ConfigError::Invalid { .. })
+            ),
+            "{bad}"
+        );
+    }
 }

@@ -25,14 +25,14 @@ pub(crate) fn run(backends: &[&Backend]) -> Result<(), String> {
     if backends.iter().any(|b| !b.embedded) {
         crate::cargo::install()?;
     }
+    let binaries = build(backends)?;
     let mut columns: Vec<(String, Vec<(String, Cell)>)> = Vec::new();
-    for backend in backends {
-        let binary = build(backend)?;
+    for (backend, binary) in backends.iter().zip(&binaries) {
         // One column per conformance module: a crate may test several
         // deployments (redis: standalone and cluster).
-        for test in list(&binary)? {
+        for test in list(binary)? {
             let (column, property) = test.rsplit_once("::").unwrap_or((backend.name, &test));
-            let cell = run_one(&binary, &test)?;
+            let cell = run_one(binary, &test)?;
             eprintln!("  {column:<18} {property:<34} {}", verdict_text(&cell));
             match columns.iter_mut().find(|(name, _)| name == column) {
                 Some((_, cells)) => cells.push((property.to_owned(), cell)),
@@ -64,13 +64,16 @@ pub(crate) fn run(backends: &[&Backend]) -> Result<(), String> {
     }
 }
 
-/// Build the backend's `tests/conformance.rs` and return the test binary.
-fn build(backend: &Backend) -> Result<PathBuf, String> {
+/// Build every `tests/conformance.rs` of the workspace in one cargo call,
+/// with the packages and features `cargo xtask test` uses, so the
+/// dependencies are compiled once for both; return the test binaries of
+/// `backends`, in order.
+fn build(backends: &[&Backend]) -> Result<Vec<PathBuf>, String> {
     let output = cargo()
         .args([
             "test",
-            "--package",
-            backend.package,
+            "--workspace",
+            "--all-features",
             "--test",
             "conformance",
             "--no-run",
@@ -80,24 +83,34 @@ fn build(backend: &Backend) -> Result<PathBuf, String> {
         .map_err(|e| format!("cannot run cargo: {e}"))?;
     if !output.status.success() {
         return Err(format!(
-            "building the conformance tests of {} failed:\n{}",
-            backend.package,
+            "building the conformance tests failed:\n{}",
             String::from_utf8_lossy(&output.stderr)
         ));
     }
-    // cargo prints one JSON object per line; the test artifact's line names
-    // the target "conformance" and its "executable".
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter(|line| line.contains("\"name\":\"conformance\"") && line.contains("\"test\":true"))
-        .find_map(|line| json_string_field(line, "executable"))
-        .map(PathBuf::from)
-        .ok_or_else(|| {
-            format!(
-                "cargo named no conformance test binary for {}",
-                backend.package
-            )
+    // cargo prints one JSON object per line; a test artifact's line names
+    // its package, the target "conformance" and its "executable".
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    backends
+        .iter()
+        .map(|backend| {
+            stdout
+                .lines()
+                .filter(|line| {
+                    line.contains("\"name\":\"conformance\"")
+                        && line.contains("\"test\":true")
+                        && json_string_field(line, "package_id")
+                            .is_some_and(|id| id.contains(&format!("#{}@", backend.package)))
+                })
+                .find_map(|line| json_string_field(line, "executable"))
+                .map(PathBuf::from)
+                .ok_or_else(|| {
+                    format!(
+                        "cargo named no conformance test binary for {}",
+                        backend.package
+                    )
+                })
         })
+        .collect()
 }
 
 fn json_string_field(line: &str, field: &str) -> Option<String> {

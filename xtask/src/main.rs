@@ -17,7 +17,8 @@ commands:
   conformance [--backend NAME|embedded|all]
                            run the conformance suite and print the matrix,
                            property by backend (default: embedded = memory, redb;
-                           redis starts its own redis-server processes)
+                           redis and s3 start their own servers: redis-server,
+                           SeaweedFS)
   bench [--backend NAME|all]
                            benchmarks against the raw store, in release mode
                            (default: all); results in target/bench/
@@ -39,6 +40,11 @@ pub(crate) const BACKENDS: &[Backend] = &[
     Backend {
         name: "redis",
         package: "laminar-state-redis",
+        embedded: false,
+    },
+    Backend {
+        name: "s3",
+        package: "laminar-state-s3",
         embedded: false,
     },
 ];

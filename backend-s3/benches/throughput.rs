@@ -1,0 +1,333 @@
+//! The S3 backend against raw aws-sdk-s3 requests doing the same work, on
+//! the same SeaweedFS server, in one run.
+//!
+//! `cargo bench -p laminar-state-s3` (or `cargo xtask bench`): 4 KiB writes
+//! (raw: one PUT) and reads (raw: one GET) with 1 and 16 concurrent tasks;
+//! `epoch_complete` at 256 and 1,024 vnodes against the seed's approach (a
+//! HEAD per vnode, 256 in parallel, then a PUT `If-None-Match: *` of the
+//! marker); pruning 20 epochs of 256 vnodes against a raw LIST plus
+//! DeleteObjects of the same number of keys. Results: a table and
+//! `target/bench/s3.json`. Under `cargo test` it runs once, tiny.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+use bytes::Bytes;
+use laminar_state_api::StateBackend;
+use laminar_state_bench::{Mode, Row, Unit, alternate, report};
+use laminar_state_s3::S3Store;
+
+const PAYLOAD: usize = 4096;
+const PRUNE_EPOCHS: u64 = 20;
+const PRUNE_VNODES: u32 = 256;
+/// The seed's HEADs in flight at once.
+const SEED_PARALLELISM: usize = 256;
+
+fn main() {
+    let mode = Mode::from_args();
+    let (ops, gate_rounds) = if mode == Mode::Full {
+        (2_000u64, 20u64)
+    } else {
+        (32, 1)
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = support::SeaweedServer::start(dir.path());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let rows = runtime.block_on(measure(&server.endpoint(), ops, gate_rounds));
+    let notes = [
+        "(raw writes: one PUT per write; raw reads: one GET)".to_owned(),
+        format!(
+            "(raw epoch_complete: the seed's approach, one HEAD per vnode, {SEED_PARALLELISM} in parallel, then PUT If-None-Match of the marker)"
+        ),
+        "(raw prune: LIST the keys below the bound, DeleteObjects in batches of 1,000)".to_owned(),
+    ];
+    report("s3", "raw aws-sdk-s3", &rows, mode, &notes);
+    drop(server);
+}
+
+async fn measure(endpoint: &str, ops: u64, gate_rounds: u64) -> Vec<Row> {
+    let store = S3Store::connect(&support::config(endpoint, &support::fresh_prefix("bench")))
+        .await
+        .expect("store");
+    let client = store.client().clone();
+    let bucket = store.bucket().to_owned();
+    let raw_prefix = format!("{}raw/", store.prefix());
+    let backend: Arc<dyn StateBackend> = Arc::new(store.handle("bench", u32::MAX));
+    let payload = Bytes::from(vec![0x5A; PAYLOAD]);
+    let mut rows = Vec::new();
+
+    for tasks in [1u64, 16] {
+        let raw_put = {
+            let (client, bucket, prefix, payload) = (
+                client.clone(),
+                bucket.clone(),
+                raw_prefix.clone(),
+                payload.clone(),
+            );
+            move |i: u64| {
+                let (client, bucket, payload) = (client.clone(), bucket.clone(), payload.clone());
+                let key = format!("{prefix}{tasks}/{i:010}");
+                async move {
+                    client
+                        .put_object()
+                        .bucket(bucket)
+                        .key(key)
+                        .body(payload.into())
+                        .send()
+                        .await
+                        .expect("PUT");
+                }
+            }
+        };
+        let epoch = tasks;
+        let our_write = {
+            let (backend, payload) = (Arc::clone(&backend), payload.clone());
+            move |i: u64| {
+                let (backend, payload) = (Arc::clone(&backend), payload.clone());
+                async move {
+                    backend
+                        .write_partial(i as u32, epoch, 0, payload)
+                        .await
+                        .expect("write")
+                }
+            }
+        };
+        let (raw_rate, our_rate) = alternate(tasks, ops, raw_put, our_write).await;
+        rows.push(Row {
+            name: format!("writes/s, {tasks} task(s), 4 KiB"),
+            unit: Unit::PerSecond,
+            backend: our_rate,
+            raw: raw_rate,
+            target: Some(0.8),
+        });
+
+        let raw_get = {
+            let (client, bucket, prefix) = (client.clone(), bucket.clone(), raw_prefix.clone());
+            move |i: u64| {
+                let (client, bucket) = (client.clone(), bucket.clone());
+                let key = format!("{prefix}{tasks}/{i:010}");
+                async move {
+                    let object = client
+                        .get_object()
+                        .bucket(bucket)
+                        .key(key)
+                        .send()
+                        .await
+                        .expect("GET");
+                    let body = object.body.collect().await.expect("body");
+                    assert_eq!(body.into_bytes().len(), PAYLOAD);
+                }
+            }
+        };
+        let our_read = {
+            let backend = Arc::clone(&backend);
+            move |i: u64| {
+                let backend = Arc::clone(&backend);
+                async move {
+                    let read = backend.read_partial(i as u32, epoch).await.expect("read");
+                    assert_eq!(read.map(|b| b.len()), Some(PAYLOAD));
+                }
+            }
+        };
+        let (raw_rate, our_rate) = alternate(tasks, ops, raw_get, our_read).await;
+        rows.push(Row {
+            name: format!("reads/s, {tasks} task(s), 4 KiB"),
+            unit: Unit::PerSecond,
+            backend: our_rate,
+            raw: raw_rate,
+            target: None,
+        });
+    }
+
+    for vnodes in [256u32, 1024] {
+        let (mut ours, mut seed) = (0.0, 0.0);
+        // Round 0 warms both sides up and is not counted.
+        for round in 0..=gate_rounds {
+            let epoch = 1_000 * u64::from(vnodes) + round;
+            write_epoch(&backend, epoch, vnodes).await;
+            let raw_epoch = format!("{raw_prefix}gate/{epoch:020}/");
+            put_many(&client, &bucket, &raw_epoch, vnodes).await;
+            let all: Vec<u32> = (0..vnodes).collect();
+            let started = Instant::now();
+            assert!(backend.epoch_complete(epoch, &all).await.expect("seal"));
+            let our_time = started.elapsed().as_secs_f64();
+            let started = Instant::now();
+            seed_gate(&client, &bucket, &raw_epoch, vnodes).await;
+            let seed_time = started.elapsed().as_secs_f64();
+            if round > 0 {
+                ours += our_time;
+                seed += seed_time;
+            }
+        }
+        let ms = |total: f64| total * 1e3 / gate_rounds as f64;
+        rows.push(Row {
+            name: format!("epoch_complete, {vnodes} vnodes (ms)"),
+            unit: Unit::Millis,
+            backend: ms(ours),
+            raw: ms(seed),
+            target: (vnodes == 256).then_some(5.0),
+        });
+    }
+
+    // Prune, on a store of its own: 20 epochs x 256 vnodes, all sealed,
+    // below the bound; two more epochs above it that must stay.
+    let backend: Arc<dyn StateBackend> = Arc::new(
+        S3Store::connect(&support::config(endpoint, &support::fresh_prefix("prune")))
+            .await
+            .expect("store")
+            .handle("bench", u32::MAX),
+    );
+    let base = 1u64;
+    let all: Vec<u32> = (0..PRUNE_VNODES).collect();
+    for epoch in base..base + PRUNE_EPOCHS + 2 {
+        write_epoch(&backend, epoch, PRUNE_VNODES).await;
+        assert!(backend.epoch_complete(epoch, &all).await.expect("seal"));
+    }
+    let raw_prune = format!("{raw_prefix}prune/");
+    put_many(
+        &client,
+        &bucket,
+        &raw_prune,
+        PRUNE_VNODES * PRUNE_EPOCHS as u32,
+    )
+    .await;
+    let started = Instant::now();
+    backend
+        .prune_before(base + PRUNE_EPOCHS)
+        .await
+        .expect("prune");
+    let ours = started.elapsed().as_secs_f64() * 1e3;
+    assert!(
+        backend
+            .read_partial(0, base + PRUNE_EPOCHS)
+            .await
+            .expect("read")
+            .is_some()
+    );
+    assert!(backend.read_partial(0, base).await.expect("read").is_none());
+    let started = Instant::now();
+    raw_delete_all(&client, &bucket, &raw_prune).await;
+    let raw = started.elapsed().as_secs_f64() * 1e3;
+    rows.push(Row {
+        name: format!("prune {PRUNE_EPOCHS} epochs x {PRUNE_VNODES} vnodes (ms)"),
+        unit: Unit::Millis,
+        backend: ours,
+        raw,
+        target: None,
+    });
+    rows
+}
+
+/// One small partial for each of `vnodes` vnodes of `epoch`, 64 at a time.
+async fn write_epoch(backend: &Arc<dyn StateBackend>, epoch: u64, vnodes: u32) {
+    let mut writes = tokio::task::JoinSet::new();
+    for vnode in 0..vnodes {
+        let backend = Arc::clone(backend);
+        writes.spawn(async move {
+            backend
+                .write_partial(vnode, epoch, 0, Bytes::from_static(b"p"))
+                .await
+                .expect("write")
+        });
+        if writes.len() >= 64 {
+            writes.join_next().await.expect("a write").expect("task");
+        }
+    }
+    while let Some(done) = writes.join_next().await {
+        done.expect("task");
+    }
+}
+
+/// `count` small objects `prefix{i}`, 64 at a time.
+async fn put_many(client: &Client, bucket: &str, prefix: &str, count: u32) {
+    let mut puts = tokio::task::JoinSet::new();
+    for i in 0..count {
+        let request = client
+            .put_object()
+            .bucket(bucket)
+            .key(format!("{prefix}{i:010}"))
+            .body(Bytes::from_static(b"p").into());
+        puts.spawn(async move { request.send().await.expect("PUT") });
+        if puts.len() >= 64 {
+            puts.join_next().await.expect("a PUT").expect("task");
+        }
+    }
+    while let Some(done) = puts.join_next().await {
+        done.expect("task");
+    }
+}
+
+/// The seed's gate: a HEAD per vnode, [`SEED_PARALLELISM`] in flight, then
+/// the marker with `If-None-Match: *`.
+async fn seed_gate(client: &Client, bucket: &str, prefix: &str, vnodes: u32) {
+    let mut heads = tokio::task::JoinSet::new();
+    for i in 0..vnodes {
+        let request = client
+            .head_object()
+            .bucket(bucket)
+            .key(format!("{prefix}{i:010}"));
+        heads.spawn(async move { request.send().await.is_ok() });
+        if heads.len() >= SEED_PARALLELISM {
+            assert!(heads.join_next().await.expect("a HEAD").expect("task"));
+        }
+    }
+    while let Some(done) = heads.join_next().await {
+        assert!(done.expect("task"), "a partial is missing");
+    }
+    client
+        .put_object()
+        .bucket(bucket)
+        .key(format!("{prefix}marker"))
+        .if_none_match("*")
+        .body(Bytes::from_static(b"bench").into())
+        .send()
+        .await
+        .expect("marker PUT");
+}
+
+/// LIST everything under `prefix` and delete it, 1,000 keys per request.
+async fn raw_delete_all(client: &Client, bucket: &str, prefix: &str) {
+    let mut token = None;
+    loop {
+        let page = client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .set_continuation_token(token)
+            .send()
+            .await
+            .expect("LIST");
+        let keys: Vec<ObjectIdentifier> = page
+            .contents()
+            .iter()
+            .filter_map(|o| ObjectIdentifier::builder().key(o.key()?).build().ok())
+            .collect();
+        if !keys.is_empty() {
+            client
+                .delete_objects()
+                .bucket(bucket)
+                .delete(
+                    Delete::builder()
+                        .set_objects(Some(keys))
+                        .quiet(true)
+                        .build()
+                        .expect("delete"),
+                )
+                .send()
+                .await
+                .expect("DeleteObjects");
+        }
+        token = page.next_continuation_token().map(str::to_owned);
+        if token.is_none() {
+            return;
+        }
+    }
+}
