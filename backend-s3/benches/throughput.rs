@@ -152,7 +152,7 @@ async fn measure(endpoint: &str, ops: u64, gate_rounds: u64) -> Vec<Row> {
         // Round 0 warms both sides up and is not counted.
         for round in 0..=gate_rounds {
             let epoch = 1_000 * u64::from(vnodes) + round;
-            write_epoch(&backend, epoch, vnodes).await;
+            support::fill(&backend, epoch, vnodes).await;
             let raw_epoch = format!("{raw_prefix}gate/{epoch:020}/");
             put_many(&client, &bucket, &raw_epoch, vnodes).await;
             let all: Vec<u32> = (0..vnodes).collect();
@@ -188,7 +188,7 @@ async fn measure(endpoint: &str, ops: u64, gate_rounds: u64) -> Vec<Row> {
     let base = 1u64;
     let all: Vec<u32> = (0..PRUNE_VNODES).collect();
     for epoch in base..base + PRUNE_EPOCHS + 2 {
-        write_epoch(&backend, epoch, PRUNE_VNODES).await;
+        support::fill(&backend, epoch, PRUNE_VNODES).await;
         assert!(backend.epoch_complete(epoch, &all).await.expect("seal"));
     }
     let raw_prune = format!("{raw_prefix}prune/");
@@ -224,26 +224,6 @@ async fn measure(endpoint: &str, ops: u64, gate_rounds: u64) -> Vec<Row> {
         target: None,
     });
     rows
-}
-
-/// One small partial for each of `vnodes` vnodes of `epoch`, 64 at a time.
-async fn write_epoch(backend: &Arc<dyn StateBackend>, epoch: u64, vnodes: u32) {
-    let mut writes = tokio::task::JoinSet::new();
-    for vnode in 0..vnodes {
-        let backend = Arc::clone(backend);
-        writes.spawn(async move {
-            backend
-                .write_partial(vnode, epoch, 0, Bytes::from_static(b"p"))
-                .await
-                .expect("write")
-        });
-        if writes.len() >= 64 {
-            writes.join_next().await.expect("a write").expect("task");
-        }
-    }
-    while let Some(done) = writes.join_next().await {
-        done.expect("task");
-    }
 }
 
 /// `count` small objects `prefix{i}`, 64 at a time.

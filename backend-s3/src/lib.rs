@@ -86,6 +86,17 @@
 //! a raise, a reader that meets objects older than the fence also fetches
 //! the snapshot once (it is immutable and cached).
 //!
+//! # Limits
+//!
+//! - A raise lists every partial of the store and writes a snapshot of
+//!   about 100 bytes per partial older than the new fence; raises happen on
+//!   failover, and pruning keeps the store small.
+//! - Every write is a new object; rewrites of a `(vnode, epoch)` (replays)
+//!   keep their older objects until the epoch is pruned.
+//! - A store that does not honour `If-None-Match: *` and `If-Match`
+//!   atomically cannot carry the fence or the markers. Tested against
+//!   SeaweedFS; AWS S3 supports both since 2024.
+//!
 //! # Retries, timeouts and checksums
 //!
 //! The client retries throttling, 5xx answers, timeouts and broken
@@ -324,8 +335,11 @@ pub struct S3Config {
     /// An explicit endpoint, for S3-compatible stores
     /// (`http://127.0.0.1:8333`); `None` uses AWS's endpoint for the region.
     pub endpoint: Option<String>,
-    /// The region; `None` takes it from the environment and profile, or
-    /// `us-east-1` when those say nothing.
+    /// The region. `None` with an `endpoint`: `us-east-1` (S3-compatible
+    /// stores mostly ignore it, and the default chain's probe of the
+    /// instance metadata service would only slow every connect). `None` on
+    /// AWS: the default chain (environment, profile, instance metadata),
+    /// else `us-east-1`.
     pub region: Option<String>,
     /// Path-style addressing (`endpoint/bucket/key`), which most
     /// S3-compatible stores need; AWS uses virtual-hosted style.
@@ -650,8 +664,12 @@ impl S3Store {
             .http_client(http)
             .retry_config(retry)
             .timeout_config(timeouts);
-        if let Some(region) = &config.region {
-            loader = loader.region(Region::new(region.clone()));
+        let region = config
+            .region
+            .clone()
+            .or_else(|| config.endpoint.as_ref().map(|_| "us-east-1".to_owned()));
+        if let Some(region) = region {
+            loader = loader.region(Region::new(region));
         }
         if let Some((id, secret)) = &config.credentials {
             loader = loader.credentials_provider(SharedCredentialsProvider::new(Credentials::new(

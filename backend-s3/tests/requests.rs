@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use laminar_state_api::StateBackend;
 use support::proxy::{FaultProxy, Seen};
-use support::{TestServer, config, fresh_prefix, store};
+use support::{TestServer, config, fill, fresh_prefix, store};
 
 /// Requests by kind: PUT of a partial, GET of the fence, and so on.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -55,24 +55,6 @@ async fn setup(vnodes: u32) -> Setup {
         _server: server,
         proxy,
         backend,
-    }
-}
-
-async fn fill(backend: &Arc<dyn StateBackend>, epoch: u64, vnodes: u32) {
-    let mut writes = tokio::task::JoinSet::new();
-    for vnode in 0..vnodes {
-        let backend = Arc::clone(backend);
-        writes.spawn(async move {
-            backend
-                .write_partial(vnode, epoch, 0, Bytes::from_static(b"p"))
-                .await
-        });
-        if writes.len() >= 64 {
-            writes.join_next().await.unwrap().unwrap().unwrap();
-        }
-    }
-    while let Some(done) = writes.join_next().await {
-        done.unwrap().unwrap();
     }
 }
 

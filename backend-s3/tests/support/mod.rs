@@ -276,3 +276,32 @@ pub async fn store(config: &laminar_state_s3::S3Config) -> laminar_state_s3::S3S
         .await
         .unwrap_or_else(|e| panic!("connecting {config:?}: {e}"))
 }
+
+/// Write a one-byte partial for each of `vnodes` vnodes of `epoch`, 64
+/// writes in flight at a time.
+pub async fn fill(
+    backend: &std::sync::Arc<dyn laminar_state_api::StateBackend>,
+    epoch: u64,
+    vnodes: u32,
+) {
+    let mut writes = tokio::task::JoinSet::new();
+    for vnode in 0..vnodes {
+        let backend = std::sync::Arc::clone(backend);
+        writes.spawn(async move {
+            backend
+                .write_partial(vnode, epoch, 0, bytes::Bytes::from_static(b"p"))
+                .await
+        });
+        if writes.len() >= 64 {
+            writes
+                .join_next()
+                .await
+                .expect("a write")
+                .expect("task")
+                .expect("write");
+        }
+    }
+    while let Some(done) = writes.join_next().await {
+        done.expect("task").expect("write");
+    }
+}
