@@ -16,7 +16,7 @@
 //!
 //! | key | holds |
 //! |---|---|
-//! | `P/fence` | the fence `F` and the fence before it, replaced by compare-and-swap |
+//! | `P/fence` | the fence `F` and the fence before it (in its metadata, so a HEAD reads them), replaced by compare-and-swap |
 //! | `P/snapshots/F` | written once per raise: the partials older than fence `F` that stay visible |
 //! | `P/p/EPOCH/VNODE.PERIOD.STAMP` | one object per acknowledged write: the partial's bytes |
 //! | `P/m/EPOCH` | the commit marker: the committer's instance id, created only if absent |
@@ -73,14 +73,14 @@
 //!
 //! | operation | requests | round trips |
 //! |---|---|---|
-//! | `write_partial` | 1 PUT + 1 fence GET, the GET shared by concurrent writes of the store | 2 |
-//! | `read_partial` | 1 LIST + 1 fence GET (shared) + 1 GET | 2 |
-//! | `epoch_complete`, any vnode count | ceil(L/1000) LIST + 1 fence GET (shared) + 1 marker PUT; + 1 GET if the epoch was already sealed | 2 + |
+//! | `write_partial` | 1 PUT + 1 fence HEAD, the HEAD shared by concurrent writes of the store | 2 |
+//! | `read_partial` | 1 LIST + 1 fence HEAD (shared) + 1 GET | 2 |
+//! | `epoch_complete`, any vnode count | ceil(L/1000) LIST + 1 fence HEAD (shared) + 1 marker PUT; + 1 GET if the epoch was already sealed | 2 + |
 //! | `prune_before` | ceil(K/1000) LIST + ceil(K/1000) DeleteObjects, for markers and for partials | pages |
 //! | `latest_committed_epoch`, `sealed_epochs` | 1 LIST per 1000 markers | 1 |
-//! | a fence raise | 1 GET + 1 PUT `If-Match` + ceil(all partials/1000) LIST + 1 snapshot PUT | 3 + pages |
+//! | a fence raise | 1 HEAD + 1 PUT `If-Match` + ceil(all partials/1000) LIST + 1 snapshot PUT | 3 + pages |
 //!
-//! A fence GET is shared: a write needs a fence read that *started after its
+//! A fence HEAD is shared: a write needs a fence read that *started after its
 //! object landed*; all writes of the store waiting for one are answered by
 //! the same GET, so many concurrent writers cost about one PUT each. After
 //! a raise, a reader that meets objects older than the fence also fetches
@@ -313,6 +313,25 @@ fn unframe(kind: Kind, key: &str, framed: Bytes) -> Result<Bytes, StateBackendEr
         return Err(bad("it fails its checksum"));
     }
     Ok(body)
+}
+
+/// The metadata key (`x-amz-meta-laminar-fence`) of the fence object.
+const FENCE_METADATA: &str = "laminar-fence";
+
+/// The fence and the fence before it, with a CRC-32 of both: the fence
+/// object's metadata (and, framed, its body, for people reading the bucket).
+fn render_fence(value: u64, previous: u64) -> String {
+    let fields = format!("{value} {previous}");
+    format!("{fields} {:08x}", crc32fast::hash(fields.as_bytes()))
+}
+
+fn parse_fence(text: &str) -> Option<(u64, u64)> {
+    let (fields, crc) = text.rsplit_once(' ')?;
+    if u32::from_str_radix(crc, 16).ok()? != crc32fast::hash(fields.as_bytes()) {
+        return None;
+    }
+    let (value, previous) = fields.split_once(' ')?;
+    Some((value.parse().ok()?, previous.parse().ok()?))
 }
 
 fn utf8(key: &str, body: &[u8]) -> Result<String, StateBackendError> {
@@ -758,11 +777,24 @@ impl Shared {
         body: Bytes,
         condition: Condition<'_>,
     ) -> Result<(), Failure> {
+        self.put_with_fence(what, key, body, condition, None).await
+    }
+
+    /// A PUT that may also carry the fence metadata (see [`FENCE_METADATA`]).
+    async fn put_with_fence(
+        &self,
+        what: &str,
+        key: &str,
+        body: Bytes,
+        condition: Condition<'_>,
+        fence: Option<String>,
+    ) -> Result<(), Failure> {
         let request = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
+            .set_metadata(fence.map(|f| HashMap::from([(FENCE_METADATA.to_owned(), f)])))
             .body(ByteStream::from(body));
         let request = match condition {
             Condition::None => request,
@@ -886,27 +918,38 @@ impl Shared {
 
     // --- the fence ---------------------------------------------------------
 
-    /// The fence as stored now.
+    /// The fence as stored now: one HEAD, since the values travel in the
+    /// object's metadata (a HEAD skips the data read a GET makes, which is
+    /// most of a small GET's time on SeaweedFS).
     async fn read_fence(&self) -> Result<FenceState, StateBackendError> {
         let key = self.layout.fence();
-        let state = match self.get("fence read", &key).await {
-            Ok((framed, etag)) => {
-                let body = unframe(Kind::Fence, &key, framed)?;
-                let text = utf8(&key, &body)?;
-                let field = |name: &str| {
-                    text.lines()
-                        .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
-                        .and_then(|v| v.parse::<u64>().ok())
-                        .ok_or_else(|| {
-                            StateBackendError::Serialization(format!(
-                                "the fence object {key:?} has no valid {name}"
-                            ))
-                        })
-                };
+        let head = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+            .map_err(|e| classify("fence read", &key, e));
+        let state = match head {
+            Ok(object) => {
+                let text = object
+                    .metadata()
+                    .and_then(|m| m.get(FENCE_METADATA))
+                    .ok_or_else(|| {
+                        StateBackendError::Serialization(format!(
+                            "the fence object {key:?} has no {FENCE_METADATA} metadata"
+                        ))
+                    })?;
+                let (value, previous) = parse_fence(text).ok_or_else(|| {
+                    StateBackendError::Serialization(format!(
+                        "the fence object {key:?} holds {text:?}, not a valid fence"
+                    ))
+                })?;
                 FenceState {
-                    value: field("fence")?,
-                    previous: field("previous")?,
-                    etag,
+                    value,
+                    previous,
+                    etag: object.e_tag().map(str::to_owned),
                 }
             }
             Err(Failure::Missing) => FenceState::default(),
@@ -918,7 +961,7 @@ impl Shared {
 
     /// The fence, read by a request that started after this call: what a
     /// write needs after its object landed. Callers that arrive while a read
-    /// is in flight share the next one, so concurrent writers cost one GET
+    /// is in flight share the next one, so concurrent writers cost one HEAD
     /// per round rather than one each.
     async fn fresh_fence(self: &Arc<Self>) -> Result<FenceState, StateBackendError> {
         let (answer, result) = oneshot::channel();
@@ -967,17 +1010,18 @@ impl Shared {
             if state.value >= version {
                 return Ok(());
             }
-            let body = format!("fence={version}\nprevious={}\n", state.value);
+            let fence = render_fence(version, state.value);
             let condition = match &state.etag {
                 Some(etag) => Condition::Matches(etag),
                 None => Condition::Absent,
             };
             match self
-                .put(
+                .put_with_fence(
                     "fence raise",
                     &key,
-                    frame(Kind::Fence, body.as_bytes()),
+                    frame(Kind::Fence, fence.as_bytes()),
                     condition,
+                    Some(fence.clone()),
                 )
                 .await
             {
@@ -1507,6 +1551,15 @@ mod tests {
                 "{bad} was accepted"
             );
         }
+    }
+
+    #[test]
+    fn fences_round_trip_and_refuse_damage() {
+        let text = render_fence(u64::MAX, 7);
+        assert_eq!(parse_fence(&text), Some((u64::MAX, 7)));
+        assert_eq!(parse_fence(&text.replace("7 ", "8 ")), None);
+        assert_eq!(parse_fence("garbage"), None);
+        assert_eq!(parse_fence(""), None);
     }
 
     #[test]

@@ -129,7 +129,7 @@ async fn stalls_hit_the_attempt_timeout_and_the_operation_timeout() {
         .unwrap();
 
     // One stalled attempt: the next one succeeds.
-    proxy.add(rule("GET", "/fence", Action::Stall, 1));
+    proxy.add(rule("HEAD", "/fence", Action::Stall, 1));
     let started = Instant::now();
     backend
         .write_partial(1, 1, 0, Bytes::from_static(b"y"))

@@ -15,7 +15,7 @@ use support::{TestServer, config, fill, fresh_prefix, store};
 struct Counts {
     put_partial: usize,
     put_marker: usize,
-    get_fence: usize,
+    head_fence: usize,
     get_partial: usize,
     list: usize,
     delete_batch: usize,
@@ -31,7 +31,7 @@ fn count(seen: &[Seen]) -> Counts {
             "PUT" if target.contains("/p/") => counts.put_partial += 1,
             "PUT" if target.contains("/m/") => counts.put_marker += 1,
             "GET" if target.contains("list-type=2") => counts.list += 1,
-            "GET" if path.ends_with("/fence") => counts.get_fence += 1,
+            "HEAD" if path.ends_with("/fence") => counts.head_fence += 1,
             "GET" if target.contains("/p/") => counts.get_partial += 1,
             "POST" if target.contains("delete") => counts.delete_batch += 1,
             _ => counts.other.push(format!("{} {target}", request.method)),
@@ -74,7 +74,7 @@ async fn single_operations_cost_what_the_docs_say() {
         count(&proxy.seen()),
         Counts {
             put_partial: 1,
-            get_fence: 1,
+            head_fence: 1,
             ..Counts::default()
         },
         "write_partial"
@@ -85,7 +85,7 @@ async fn single_operations_cost_what_the_docs_say() {
         count(&proxy.seen()),
         Counts {
             list: 1,
-            get_fence: 1,
+            head_fence: 1,
             get_partial: 1,
             ..Counts::default()
         },
@@ -97,7 +97,7 @@ async fn single_operations_cost_what_the_docs_say() {
         count(&proxy.seen()),
         Counts {
             list: 1,
-            get_fence: 1,
+            head_fence: 1,
             ..Counts::default()
         },
         "read_partial of a missing partial"
@@ -120,7 +120,7 @@ async fn the_commit_gate_lists_instead_of_probing_each_vnode() {
             count(&proxy.seen()),
             Counts {
                 list: pages,
-                get_fence: 1,
+                head_fence: 1,
                 put_marker: 1,
                 ..Counts::default()
             },
@@ -136,7 +136,7 @@ async fn the_commit_gate_lists_instead_of_probing_each_vnode() {
         count(&proxy.seen()),
         Counts {
             list: 1,
-            get_fence: 1,
+            head_fence: 1,
             ..Counts::default()
         }
     );
@@ -188,9 +188,9 @@ async fn concurrent_writers_share_fence_reads() {
     let counts = count(&proxy.seen());
     assert_eq!(counts.put_partial, 64);
     assert!(
-        counts.get_fence < 64,
+        counts.head_fence < 64,
         "64 concurrent writes made {} fence reads: none were shared",
-        counts.get_fence
+        counts.head_fence
     );
     assert!(counts.other.is_empty(), "{:?}", counts.other);
     for vnode in 0..64 {
