@@ -515,10 +515,11 @@ fn percent_decode(text: &str) -> Option<String> {
 enum Failure {
     /// 412 (or 404 for `If-Match` on a missing key, as AWS answers; or 409,
     /// AWS's answer to a conditional write racing another): the condition
-    /// did not hold.
-    Precondition,
-    /// 404: no such key.
-    Missing,
+    /// did not hold. The message is for a caller that expected no
+    /// condition to fail.
+    Precondition(String),
+    /// 404: no such key (with the message, likewise).
+    Missing(String),
     /// Anything else, already worded for the caller.
     Error(StateBackendError),
 }
@@ -527,10 +528,9 @@ impl From<Failure> for StateBackendError {
     fn from(failure: Failure) -> Self {
         match failure {
             Failure::Error(e) => e,
-            Failure::Precondition => {
-                StateBackendError::Io("s3: a conditional request kept failing".into())
+            Failure::Precondition(message) | Failure::Missing(message) => {
+                StateBackendError::Io(message)
             }
-            Failure::Missing => StateBackendError::Io("s3: an object vanished".into()),
         }
     }
 }
@@ -540,19 +540,20 @@ where
     E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
 {
     let status = error.raw_response().map(|r| r.status().as_u16());
+    let message = format!(
+        "s3 {what} {key:?}: {}{}",
+        DisplayErrorContext(&error),
+        match error.code() {
+            Some("SlowDown" | "ServiceUnavailable") => " (the store is throttling)",
+            Some("QuotaExceeded" | "EntityTooLarge") =>
+                " (the store is full or the object too large)",
+            _ => "",
+        }
+    );
     match status {
-        Some(412 | 409) => Failure::Precondition,
-        Some(404) if error.code() != Some("NoSuchBucket") => Failure::Missing,
-        _ => Failure::Error(StateBackendError::Io(format!(
-            "s3 {what} {key:?}: {}{}",
-            DisplayErrorContext(&error),
-            match error.code() {
-                Some("SlowDown" | "ServiceUnavailable") => " (the store is throttling)",
-                Some("QuotaExceeded" | "EntityTooLarge") =>
-                    " (the store is full or the object too large)",
-                _ => "",
-            }
-        ))),
+        Some(412 | 409) => Failure::Precondition(message),
+        Some(404) if error.code() != Some("NoSuchBucket") => Failure::Missing(message),
+        _ => Failure::Error(StateBackendError::Io(message)),
     }
 }
 
@@ -952,7 +953,7 @@ impl Shared {
                     etag: object.e_tag().map(str::to_owned),
                 }
             }
-            Err(Failure::Missing) => FenceState::default(),
+            Err(Failure::Missing(_)) => FenceState::default(),
             Err(other) => return Err(other.into()),
         };
         self.seen.fetch_max(state.value, Ordering::AcqRel);
@@ -1037,7 +1038,7 @@ impl Shared {
                 }
                 // Another raise won the swap, or this one landed on an
                 // earlier attempt: read the fence again.
-                Err(Failure::Precondition | Failure::Missing) => continue,
+                Err(Failure::Precondition(_) | Failure::Missing(_)) => continue,
                 Err(Failure::Error(e)) => return Err(e),
             }
         }
@@ -1061,7 +1062,7 @@ impl Shared {
         let key = self.layout.snapshot(fence.value);
         match self.get("snapshot read", &key).await {
             Ok((framed, _)) => return self.keep_snapshot(fence.value, &key, framed).map(Some),
-            Err(Failure::Missing) => {}
+            Err(Failure::Missing(_)) => {}
             Err(other) => return Err(other.into()),
         }
         // Build it: everything listed now (after the swap) of an older
@@ -1074,7 +1075,7 @@ impl Shared {
                 Some(known) => known,
                 None => match self.get("snapshot read", &previous).await {
                     Ok((framed, _)) => self.keep_snapshot(fence.previous, &previous, framed)?,
-                    Err(Failure::Missing) => {
+                    Err(Failure::Missing(_)) => {
                         return Err(StateBackendError::Serialization(format!(
                             "snapshot {previous:?} is missing: the fence history is damaged"
                         )));
@@ -1110,7 +1111,7 @@ impl Shared {
                 Ok(Some(snapshot))
             }
             // Another handle wrote it first: everyone uses that one.
-            Err(Failure::Precondition) => {
+            Err(Failure::Precondition(_)) => {
                 let (framed, _) = self.get("snapshot read", &key).await?;
                 self.keep_snapshot(fence.value, &key, framed).map(Some)
             }
@@ -1324,7 +1325,7 @@ impl StateBackend for S3Backend {
             match shared.get(&what, &newest.key).await {
                 Ok((framed, _)) => return unframe(Kind::Partial, &newest.key, framed).map(Some),
                 // Pruned, or a refused write deleted, since the listing.
-                Err(Failure::Missing) => continue,
+                Err(Failure::Missing(_)) => continue,
                 Err(other) => return Err(other.into()),
             }
         }
@@ -1357,7 +1358,7 @@ impl StateBackend for S3Backend {
                 .await
             {
                 Ok(()) => return Ok(true),
-                Err(Failure::Precondition) => {}
+                Err(Failure::Precondition(_)) => {}
                 Err(other) => return Err(other.into()),
             }
             // Sealed already, perhaps by this very instance on an attempt
@@ -1375,7 +1376,7 @@ impl StateBackend for S3Backend {
                     };
                 }
                 // Pruned between the two requests: try to create it again.
-                Err(Failure::Missing) => continue,
+                Err(Failure::Missing(_)) => continue,
                 Err(other) => return Err(other.into()),
             }
         }

@@ -140,7 +140,7 @@ pub enum BackendConfig {
         access_key_id: Option<String>,
         /// A static secret access key (with `access_key_id`).
         #[serde(default)]
-        secret_access_key: Option<String>,
+        secret_access_key: Option<Secret>,
         /// Attempts per request, the first included.
         #[serde(default)]
         max_attempts: Option<u32>,
@@ -154,6 +154,30 @@ pub enum BackendConfig {
         #[serde(default)]
         max_payload_len: Option<usize>,
     },
+}
+
+/// A credential: deserializes from a plain string, never printed by
+/// `Debug`.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wrap a credential.
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into())
+    }
+
+    /// The credential itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
 }
 
 /// A whole backend configuration: the backend, and who this handle is.
@@ -387,7 +411,11 @@ fn s3_from_url(url: &str) -> Result<BackendConfig, ConfigError> {
         input: url.to_owned(),
         reason: e.to_string(),
     })?;
-    let (access_key_id, secret_access_key) = config.credentials.clone().unzip();
+    let (access_key_id, secret_access_key) = config
+        .credentials
+        .clone()
+        .map(|(id, secret)| (id, Secret(secret)))
+        .unzip();
     Ok(BackendConfig::S3 {
         bucket: config.bucket,
         prefix: config.prefix,
@@ -440,7 +468,7 @@ async fn open_s3(
     config.region = region.clone();
     config.force_path_style = path_style.unwrap_or(endpoint.is_some());
     config.credentials = match (access_key_id, secret_access_key) {
-        (Some(id), Some(secret)) => Some((id.clone(), secret.clone())),
+        (Some(id), Some(secret)) => Some((id.clone(), secret.expose().to_owned())),
         (None, None) => None,
         _ => {
             return Err(ConfigError::Invalid {

@@ -188,11 +188,15 @@ async fn s3_urls_and_configs_become_s3_settings() {
     use laminar_state::BackendConfig;
 
     let url = BackendConfig::from_url(
-        "s3://state/engine/a?endpoint=http://127.0.0.1:1&region=eu-west-1&max_attempts=1&timeout_ms=500",
+        "s3://state/engine/a?endpoint=http://127.0.0.1:1&region=eu-west-1&max_attempts=1&timeout_ms=500&access_key_id=id&secret_access_key=hush",
     )
     .unwrap();
+    assert!(
+        !format!("{url:?}").contains("hush"),
+        "Debug printed the secret: {url:?}"
+    );
     let json: BackendConfig = serde_json::from_str(
-        r#"{"backend": "s3", "bucket": "state", "prefix": "engine/a", "endpoint": "http://127.0.0.1:1", "region": "eu-west-1", "max_attempts": 1, "timeout_ms": 500}"#,
+        r#"{"backend": "s3", "bucket": "state", "prefix": "engine/a", "endpoint": "http://127.0.0.1:1", "region": "eu-west-1", "max_attempts": 1, "timeout_ms": 500, "access_key_id": "id", "secret_access_key": "hush"}"#,
     )
     .unwrap();
     for config in [url, json] {
