@@ -10,34 +10,36 @@ use laminar_state_api::StateBackend;
 use support::proxy::{FaultProxy, Seen};
 use support::{TestServer, config, fill, fresh_prefix, store};
 
-/// Requests by kind: PUT of a partial, GET of the fence, and so on.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Counts {
-    put_partial: usize,
-    put_marker: usize,
-    head_fence: usize,
-    get_partial: usize,
-    list: usize,
-    delete_batch: usize,
-    other: Vec<String>,
+/// What a request was, by method and key.
+fn kind(request: &Seen) -> String {
+    let target = request.target.as_str();
+    let path = target.split('?').next().unwrap_or_default();
+    let what = match request.method.as_str() {
+        "PUT" if path.contains("/p/") => "put-partial",
+        "PUT" if path.contains("/m/") => "put-marker",
+        "GET" if target.contains("list-type=2") => "list",
+        "HEAD" if path.ends_with("/fence") => "head-fence",
+        "GET" if path.contains("/p/") => "get-partial",
+        "POST" if target.contains("delete") => "delete-batch",
+        _ => return format!("unexpected {} {target}", request.method),
+    };
+    what.to_owned()
 }
 
-fn count(seen: &[Seen]) -> Counts {
-    let mut counts = Counts::default();
-    for request in seen {
-        let target = request.target.as_str();
-        let path = target.split('?').next().unwrap_or_default();
-        match request.method.as_str() {
-            "PUT" if target.contains("/p/") => counts.put_partial += 1,
-            "PUT" if target.contains("/m/") => counts.put_marker += 1,
-            "GET" if target.contains("list-type=2") => counts.list += 1,
-            "HEAD" if path.ends_with("/fence") => counts.head_fence += 1,
-            "GET" if target.contains("/p/") => counts.get_partial += 1,
-            "POST" if target.contains("delete") => counts.delete_batch += 1,
-            _ => counts.other.push(format!("{} {target}", request.method)),
-        }
+/// The requests `operation` made, as `kind xN` in sorted order.
+async fn cost<T>(
+    proxy: &FaultProxy,
+    operation: impl std::future::Future<Output = T>,
+) -> (T, String) {
+    proxy.reset_log();
+    let output = operation.await;
+    let mut kinds: Vec<String> = proxy.seen().iter().map(kind).collect();
+    kinds.sort();
+    let mut summary: Vec<String> = Vec::new();
+    for kind in kinds.chunk_by(|a, b| a == b) {
+        summary.push(format!("{} x{}", kind[0], kind.len()));
     }
-    counts
+    (output, summary.join(", "))
 }
 
 struct Setup {
@@ -65,43 +67,22 @@ async fn single_operations_cost_what_the_docs_say() {
         proxy,
         backend,
     } = setup(8).await;
-    proxy.reset_log();
-    backend
-        .write_partial(3, 1, 0, Bytes::from_static(b"x"))
-        .await
-        .unwrap();
+    let (written, requests) = cost(
+        &proxy,
+        backend.write_partial(3, 1, 0, Bytes::from_static(b"x")),
+    )
+    .await;
+    written.unwrap();
+    assert_eq!(requests, "head-fence x1, put-partial x1", "write_partial");
+    let (read, requests) = cost(&proxy, backend.read_partial(3, 1)).await;
+    assert!(read.unwrap().is_some());
     assert_eq!(
-        count(&proxy.seen()),
-        Counts {
-            put_partial: 1,
-            head_fence: 1,
-            ..Counts::default()
-        },
-        "write_partial"
-    );
-    proxy.reset_log();
-    assert!(backend.read_partial(3, 1).await.unwrap().is_some());
-    assert_eq!(
-        count(&proxy.seen()),
-        Counts {
-            list: 1,
-            head_fence: 1,
-            get_partial: 1,
-            ..Counts::default()
-        },
+        requests, "get-partial x1, head-fence x1, list x1",
         "read_partial"
     );
-    proxy.reset_log();
-    assert!(backend.read_partial(4, 1).await.unwrap().is_none());
-    assert_eq!(
-        count(&proxy.seen()),
-        Counts {
-            list: 1,
-            head_fence: 1,
-            ..Counts::default()
-        },
-        "read_partial of a missing partial"
-    );
+    let (read, requests) = cost(&proxy, backend.read_partial(4, 1)).await;
+    assert!(read.unwrap().is_none());
+    assert_eq!(requests, "head-fence x1, list x1", "read_partial, missing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,32 +95,20 @@ async fn the_commit_gate_lists_instead_of_probing_each_vnode() {
     for (epoch, vnodes, pages) in [(1u64, 256u32, 1usize), (2, 1_000, 1), (3, 1_500, 2)] {
         fill(&backend, epoch, vnodes).await;
         let all: Vec<u32> = (0..vnodes).collect();
-        proxy.reset_log();
-        assert!(backend.epoch_complete(epoch, &all).await.unwrap());
+        let (sealed, requests) = cost(&proxy, backend.epoch_complete(epoch, &all)).await;
+        assert!(sealed.unwrap());
         assert_eq!(
-            count(&proxy.seen()),
-            Counts {
-                list: pages,
-                head_fence: 1,
-                put_marker: 1,
-                ..Counts::default()
-            },
+            requests,
+            format!("head-fence x1, list x{pages}, put-marker x1"),
             "epoch_complete over {vnodes} vnodes"
         );
     }
     // An incomplete epoch: the listing alone decides, no marker request.
     fill(&backend, 4, 255).await;
     let all: Vec<u32> = (0..256).collect();
-    proxy.reset_log();
-    assert!(!backend.epoch_complete(4, &all).await.unwrap());
-    assert_eq!(
-        count(&proxy.seen()),
-        Counts {
-            list: 1,
-            head_fence: 1,
-            ..Counts::default()
-        }
-    );
+    let (sealed, requests) = cost(&proxy, backend.epoch_complete(4, &all)).await;
+    assert!(!sealed.unwrap());
+    assert_eq!(requests, "head-fence x1, list x1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,19 +125,12 @@ async fn pruning_lists_only_what_it_deletes_and_deletes_a_thousand_at_a_time() {
         fill(&backend, epoch, 500).await;
         assert!(backend.epoch_complete(epoch, &all).await.unwrap());
     }
-    proxy.reset_log();
-    backend.prune_before(13).await.unwrap();
+    let (pruned, requests) = cost(&proxy, backend.prune_before(13)).await;
+    pruned.unwrap();
     // Markers: one page (3 below, 3 above), one batch. Partials: a page of
     // 1,000 below, then a page of 500 below and 500 above: two pages, two
     // batches; the other 1,000 above the bound are never listed.
-    assert_eq!(
-        count(&proxy.seen()),
-        Counts {
-            list: 3,
-            delete_batch: 3,
-            ..Counts::default()
-        }
-    );
+    assert_eq!(requests, "delete-batch x3, list x3");
     assert_eq!(backend.sealed_epochs(0).await.unwrap(), vec![13, 14, 15]);
     for epoch in 10..16u64 {
         let kept = backend.read_partial(499, epoch).await.unwrap().is_some();
@@ -183,16 +145,20 @@ async fn concurrent_writers_share_fence_reads() {
         proxy,
         backend,
     } = setup(64).await;
-    proxy.reset_log();
-    fill(&backend, 1, 64).await;
-    let counts = count(&proxy.seen());
-    assert_eq!(counts.put_partial, 64);
+    let ((), _) = cost(&proxy, fill(&backend, 1, 64)).await;
+    let kinds: Vec<String> = proxy.seen().iter().map(kind).collect();
+    let count = |k: &str| kinds.iter().filter(|seen| *seen == k).count();
+    assert_eq!(count("put-partial"), 64);
     assert!(
-        counts.head_fence < 64,
+        count("head-fence") < 64,
         "64 concurrent writes made {} fence reads: none were shared",
-        counts.head_fence
+        count("head-fence")
     );
-    assert!(counts.other.is_empty(), "{:?}", counts.other);
+    assert_eq!(
+        count("put-partial") + count("head-fence"),
+        kinds.len(),
+        "{kinds:?}"
+    );
     for vnode in 0..64 {
         assert!(backend.read_partial(vnode, 1).await.unwrap().is_some());
     }
