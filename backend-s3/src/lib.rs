@@ -596,6 +596,20 @@ struct Snapshot {
 }
 
 impl Snapshot {
+    /// Whether an object of `period` (key below the prefix `relative`, ETag
+    /// `etag`) is visible under fence `fence`, whose snapshot is `snapshot`:
+    /// the current period always is, an older one only if named.
+    fn shows(
+        snapshot: Option<&Snapshot>,
+        fence: u64,
+        period: u64,
+        relative: &str,
+        etag: &str,
+    ) -> bool {
+        period >= fence
+            || snapshot.is_some_and(|s| s.visible.get(relative).is_some_and(|e| e == etag))
+    }
+
     fn parse(key: &str, body: &[u8]) -> Result<Self, StateBackendError> {
         let text = utf8(key, body)?;
         let mut visible = HashMap::new();
@@ -1056,44 +1070,35 @@ impl Shared {
         if fence.value == 0 {
             return Ok(None);
         }
-        if let Some(known) = self.cached_snapshot(fence.value) {
-            return Ok(Some(known));
-        }
-        let key = self.layout.snapshot(fence.value);
-        match self.get("snapshot read", &key).await {
-            Ok((framed, _)) => return self.keep_snapshot(fence.value, &key, framed).map(Some),
-            Err(Failure::Missing(_)) => {}
-            Err(other) => return Err(other.into()),
+        if let Some(stored) = self.stored_snapshot(fence.value).await? {
+            return Ok(Some(stored));
         }
         // Build it: everything listed now (after the swap) of an older
         // period that was visible under the fence before.
         let before = if fence.previous == 0 {
             None
         } else {
-            let previous = self.layout.snapshot(fence.previous);
-            Some(match self.cached_snapshot(fence.previous) {
-                Some(known) => known,
-                None => match self.get("snapshot read", &previous).await {
-                    Ok((framed, _)) => self.keep_snapshot(fence.previous, &previous, framed)?,
-                    Err(Failure::Missing(_)) => {
-                        return Err(StateBackendError::Serialization(format!(
-                            "snapshot {previous:?} is missing: the fence history is damaged"
-                        )));
-                    }
-                    Err(other) => return Err(other.into()),
-                },
-            })
+            Some(self.stored_snapshot(fence.previous).await?.ok_or_else(|| {
+                StateBackendError::Serialization(format!(
+                    "snapshot {:?} is missing: the fence history is damaged",
+                    self.layout.snapshot(fence.previous)
+                ))
+            })?)
         };
+        let key = self.layout.snapshot(fence.value);
         let mut snapshot = Snapshot::default();
         for object in self.list("snapshot", &self.layout.partials(), None).await? {
             let Some((_, _, period)) = self.layout.parse_partial(&object.key) else {
                 continue;
             };
             let relative = &object.key[self.layout.prefix.len()..];
-            let was_visible = period >= fence.previous
-                || before
-                    .as_ref()
-                    .is_some_and(|s| s.visible.get(relative) == Some(&object.etag));
+            let was_visible = Snapshot::shows(
+                before.as_deref(),
+                fence.previous,
+                period,
+                relative,
+                &object.etag,
+            );
             if period < fence.value && was_visible {
                 snapshot
                     .visible
@@ -1119,12 +1124,27 @@ impl Shared {
         }
     }
 
-    fn cached_snapshot(&self, fence: u64) -> Option<Arc<Snapshot>> {
-        self.snapshots
+    /// The snapshot of `fence` if it was written: from the cache, else
+    /// from the bucket.
+    async fn stored_snapshot(
+        &self,
+        fence: u64,
+    ) -> Result<Option<Arc<Snapshot>>, StateBackendError> {
+        let cached = self
+            .snapshots
             .lock()
             .expect("snapshot cache lock")
             .get(&fence)
-            .cloned()
+            .cloned();
+        if cached.is_some() {
+            return Ok(cached);
+        }
+        let key = self.layout.snapshot(fence);
+        match self.get("snapshot read", &key).await {
+            Ok((framed, _)) => self.keep_snapshot(fence, &key, framed).map(Some),
+            Err(Failure::Missing(_)) => Ok(None),
+            Err(other) => Err(other.into()),
+        }
     }
 
     fn keep_snapshot(
@@ -1175,11 +1195,13 @@ impl Shared {
         let mut visible: HashMap<u32, Vec<Listed>> = HashMap::new();
         for (vnode, period, object) in parsed {
             let relative = &object.key[self.layout.prefix.len()..];
-            if period >= fence.value
-                || snapshot
-                    .as_ref()
-                    .is_some_and(|s| s.visible.get(relative) == Some(&object.etag))
-            {
+            if Snapshot::shows(
+                snapshot.as_deref(),
+                fence.value,
+                period,
+                relative,
+                &object.etag,
+            ) {
                 visible.entry(vnode).or_default().push(object);
             }
         }
