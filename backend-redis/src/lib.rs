@@ -7,7 +7,10 @@
 //! (`vnode % G`); each group's keys share the hash tag `{NS/gK}`, so they
 //! live in one cluster slot and every per-write atomic step is a single-slot
 //! script, while different groups spread over the cluster's shards. The
-//! namespace-wide keys share the tag `{NS}`.
+//! namespace-wide keys share the tag `{NS}`. In keys, `NS` is the namespace
+//! with `%`, `/`, `{` and `}` percent-escaped, so a namespace's tag holds no
+//! `/` and a group's exactly one: no two namespaces share a key, whatever
+//! their names.
 //!
 //! | key | type | holds |
 //! |---|---|---|
@@ -32,8 +35,9 @@
 //!   task that sends everything queued as one batch and answers each write
 //!   on its own (a refused write fails alone).
 //!   After a raise, the raising handle first copies the fence to every group
-//!   (G + 1 small scripts, in parallel) so that every group refuses stale
-//!   writers before the raise is acknowledged.
+//!   (G small scripts, in parallel), then to the namespace key (one more),
+//!   so that every group refuses stale writers before the raise is
+//!   acknowledged (see "The fence").
 //! - `read_partial`: one `HGET`.
 //! - `epoch_complete`: standalone, one script checks every listed vnode
 //!   (`HEXISTS`) and creates the marker only if absent: 1 round trip
@@ -43,6 +47,21 @@
 //!   bound from the group's epoch index and unlinks their hashes, one key
 //!   per group and epoch; no keyspace scan.
 //!
+//! # The fence
+//!
+//! Every group keeps its own copy of the fence, which its write script
+//! checks atomically with the write; the namespace key is where a new
+//! handle learns the fence and what the seal script checks. A raise is
+//! copied to every group first and to the namespace key last, and a handle
+//! takes the namespace key's value as already copied everywhere. So the
+//! namespace key never runs ahead of a group: a raiser that dies, times out
+//! or cannot reach one shard half-way leaves it where it was, its raise is
+//! not acknowledged, and the next raise to that version (by any handle)
+//! copies it to every group again. A raise is acknowledged
+//! ([`StateBackend::persist_authoritative_version`], or the next write or
+//! seal after [`StateBackend::set_authoritative_version`]) only once every
+//! group holds it.
+//!
 //! # Durability
 //!
 //! A write is acknowledged when the server answers. It survives a server
@@ -51,6 +70,60 @@
 //! `everysec`, up to a second of acknowledged writes can be lost. The test
 //! servers run with `always`, and P10 is checked by killing and restarting
 //! them.
+//!
+//! # Failover
+//!
+//! Redis replicates asynchronously: a primary answers before its replicas
+//! have the change. When a replica is promoted (Sentinel, a managed
+//! service, a cluster's failover), whatever it had not received is gone: an
+//! acknowledged partial, a fence raise (a zombie writes again), or a seal
+//! (a second instance seals the same epoch: two `Ok(true)`).
+//!
+//! [`RedisConfig::replicas`] (`?replicas=N&replica_timeout_ms=MS`) closes
+//! that for the steps that matter most: after a seal or a fence raise, the
+//! backend sends `WAIT N MS` and acknowledges only if `N` replicas confirmed
+//! they received it; otherwise the caller gets [`StateBackendError::Io`]
+//! (the step may have applied on the primary; a retry settles it, and a
+//! retried seal comes back as won). With
+//! [`RedisConfig::replicate_writes`] (`&replicate_writes=true`), writes wait
+//! too. What each setting survives:
+//!
+//! | setting | a promoted replica keeps |
+//! |---|---|
+//! | `replicas=0` (default) | nothing is promised: only what happened to reach it |
+//! | `replicas=N` | every acknowledged seal and fence raise, if the promoted replica is one of the `N` that confirmed (promote the most up-to-date replica, as Sentinel does; with `N` = all replicas, any) |
+//! | `replicas=N&replicate_writes=true` | the same, and every acknowledged write |
+//!
+//! `WAIT` confirms that replicas *received* a change, not that they wrote
+//! it to disk: a replica that crashes at the same time as the primary can
+//! still lose it (Redis 7.2's `WAITAOF` would close that; the servers this
+//! project is tested on are 7.0). On a cluster, `WAIT` goes to every primary
+//! and the smallest count counts. While a `WAIT` is pending, other commands
+//! on the same multiplexed connection queue behind it, so with replicas
+//! set, every seal and raise costs at least one replication round trip.
+//! Tested with a real primary and replica partitioned by a relay, the
+//! primary SIGKILLed and the replica promoted (`tests/failover.rs`).
+//!
+//! # Eviction
+//!
+//! A server whose `maxmemory-policy` is `allkeys-*` may evict any key,
+//! which silently deletes fences, markers and partials. [`RedisStore::connect`]
+//! reads every primary's policy (`INFO memory`) and refuses such a server
+//! unless [`RedisConfig::allow_eviction`] is set, in which case it logs a
+//! warning (`tracing`) and opens. `noeviction` (then a full server refuses
+//! writes with a clear error) and `volatile-*` policies (this store sets no
+//! TTL) are safe. A policy changed after connect is not seen.
+//!
+//! # Known limit: a seal racing a prune on a cluster
+//!
+//! On a cluster the commit gate checks the partials (one script per group)
+//! and then creates the marker (one script in the namespace's slot): two
+//! steps, with no atomicity across slots. A `prune_before(b)` with `b`
+//! above the epoch that deletes the partials between those steps leaves a
+//! marker for an epoch whose partials are gone. Engines prune only epochs
+//! older than their latest seal, so a coordinator does not race its own
+//! gate this way; on a standalone server the gate is one script and the
+//! race cannot happen.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -68,6 +141,8 @@ use tokio::sync::{mpsc, oneshot};
 pub const DEFAULT_MAX_PAYLOAD_LEN: usize = 64 << 20;
 /// The default bound on every network call.
 pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
+/// The default wait for replicas, when [`RedisConfig::replicas`] is set.
+pub const DEFAULT_REPLICA_TIMEOUT: Duration = Duration::from_secs(1);
 /// Vnode groups of a new standalone namespace.
 pub const DEFAULT_STANDALONE_GROUPS: u32 = 1;
 /// Vnode groups of a new cluster namespace: enough to spread over the
@@ -84,31 +159,44 @@ const MAX_BATCH_BYTES: usize = 8 << 20;
 const PRUNE_EPOCHS_PER_CALL: u32 = 16;
 
 /// The key names of one namespace.
+///
+/// The scheme is injective: the namespace is escaped (`%`, `/`, `{` and `}`
+/// become `%25`, `%2F`, `%7B`, `%7D`), so a namespace's hash tag `{NS}`
+/// holds no `/` and a group's tag `{NS/gK}` holds exactly one. No key of
+/// one namespace can be a key of another, whatever the names (without the
+/// escape, namespace `x/g1` would share its fence key with group 1 of `x`).
 #[derive(Debug, Clone)]
 struct Keys {
-    namespace: String,
+    /// The escaped namespace, as it appears in keys.
+    tag: String,
     groups: u32,
 }
 
 impl Keys {
+    fn new(namespace: &str, groups: u32) -> Self {
+        Self {
+            tag: escape_namespace(namespace),
+            groups,
+        }
+    }
     fn layout(&self) -> String {
-        format!("laminar:{{{}}}:layout", self.namespace)
+        format!("laminar:{{{}}}:layout", self.tag)
     }
     fn fence(&self) -> String {
-        format!("laminar:{{{}}}:fence", self.namespace)
+        format!("laminar:{{{}}}:fence", self.tag)
     }
     fn markers(&self) -> String {
-        format!("laminar:{{{}}}:markers", self.namespace)
+        format!("laminar:{{{}}}:markers", self.tag)
     }
     fn sealed(&self) -> String {
-        format!("laminar:{{{}}}:sealed", self.namespace)
+        format!("laminar:{{{}}}:sealed", self.tag)
     }
     fn group_of(&self, vnode: u32) -> u32 {
         vnode % self.groups
     }
     /// Every key of group `group` starts with this.
     fn group_prefix(&self, group: u32) -> String {
-        format!("laminar:{{{}/g{group}}}:", self.namespace)
+        format!("laminar:{{{}/g{group}}}:", self.tag)
     }
     fn group_fence(&self, group: u32) -> String {
         format!("{}fence", self.group_prefix(group))
@@ -120,6 +208,23 @@ impl Keys {
     fn group_epochs(&self, group: u32) -> String {
         format!("{}epochs", self.group_prefix(group))
     }
+}
+
+/// The namespace as it appears inside a hash tag: `%`, `/`, `{` and `}`
+/// percent-escaped, so the tag has no brace (which would end it early) and
+/// no `/` (which separates the namespace from a group number).
+fn escape_namespace(namespace: &str) -> String {
+    let mut escaped = String::with_capacity(namespace.len());
+    for c in namespace.chars() {
+        match c {
+            '%' => escaped.push_str("%25"),
+            '/' => escaped.push_str("%2F"),
+            '{' => escaped.push_str("%7B"),
+            '}' => escaped.push_str("%7D"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
 }
 
 /// A `u64` as 20 zero-padded digits, so string order is numeric order.
@@ -180,28 +285,33 @@ end
 return {fence, written}
 ";
 
-/// Raises one fence key, never lowers it. Returns the fence.
+/// Raises one fence key, never lowers it. Returns the fence. With ARGV[2]
+/// = '1' it rewrites an unchanged fence, so a `WAIT` after it covers the
+/// value.
 const RAISE_SCRIPT: &str = r"
 local fence = redis.call('GET', KEYS[1]) or '00000000000000000000'
 if ARGV[1] > fence then
-  redis.call('SET', KEYS[1], ARGV[1])
-  return ARGV[1]
+  fence = ARGV[1]
+elseif ARGV[2] ~= '1' then
+  return fence
 end
+redis.call('SET', KEYS[1], fence)
 return fence
 ";
 
 /// The commit gate. KEYS: markers, sealed, the namespace fence, then
 /// (standalone only) the epoch hash of each group. ARGV: epoch, instance
-/// id, the version the handle was told, then per group in KEYS order: a
-/// count and that many vnodes. Returns {2, fence} if the handle was told a
-/// version below the fence (a deposed leader may not seal), {0} if a partial
-/// is missing, else {1, committer}, creating the marker if there was none.
+/// id, the version the handle was told, '1' to rewrite an existing marker
+/// (so a `WAIT` after it covers it), then per group in KEYS order: a count
+/// and that many vnodes. Returns {2, fence} if the handle was told a version
+/// below the fence (a deposed leader may not seal), {0} if a partial is
+/// missing, else {1, committer}, creating the marker if there was none.
 const SEAL_SCRIPT: &str = r"
 local fence = redis.call('GET', KEYS[3]) or '00000000000000000000'
 if ARGV[3] ~= '00000000000000000000' and ARGV[3] < fence then
   return {2, fence}
 end
-local at = 4
+local at = 5
 for i = 4, #KEYS do
   local count = tonumber(ARGV[at])
   for j = at + 1, at + count do
@@ -210,7 +320,10 @@ for i = 4, #KEYS do
   at = at + count + 1
 end
 local committer = redis.call('HGET', KEYS[1], ARGV[1])
-if committer then return {1, committer} end
+if committer then
+  if ARGV[4] == '1' then redis.call('HSET', KEYS[1], ARGV[1], committer) end
+  return {1, committer}
+end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[2], 0, ARGV[1])
 return {1, ARGV[2]}
@@ -297,6 +410,25 @@ pub struct RedisConfig {
     pub operation_timeout: Duration,
     /// The largest partial, in bytes.
     pub max_payload_len: usize,
+    /// Replicas that must hold a seal or a fence raise (and, with
+    /// [`replicate_writes`](Self::replicate_writes), a write) before it is
+    /// acknowledged: `WAIT replicas replica_timeout` after the step. `0`
+    /// (the default) acknowledges what the primary applied, which a
+    /// failover to a replica that had not received it loses. See the crate
+    /// docs, "Failover".
+    pub replicas: u32,
+    /// How long a step waits for [`replicas`](Self::replicas); a step not
+    /// confirmed by then is answered with [`StateBackendError::Io`] (it
+    /// may have applied on the primary: its outcome is uncertain, and a
+    /// retry settles it).
+    pub replica_timeout: Duration,
+    /// Wait for [`replicas`](Self::replicas) after writes too, not only
+    /// after seals and raises.
+    pub replicate_writes: bool,
+    /// Open even on a server whose `maxmemory-policy` can evict any key
+    /// (`allkeys-*`), which can silently delete fences, markers and
+    /// partials. Off by default: such a server is refused at connect.
+    pub allow_eviction: bool,
 }
 
 impl RedisConfig {
@@ -310,13 +442,19 @@ impl RedisConfig {
             groups: None,
             operation_timeout: DEFAULT_OPERATION_TIMEOUT,
             max_payload_len: DEFAULT_MAX_PAYLOAD_LEN,
+            replicas: 0,
+            replica_timeout: DEFAULT_REPLICA_TIMEOUT,
+            replicate_writes: false,
+            allow_eviction: false,
         }
     }
 
     /// Parse `redis://host:port/?namespace=NS` (or `rediss://`), with
     /// optional `cluster=true`, `nodes=host:port,host:port`, `groups=N`,
-    /// `timeout_ms=MS` and `max_payload_len=BYTES`. Other query settings are
-    /// passed to the redis client.
+    /// `timeout_ms=MS`, `max_payload_len=BYTES`, `replicas=N`,
+    /// `replica_timeout_ms=MS`, `replicate_writes=true` and
+    /// `allow_eviction=true`. Other query settings are passed to the redis
+    /// client.
     pub fn from_url(url: &str) -> Result<Self, StateBackendError> {
         let bad =
             |why: String| StateBackendError::Serialization(format!("bad redis URL {url:?}: {why}"));
@@ -329,6 +467,11 @@ impl RedisConfig {
         let mut passed = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let flag = |value: &str| match value {
+                "true" | "1" => Ok(true),
+                "false" | "0" => Ok(false),
+                _ => Err(bad(format!("{key}={value} is not true or false"))),
+            };
             let number = |what: &str| {
                 value
                     .parse::<u64>()
@@ -336,7 +479,7 @@ impl RedisConfig {
             };
             match key {
                 "namespace" | "prefix" if !value.is_empty() => config.namespace = value.to_owned(),
-                "cluster" => config.cluster = value == "true" || value == "1",
+                "cluster" => config.cluster = flag(value)?,
                 "nodes" => {
                     config.extra_nodes = value
                         .split(',')
@@ -355,6 +498,19 @@ impl RedisConfig {
                 "timeout_ms" => {
                     config.operation_timeout = Duration::from_millis(number("timeout_ms")?)
                 }
+                "replicas" => {
+                    config.replicas = u32::try_from(number("replicas")?)
+                        .map_err(|_| bad("replicas is too large".into()))?;
+                }
+                "replica_timeout_ms" => {
+                    let ms = number("replica_timeout_ms")?;
+                    if ms == 0 {
+                        return Err(bad("replica_timeout_ms must be at least 1".into()));
+                    }
+                    config.replica_timeout = Duration::from_millis(ms);
+                }
+                "replicate_writes" => config.replicate_writes = flag(value)?,
+                "allow_eviction" => config.allow_eviction = flag(value)?,
                 "max_payload_len" => {
                     config.max_payload_len = usize::try_from(number("max_payload_len")?)
                         .map_err(|_| bad("max_payload_len is too large".into()))?;
@@ -364,9 +520,6 @@ impl RedisConfig {
         }
         if !passed.is_empty() {
             config.url = format!("{base}?{}", passed.join("&"));
-        }
-        if config.namespace.contains(['{', '}']) {
-            return Err(bad("the namespace may not contain braces".into()));
         }
         Ok(config)
     }
@@ -420,12 +573,19 @@ struct Shared {
     /// Per vnode group: direct writes in flight (see [`group_writer`]).
     direct_writes: Vec<AtomicU64>,
     connection: Connection,
+    /// The namespace as the user named it.
+    namespace: String,
     keys: Keys,
     cluster: bool,
     scripts: Scripts,
     timeout: Duration,
     max_payload_len: usize,
     server: String,
+    replicas: u32,
+    replica_timeout: Duration,
+    replicate_writes: bool,
+    /// The `maxmemory-policy` of every primary, as found at connect.
+    eviction_policies: Vec<String>,
 }
 
 impl RedisStore {
@@ -490,19 +650,38 @@ impl RedisStore {
         let mut store = Self {
             shared: Arc::new(Shared {
                 connection,
-                keys: Keys {
-                    namespace: config.namespace.clone(),
-                    groups: wanted,
-                },
+                keys: Keys::new(&config.namespace, wanted),
+                namespace: config.namespace.clone(),
                 cluster: config.cluster,
                 scripts: Scripts::new(),
                 timeout: config.operation_timeout,
                 max_payload_len: config.max_payload_len,
-                server,
+                server: server.clone(),
+                replicas: config.replicas,
+                replica_timeout: config.replica_timeout.max(Duration::from_millis(1)),
+                replicate_writes: config.replicate_writes,
+                eviction_policies: Vec::new(),
                 writers: Vec::new(),
                 direct_writes: Vec::new(),
             }),
         };
+        let policies = store.eviction_policies().await?;
+        if let Some(policy) = policies.iter().find(|p| p.starts_with("allkeys-")) {
+            let why = format!(
+                "redis at {server} runs with maxmemory-policy {policy}, which can evict any key: \
+                 this store's fences, commit markers and partials could vanish silently"
+            );
+            if !config.allow_eviction {
+                return Err(StateBackendError::Io(format!(
+                    "{why}; use noeviction (or a volatile-* policy: this store sets no TTL), \
+                     or open anyway with allow_eviction=true"
+                )));
+            }
+            tracing::warn!(server = %server, policy = %policy, "{why}; opened anyway (allow_eviction)");
+        }
+        if let Some(shared) = Arc::get_mut(&mut store.shared) {
+            shared.eviction_policies = policies;
+        }
         let keys_layout = store.shared.keys.layout();
         let recorded: String = store
             .call(
@@ -574,7 +753,11 @@ impl RedisStore {
             instance_id: instance_id.into(),
             limits: InputLimits::new(vnode_capacity, self.shared.max_payload_len),
             fence: AtomicU64::new(fence),
-            propagated: AtomicU64::new(fence),
+            // The namespace key is raised only after every group (see
+            // `propagate_fence`), so a fence read there is already in every
+            // group. Unless replicas must confirm a raise: this handle has
+            // not seen it confirmed, so its first raise copies it again.
+            propagated: AtomicU64::new(if self.shared.replicas > 0 { 0 } else { fence }),
             told: AtomicU64::new(0),
         })
     }
@@ -625,32 +808,109 @@ impl RedisStore {
         }
     }
 
-    /// Copy `fence` to the namespace's fence and to every group's, in
-    /// parallel; done when every copy is at least `fence`.
+    /// The `maxmemory-policy` of every primary (a cluster's `INFO` goes to
+    /// all of them).
+    async fn eviction_policies(&self) -> Result<Vec<String>, StateBackendError> {
+        let info: Value = self
+            .query("open", redis::cmd("INFO").arg("memory").clone())
+            .await?;
+        let mut texts = Vec::new();
+        collect_texts(&info, &mut texts);
+        let policies: Vec<String> = texts
+            .iter()
+            .flat_map(|text| text.lines())
+            .filter_map(|line| line.trim().strip_prefix("maxmemory_policy:"))
+            .map(str::to_owned)
+            .collect();
+        if policies.is_empty() {
+            return Err(StateBackendError::Io(format!(
+                "redis at {}: INFO memory names no maxmemory_policy, so this store cannot \
+                 check that its keys are safe from eviction",
+                self.shared.server
+            )));
+        }
+        Ok(policies)
+    }
+
+    /// The `maxmemory-policy` of every primary, as found at connect.
+    pub fn maxmemory_policies(&self) -> &[String] {
+        &self.shared.eviction_policies
+    }
+
+    /// With [`RedisConfig::replicas`] set, wait until that many replicas
+    /// hold everything this connection has written (so the step `what`
+    /// just applied); a refusal otherwise. On a cluster, `WAIT` goes to
+    /// every primary and the smallest count counts.
+    async fn replicate(&self, what: &str) -> Result<(), StateBackendError> {
+        let wanted = self.shared.replicas;
+        if wanted == 0 {
+            return Ok(());
+        }
+        let wait = self.shared.replica_timeout;
+        let mut connection = self.shared.connection.clone();
+        let cmd = redis::cmd("WAIT")
+            .arg(wanted)
+            .arg(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX))
+            .clone();
+        let result = tokio::time::timeout(
+            self.shared.timeout + wait,
+            cmd.query_async::<i64>(&mut connection),
+        )
+        .await;
+        let acknowledged = self.finish(what, result)?;
+        if acknowledged < i64::from(wanted) {
+            return Err(StateBackendError::Io(format!(
+                "redis {what} at {}: applied on the primary, but only {acknowledged} of \
+                 {wanted} replicas confirmed it within {wait:?}; not acknowledged (a retry \
+                 settles the outcome)",
+                self.shared.server
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether steps that found nothing to change must still write, so that
+    /// a `WAIT` after them covers what an earlier, unconfirmed attempt
+    /// wrote (possibly through another connection).
+    fn touch(&self) -> &'static str {
+        if self.shared.replicas > 0 { "1" } else { "0" }
+    }
+
+    /// Copy `fence` to every group's fence, in parallel, and only then to
+    /// the namespace's: done when every copy is at least `fence`.
+    ///
+    /// The order is what makes a raise that dies half-way harmless. The
+    /// namespace key is the one a new handle starts from (and trusts as
+    /// already copied to every group), so it may only say `fence` once
+    /// every group does: a raiser that dies, times out or cannot reach one
+    /// shard leaves the namespace key where it was, and the next raise to
+    /// `fence`, by any handle, copies it to every group again.
     async fn propagate_fence(&self, fence: u64) -> Result<(), StateBackendError> {
-        let mut raises = tokio::task::JoinSet::new();
         let keys = &self.shared.keys;
-        for key in
-            std::iter::once(keys.fence()).chain((0..keys.groups).map(|g| keys.group_fence(g)))
-        {
-            let store = self.clone();
-            raises.spawn(async move {
-                let _: String = store
-                    .call(
-                        "fence raise",
-                        |s| &s.raise,
-                        |call| {
-                            call.key(key).arg(decimal(fence));
-                        },
-                    )
-                    .await?;
-                Ok::<(), StateBackendError>(())
-            });
+        let mut raises = tokio::task::JoinSet::new();
+        for group in 0..keys.groups {
+            let (store, key) = (self.clone(), keys.group_fence(group));
+            raises.spawn(async move { store.raise_key(key, fence).await });
         }
         while let Some(raised) = raises.join_next().await {
             raised
                 .map_err(|e| StateBackendError::Io(format!("a fence raise task failed: {e}")))??;
         }
+        self.raise_key(keys.fence(), fence).await?;
+        self.replicate("fence raise").await
+    }
+
+    /// Raise one fence key to at least `fence`.
+    async fn raise_key(&self, key: String, fence: u64) -> Result<(), StateBackendError> {
+        let _: String = self
+            .call(
+                "fence raise",
+                |s| &s.raise,
+                |call| {
+                    call.key(key).arg(decimal(fence)).arg(self.touch());
+                },
+            )
+            .await?;
         Ok(())
     }
 }
@@ -704,7 +964,7 @@ impl std::fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisBackend")
             .field("server", &self.store.shared.server)
-            .field("namespace", &self.store.shared.keys.namespace)
+            .field("namespace", &self.store.shared.namespace)
             .field("instance_id", &self.instance_id)
             .finish_non_exhaustive()
     }
@@ -826,7 +1086,8 @@ impl StateBackend for RedisBackend {
                         .key(keys.fence());
                     call.arg(decimal(epoch))
                         .arg(&self.instance_id)
-                        .arg(decimal(self.told.load(Ordering::Acquire)));
+                        .arg(decimal(self.told.load(Ordering::Acquire)))
+                        .arg(self.store.touch());
                     // Standalone: the same script checks the partials too.
                     if !cluster {
                         for (group, vnodes) in &listed {
@@ -846,6 +1107,7 @@ impl StateBackend for RedisBackend {
                 Err(self.deposed(parse_decimal(&fence, "the fence key")?))
             }
             [Value::Int(1), committer] => {
+                self.store.replicate(&what).await?;
                 let committer: String = redis::from_redis_value_ref(committer).map_err(|e| {
                     StateBackendError::Serialization(format!(
                         "the commit marker of epoch {epoch} is unreadable: {e}"
@@ -1100,6 +1362,9 @@ impl RedisStore {
             )
             .await?;
         let fence = parse_decimal(&fence, "a group fence")?;
+        if op.version >= fence && self.shared.replicate_writes {
+            self.replicate(&what).await?;
+        }
         Ok((op.version < fence).then_some(fence))
     }
 
@@ -1149,10 +1414,29 @@ impl RedisStore {
                 batch.len()
             )));
         }
+        if self.shared.replicate_writes && written.contains(&1) {
+            self.replicate(&what).await?;
+        }
         Ok((
             parse_decimal(&fence, "a group fence")?,
             written.into_iter().map(|w| w == 1).collect(),
         ))
+    }
+}
+
+/// Every text in a reply (a cluster answers `INFO` with one per node).
+fn collect_texts(value: &Value, texts: &mut Vec<String>) {
+    match value {
+        Value::BulkString(bytes) => texts.push(String::from_utf8_lossy(bytes).into_owned()),
+        Value::SimpleString(text) => texts.push(text.clone()),
+        Value::VerbatimString { text, .. } => texts.push(text.clone()),
+        Value::Array(items) | Value::Set(items) => {
+            items.iter().for_each(|item| collect_texts(item, texts))
+        }
+        Value::Map(pairs) => pairs
+            .iter()
+            .for_each(|(_, item)| collect_texts(item, texts)),
+        _ => {}
     }
 }
 

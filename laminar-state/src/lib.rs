@@ -114,7 +114,8 @@ pub enum BackendConfig {
     Redis {
         /// `redis://...` or `rediss://...`, with the settings of
         /// `RedisConfig::from_url` in its query (`namespace`, `cluster`,
-        /// `nodes`, `groups`, `timeout_ms`, `max_payload_len`).
+        /// `nodes`, `groups`, `timeout_ms`, `max_payload_len`, `replicas`,
+        /// `replica_timeout_ms`, `replicate_writes`, `allow_eviction`).
         url: String,
     },
     /// Amazon S3 or an S3-compatible store. Unset fields take the S3

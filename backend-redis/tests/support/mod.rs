@@ -141,6 +141,26 @@ impl RedisServer {
         }
     }
 
+    /// A replica of the server on `primary_port` (a [`TcpRelay`]'s port to
+    /// cut it off at will), returned once its replication link is up.
+    pub fn start_replica_of(dir: &Path, primary_port: u16) -> Self {
+        let primary_port = primary_port.to_string();
+        let replica = Self::start(dir, &["--replicaof", "127.0.0.1", &primary_port]);
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !replica
+            .cli(&["info", "replication"])
+            .contains("master_link_status:up")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the replica on port {} did not link to its primary within {START_TIMEOUT:?}",
+                replica.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        replica
+    }
+
     /// Start it again on the same port with the same data directory.
     pub fn restart(&mut self) {
         self.kill();
@@ -258,5 +278,73 @@ impl RedisCluster {
             node.launch();
         }
         self.wait_until_ok();
+    }
+}
+
+/// A TCP relay on a free loopback port to `target`, that can be told to
+/// hold all traffic: a network partition. Held bytes stay in the senders'
+/// socket buffers, so a process killed while held loses them, as it would
+/// behind a real partition.
+pub struct TcpRelay {
+    pub port: u16,
+    hold: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl TcpRelay {
+    pub fn start(target: u16) -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicBool;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the relay");
+        let port = listener.local_addr().expect("relay addr").port();
+        let hold = Arc::new(AtomicBool::new(false));
+        let held = Arc::clone(&hold);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                for (from, to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let held = Arc::clone(&held);
+                    std::thread::spawn(move || relay(from, to, &held));
+                }
+            }
+        });
+        Self { port, hold }
+    }
+
+    /// Stop forwarding in both directions (nothing is read while held).
+    pub fn hold(&self) {
+        self.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn relay(mut from: TcpStream, mut to: TcpStream, held: &std::sync::atomic::AtomicBool) {
+    let _ = from.set_read_timeout(Some(Duration::from_millis(20)));
+    let mut buffer = [0u8; 16 << 10];
+    loop {
+        if held.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        match from.read(&mut buffer) {
+            Ok(0) => return,
+            // Bytes read while the hold was being set are held too.
+            Ok(_) if held.load(std::sync::atomic::Ordering::SeqCst) => return,
+            Ok(n) => {
+                if to.write_all(&buffer[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
     }
 }

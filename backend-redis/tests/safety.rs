@@ -1,0 +1,180 @@
+//! Faults that broke the fence before, each set up exactly as the fault
+//! leaves the server, against a real redis-server: a raise that dies half
+//! way, two namespaces whose keys collided, and a server that may evict keys.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use laminar_state_api::{StateBackend, StateBackendError};
+use laminar_state_redis::{RedisBackend, RedisConfig, RedisStore};
+use support::RedisServer;
+
+fn config(url: &str, namespace: &str, groups: u32) -> RedisConfig {
+    let mut config = RedisConfig::from_url(url).unwrap();
+    config.namespace = namespace.into();
+    config.groups = Some(groups);
+    config.operation_timeout = Duration::from_millis(800);
+    config
+}
+
+/// A raise that reached some groups but not all (the raiser died, timed
+/// out, or one shard could not take it) must not be taken as done by
+/// anyone: the next raise to the same version copies it to every group,
+/// and a zombie is refused in every group afterwards.
+#[tokio::test]
+async fn a_raise_that_dies_half_way_is_finished_by_the_next_raise() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start(dir.path(), &[]);
+    let config = config(&server.url(), "half", 4);
+    let store = RedisStore::connect(&config).await.unwrap();
+    let old_leader = store.handle("old", 16).await.unwrap();
+    old_leader.persist_authoritative_version(1).await.unwrap();
+    let zombie = store.handle("zombie", 16).await.unwrap();
+
+    // Group 0's shard cannot take the next raise: its fence key answers
+    // every command with an error (WRONGTYPE), as an unreachable shard
+    // answers with a timeout.
+    let group0 = "laminar:{half/g0}:fence";
+    server.cli(&["del", group0]);
+    server.cli(&["hset", group0, "broken", "1"]);
+    let error = old_leader
+        .persist_authoritative_version(2)
+        .await
+        .expect_err("a raise that could not reach group 0 was acknowledged");
+    assert!(matches!(error, StateBackendError::Io(_)), "{error}");
+    // The fault clears: group 0 still holds the fence it had.
+    server.cli(&["del", group0]);
+    server.cli(&["set", group0, "00000000000000000001"]);
+
+    // A new leader, on its own connection as another process would be,
+    // raises to 2 and is acknowledged.
+    let new_leader = RedisBackend::connect(&config, "new", 16).await.unwrap();
+    new_leader.persist_authoritative_version(2).await.unwrap();
+
+    for vnode in 0..4 {
+        let result = zombie
+            .write_partial(vnode, 7, 1, Bytes::from_static(b"ZOMBIE"))
+            .await;
+        assert!(
+            matches!(
+                result,
+                Err(StateBackendError::StaleVersion {
+                    caller: 1,
+                    authoritative: 2
+                })
+            ),
+            "after an acknowledged raise to 2, a zombie write at 1 into group {vnode} gave {result:?}"
+        );
+        assert_eq!(new_leader.read_partial(vnode, 7).await.unwrap(), None);
+    }
+}
+
+/// Keys of one namespace are never keys of another, whatever the names:
+/// `x/g1` once shared its fence key with group 1 of `x`.
+#[tokio::test]
+async fn namespaces_never_share_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start(dir.path(), &[]);
+    let plain = RedisBackend::connect(&config(&server.url(), "x", 2), "x", 4)
+        .await
+        .unwrap();
+    let lookalikes = ["x/g1", "x/g0", "x%2Fg1", "{x/g1}", "x}"];
+    for (i, name) in lookalikes.iter().enumerate() {
+        let other = RedisBackend::connect(&config(&server.url(), name, 1), "other", 4)
+            .await
+            .unwrap();
+        let fence = 5 + i as u64;
+        other.persist_authoritative_version(fence).await.unwrap();
+        other
+            .write_partial(1, 1, fence, Bytes::from(name.to_string()))
+            .await
+            .unwrap();
+        assert!(other.epoch_complete(1, &[1]).await.unwrap());
+    }
+    // Namespace `x` saw none of it: no fence, no partial, no marker.
+    for vnode in 0..2 {
+        plain
+            .write_partial(vnode, 2, 1, Bytes::from_static(b"x"))
+            .await
+            .unwrap_or_else(|e| panic!("namespace x refused a write to vnode {vnode}: {e}"));
+    }
+    assert_eq!(plain.read_partial(1, 1).await.unwrap(), None);
+    assert_eq!(plain.latest_committed_epoch().await.unwrap(), None);
+    plain
+        .write_partial(1, 1, 0, Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    assert!(plain.epoch_complete(1, &[1]).await.unwrap());
+    // And `x` sealing epoch 1 did not touch the others' markers.
+    for name in lookalikes {
+        let other = RedisBackend::connect(&config(&server.url(), name, 1), "late", 4)
+            .await
+            .unwrap();
+        let result = other.epoch_complete(1, &[1]).await;
+        assert!(
+            matches!(&result, Err(StateBackendError::SplitBrainCommit { committer, .. }) if committer == "other"),
+            "namespace {name:?}: {result:?}"
+        );
+        assert_eq!(
+            other.read_partial(1, 1).await.unwrap(),
+            Some(Bytes::from(name.to_string()))
+        );
+    }
+}
+
+/// A server that may evict any key could drop a fence or a marker and
+/// silently lose acknowledged state: refused at connect unless allowed.
+#[tokio::test]
+async fn a_server_that_may_evict_any_key_is_refused_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start(
+        dir.path(),
+        &["--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru"],
+    );
+    let mut config = config(&server.url(), "evict", 1);
+    let error = RedisBackend::connect(&config, "w", 4)
+        .await
+        .expect_err("a server with allkeys-lru was accepted");
+    assert!(
+        matches!(&error, StateBackendError::Io(m) if m.contains("allkeys-lru") && m.contains("allow_eviction")),
+        "{error}"
+    );
+    config.allow_eviction = true;
+    let store = RedisStore::connect(&config).await.unwrap();
+    assert_eq!(store.maxmemory_policies(), ["allkeys-lru"]);
+    let handle = store.handle("w", 4).await.unwrap();
+    handle
+        .write_partial(0, 1, 0, Bytes::from_static(b"kept"))
+        .await
+        .unwrap();
+
+    // A policy that only evicts keys with a TTL never touches this store's.
+    server.cli(&["config", "set", "maxmemory-policy", "volatile-lru"]);
+    let config = self::config(&server.url(), "evict", 1);
+    let store = RedisStore::connect(&config).await.unwrap();
+    assert_eq!(store.maxmemory_policies(), ["volatile-lru"]);
+}
+
+#[test]
+fn the_url_takes_the_safety_settings() {
+    let config = RedisConfig::from_url(
+        "redis://127.0.0.1:6379/?namespace=n&replicas=2&replica_timeout_ms=250&replicate_writes=true&allow_eviction=true",
+    )
+    .unwrap();
+    assert_eq!(config.replicas, 2);
+    assert_eq!(config.replica_timeout, Duration::from_millis(250));
+    assert!(config.replicate_writes && config.allow_eviction);
+    for bad in [
+        "redis://h/?replicas=x",
+        "redis://h/?replica_timeout_ms=0",
+        "redis://h/?replicate_writes=maybe",
+    ] {
+        let error = RedisConfig::from_url(bad).expect_err(bad);
+        assert!(
+            matches!(error, StateBackendError::Serialization(_)),
+            "{bad}: {error}"
+        );
+    }
+}
