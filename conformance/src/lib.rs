@@ -256,6 +256,7 @@ macro_rules! conformance_tests {
                 p06_shared_fence,
                 p06_shared_fence_across_processes,
                 p07_atomic_fence,
+                p07_cancelled_raise,
                 p08_commit_gate,
                 p09_one_committer,
                 p10_durability_reopen,

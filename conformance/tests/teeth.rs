@@ -51,6 +51,12 @@ enum Flaw {
     SealIgnoresFence,
     /// Claims processes share the store, but each keeps its own fence.
     ClaimsCrossProcess,
+    /// A persisted raise announces the new fence (what later raisers trust
+    /// as done) before it enforces it: a raise cancelled in between is
+    /// taken as done by the next one.
+    RaiseAnnouncedFirst,
+    /// The seal checks the fence, then writes the marker a moment later.
+    SealChecksFenceEarly,
 }
 
 #[derive(Default)]
@@ -58,6 +64,8 @@ struct State {
     partials: BTreeMap<(u64, u32), Bytes>,
     markers: BTreeMap<u64, String>,
     fence: u64,
+    /// The highest raise announced ([`Flaw::RaiseAnnouncedFirst`] only).
+    announced: u64,
 }
 
 /// The store: state in memory, every change appended to a log file that a
@@ -271,6 +279,9 @@ impl StateBackend for Handle {
                     authoritative: fence,
                 });
             }
+            if self.shared.flaw == Flaw::SealChecksFenceEarly {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
         }
         let epoch = self.epoch_key(epoch);
         let existing = {
@@ -364,6 +375,24 @@ impl StateBackend for Handle {
 
     fn authoritative_version(&self) -> u64 {
         self.fence(&self.shared.state.lock().unwrap().0)
+    }
+
+    async fn persist_authoritative_version(&self, version: u64) -> Result<(), StateBackendError> {
+        if self.shared.flaw == Flaw::RaiseAnnouncedFirst {
+            {
+                let mut guard = self.shared.state.lock().unwrap();
+                if guard.0.announced >= version {
+                    // Taken as done: only this handle learns the version.
+                    let mut own = self.own_fence.lock().unwrap();
+                    *own = (*own).max(version);
+                    return Ok(());
+                }
+                guard.0.announced = version;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        self.set_authoritative_version(version);
+        Ok(())
     }
 
     async fn latest_committed_epoch(&self) -> Result<Option<u64>, StateBackendError> {
@@ -605,6 +634,16 @@ fn unsealing_replay_is_caught_by_p2() {
 #[test]
 fn sealing_deposed_leader_is_caught_by_p15() {
     caught("p15_fenced_seal", Flaw::SealIgnoresFence);
+}
+
+#[test]
+fn half_finished_raise_taken_as_done_is_caught_by_p7_cancelled_raise() {
+    caught("p07_cancelled_raise", Flaw::RaiseAnnouncedFirst);
+}
+
+#[test]
+fn seal_checking_the_fence_early_is_caught_by_p15() {
+    caught("p15_fenced_seal", Flaw::SealChecksFenceEarly);
 }
 
 #[test]

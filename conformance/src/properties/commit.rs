@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use tokio::sync::Barrier;
 
 use crate::factory::BackendFactory;
-use crate::runner::{Checked, ensure, for_all, race_rounds};
+use crate::runner::{Checked, ensure, for_all, race_rounds, run_seed, splitmix64};
 use crate::support::{describe, fresh_store, open, payload, unique_tag, write};
 
 /// P8: `epoch_complete` returns `false`, and seals nothing, while any listed
@@ -155,7 +155,9 @@ pub async fn p09_one_committer(factory: &dyn BackendFactory) -> Checked {
 /// deposed leader) cannot seal: `epoch_complete` fails with `StaleVersion {
 /// caller: its version, authoritative: the fence }` and seals nothing, so the
 /// new leader seals the epoch itself. A handle never told any version (fencing
-/// opted out) is not refused.
+/// opted out) is not refused. Then, for backends that also claim
+/// `recovery_queries`, a deposed leader's seal races the raise that deposes
+/// it, over many rounds (see [`seal_racing_raise`]).
 pub async fn p15_fenced_seal(factory: &dyn BackendFactory) -> Checked {
     const VNODES: u32 = 4;
     let store = fresh_store(factory).await?;
@@ -207,6 +209,88 @@ pub async fn p15_fenced_seal(factory: &dyn BackendFactory) -> Checked {
         "the deposed leader asking again got {}",
         describe(&again)
     );
+    if factory.capabilities().recovery_queries {
+        seal_racing_raise(factory).await?;
+    }
+    Ok(())
+}
+
+/// A deposed leader's seal races the raise that deposes it. The seal may
+/// win only if it took effect before the raise was acknowledged: the new
+/// leader lists the sealed epochs right after its raise returns, and if the
+/// epoch was not sealed then, the deposed leader's seal must not come back
+/// as won (it took effect after the raise: a fence check and a marker write
+/// that are two steps let a raise in between). Either way there is exactly
+/// one winner, and the new leader learns who.
+async fn seal_racing_raise(factory: &dyn BackendFactory) -> Checked {
+    const VNODES: u32 = 4;
+    let seed = run_seed();
+    let store = fresh_store(factory).await?;
+    let tag = unique_tag("p15-race");
+    let all: Vec<u32> = (0..VNODES).collect();
+    for round in 0..u64::from(race_rounds()) {
+        let (old_version, new_version, epoch) = (2 * round + 1, 2 * round + 2, round + 1);
+        let deposed_id = format!("{tag}-old-{round}");
+        let deposed = open(&*store, &deposed_id, VNODES).await?;
+        deposed.set_authoritative_version(old_version);
+        for vnode in 0..VNODES {
+            write(
+                &deposed,
+                vnode,
+                epoch,
+                old_version,
+                &payload(epoch ^ u64::from(vnode), 16),
+            )
+            .await?;
+        }
+        let leader = open(&*store, &format!("{tag}-new-{round}"), VNODES).await?;
+        let sealer = {
+            let (deposed, all) = (Arc::clone(&deposed), all.clone());
+            tokio::spawn(async move { deposed.epoch_complete(epoch, &all).await })
+        };
+        let delay = splitmix64(seed ^ round) % 1_500;
+        tokio::time::sleep(std::time::Duration::from_micros(delay)).await;
+        leader
+            .persist_authoritative_version(new_version)
+            .await
+            .map_err(|e| format!("round {round}: the raise to {new_version} failed: {e:?}"))?;
+        let sealed_then = leader
+            .sealed_epochs(epoch - 1)
+            .await
+            .map_err(|e| format!("round {round}: sealed_epochs failed: {e:?}"))?
+            .contains(&epoch);
+        let outcome = sealer
+            .await
+            .map_err(|e| format!("the sealer panicked: {e}"))?;
+        match &outcome {
+            Ok(true) => ensure!(
+                sealed_then,
+                "round {round}: the deposed leader (told {old_version}) won the seal of epoch {epoch}, but right after the raise to {new_version} was acknowledged the epoch was not sealed: the seal took effect after the raise"
+            ),
+            Err(StateBackendError::StaleVersion {
+                caller,
+                authoritative,
+            }) if *caller == old_version && *authoritative >= new_version => {}
+            _ => {
+                return Err(format!(
+                    "round {round}: the deposed leader's seal racing the raise gave {}, expected Ok(true) or StaleVersion {{ caller: {old_version}, authoritative: >= {new_version} }}",
+                    describe(&outcome)
+                ));
+            }
+        }
+        let mine = leader.epoch_complete(epoch, &all).await;
+        let one_winner = match outcome {
+            Ok(true) => {
+                matches!(&mine, Err(StateBackendError::SplitBrainCommit { committer, .. }) if *committer == deposed_id)
+            }
+            _ => matches!(mine, Ok(true)),
+        };
+        ensure!(
+            one_winner,
+            "round {round}: after the race, the new leader's seal of epoch {epoch} gave {}",
+            describe(&mine)
+        );
+    }
     Ok(())
 }
 

@@ -163,7 +163,10 @@ pub async fn p06_shared_fence(factory: &dyn BackendFactory) -> Checked {
 /// raise is acknowledged (the raising handle's next write returned), no
 /// zombie write that starts is acknowledged, and none lands afterwards: the
 /// new leader's bytes, written after the raise, are what every key holds at
-/// the end, with zombies still hammering.
+/// the end, with zombies still hammering. Half the zombies give up on their
+/// writes after a random few hundred microseconds (the future is dropped,
+/// as a caller's timeout does): a write abandoned mid-flight, whose request
+/// may still reach the store after the raise, must not land either.
 pub async fn p07_atomic_fence(factory: &dyn BackendFactory) -> Checked {
     const ZOMBIES: u64 = 4;
     const KEYS: u32 = 4;
@@ -202,14 +205,22 @@ pub async fn p07_atomic_fence(factory: &dyn BackendFactory) -> Checked {
                     let key = ((z + seq) % u64::from(KEYS)) as u32;
                     let started_after_raise = raised.load(Ordering::Acquire);
                     let bytes = Bytes::from(format!("zombie {z} write {seq}"));
-                    let result = handle.write_partial(key, epoch, old, bytes).await;
+                    let write = handle.write_partial(key, epoch, old, bytes);
+                    let result = if z % 2 == 1 {
+                        let patience = splitmix64(seed ^ round ^ (z << 32) ^ seq) % 400;
+                        // `None`: abandoned, neither acknowledged nor refused.
+                        tokio::time::timeout(Duration::from_micros(patience), write).await.ok()
+                    } else {
+                        Some(write.await)
+                    };
                     match result {
-                        Ok(()) if started_after_raise => {
+                        None => {}
+                        Some(Ok(())) if started_after_raise => {
                             return Err(format!("round {round}: zombie write {seq} at version {old} started after the raise to {new} was acknowledged, and was acknowledged"));
                         }
-                        Ok(()) => {}
-                        Err(StateBackendError::StaleVersion { caller, authoritative }) if caller == old && authoritative >= new => {}
-                        Err(other) => return Err(format!("round {round}: a zombie write failed with {other:?}, expected StaleVersion {{ caller: {old}, authoritative: >= {new} }}")),
+                        Some(Ok(())) => {}
+                        Some(Err(StateBackendError::StaleVersion { caller, authoritative })) if caller == old && authoritative >= new => {}
+                        Some(Err(other)) => return Err(format!("round {round}: a zombie write failed with {other:?}, expected StaleVersion {{ caller: {old}, authoritative: >= {new} }}")),
                     }
                     if started_after_raise {
                         after_raise.fetch_add(1, Ordering::AcqRel);
@@ -246,6 +257,58 @@ pub async fn p07_atomic_fence(factory: &dyn BackendFactory) -> Checked {
             ensure!(
                 held.as_ref() == Some(&leader_bytes(key)),
                 "round {round}: after the raise to {new}, key {key} holds {:?}, not the new leader's bytes: a zombie write landed after the raise",
+                held.map(|b| String::from_utf8_lossy(&b).into_owned())
+            );
+        }
+    }
+    Ok(())
+}
+
+/// P7, a raise cancelled half-way: a raise whose future is dropped part-way
+/// through (the raiser crashed or its caller timed out) may have reached
+/// part of the store. Then another handle, on the store as a new leader,
+/// raises to the same version and is acknowledged: from then on every
+/// zombie write below it is refused, on every key, and nothing it sent
+/// becomes visible. A backend that takes a half-done raise as done (a
+/// summary of the fence updated before the copies that enforce it) fails.
+pub async fn p07_cancelled_raise(factory: &dyn BackendFactory) -> Checked {
+    const KEYS: u32 = 8;
+    let seed = run_seed();
+    let store = fresh_store(factory).await?;
+    let tag = unique_tag("p07-cancel");
+    for round in 0..u64::from(race_rounds()) {
+        let old = 2 * round + 1;
+        let new = old + 1;
+        let epoch = round;
+        let zombie = open(&*store, &format!("{tag}-zombie-{round}"), KEYS).await?;
+        zombie.set_authoritative_version(old);
+        write(&zombie, 0, epoch, old, &Bytes::from_static(b"before")).await?;
+
+        // The raise to `new`, abandoned after a random while: anywhere from
+        // before its first request to after its last.
+        let raiser = open(&*store, &format!("{tag}-raiser-{round}"), KEYS).await?;
+        let patience = Duration::from_micros(splitmix64(seed ^ round) % 3_000);
+        let _ = tokio::time::timeout(patience, raiser.persist_authoritative_version(new)).await;
+
+        let leader = open(&*store, &format!("{tag}-leader-{round}"), KEYS).await?;
+        leader
+            .persist_authoritative_version(new)
+            .await
+            .map_err(|e| format!("round {round}: the new leader's raise to {new} failed: {e:?}"))?;
+        for key in 0..KEYS {
+            let result = zombie
+                .write_partial(key, epoch, old, Bytes::from_static(b"ZOMBIE"))
+                .await;
+            ensure!(
+                matches!(result, Err(StateBackendError::StaleVersion { caller, authoritative }) if caller == old && authoritative >= new),
+                "round {round}: a raise to {new} was cancelled after {patience:?}, then another handle's raise to {new} was acknowledged, yet a zombie write at {old} to key {key} gave {}: the half-finished raise was taken as done",
+                describe(&result)
+            );
+            let held = read(&leader, key, epoch).await?;
+            let expected = (key == 0).then(|| Bytes::from_static(b"before"));
+            ensure!(
+                held == expected,
+                "round {round}: after the acknowledged raise to {new}, key {key} holds {:?}",
                 held.map(|b| String::from_utf8_lossy(&b).into_owned())
             );
         }

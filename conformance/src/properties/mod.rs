@@ -18,7 +18,7 @@ pub use durability::{
 };
 pub use fence::{
     concurrent_writes_fail_alone, p04_fence_monotonic, p05_fence_enforced, p06_shared_fence,
-    p07_atomic_fence,
+    p07_atomic_fence, p07_cancelled_raise,
 };
 pub use pruning::p11_pruning;
 pub use recovery::p14_recovery_queries;
@@ -91,6 +91,12 @@ pub const PROPERTIES: &[Property] = &[
         name: "p07_atomic_fence",
         summary: "no zombie write lands after a raise is acknowledged",
         needs: &[Fencing],
+    },
+    Property {
+        id: "P7",
+        name: "p07_cancelled_raise",
+        summary: "a raise cancelled half-way is finished by the next acknowledged raise",
+        needs: &[SharedFence],
     },
     Property {
         id: "P8",
@@ -176,6 +182,7 @@ pub(crate) async fn run(
             p06_shared_fence_across_processes(factory, child).await
         }
         "p07_atomic_fence" => p07_atomic_fence(factory).await,
+        "p07_cancelled_raise" => p07_cancelled_raise(factory).await,
         "p08_commit_gate" => p08_commit_gate(factory).await,
         "p09_one_committer" => p09_one_committer(factory).await,
         "p10_durability_reopen" => p10_durability_reopen(factory).await,
