@@ -23,7 +23,7 @@
 //! | variable | default | meaning |
 //! |---|---|---|
 //! | `PROPTEST_CASES` | 64 | cases per proptest property (a factory may lower it) |
-//! | `LAMINAR_CONFORMANCE_ROUNDS` | 32 | rounds per race (P7, P9, P11) |
+//! | `LAMINAR_CONFORMANCE_ROUNDS` | 32 | rounds per race (P7, P9, P11, P15) |
 //! | `LAMINAR_CONFORMANCE_KILLS` | 8 | child processes killed by the crash property |
 //! | `LAMINAR_CONFORMANCE_SEED` | random | hex seed, printed on failure, to replay one |
 //! | `LAMINAR_CONFORMANCE_TIMEOUT_SECS` | 900 | per-property time limit |
