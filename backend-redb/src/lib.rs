@@ -16,10 +16,15 @@
 //! # One database per file per process
 //!
 //! redb locks the file for one process. Every [`RedbStore::open`] of the same
-//! path in one process returns the same store (a process-wide registry), so
+//! file in one process returns the same store (a process-wide registry), so
 //! any number of handles, each with its own instance id, share its data, its
-//! fence and its commit markers. A second process gets a clear
-//! [`StateBackendError::Io`] naming the lock, never a hang or corruption.
+//! fence and its commit markers. The registry knows a file by its identity
+//! (device and inode on Unix), not by its path: a symlink, a symlinked
+//! directory, `..`, or a hard link all reach the same store. A file that
+//! does not exist yet is created first and then known by its identity, so
+//! two spellings of one new file share one store too. A second process gets
+//! a clear [`StateBackendError::Io`] naming the lock, never a hang or
+//! corruption.
 //!
 //! # Writes: group commit on one thread
 //!
@@ -32,19 +37,65 @@
 //! blocking calls stay off the async runtime: writes on the committer
 //! thread, reads and prunes on tokio's blocking pool.
 //!
+//! # A dead committer
+//!
+//! If the committer thread panics (a bug, never bad input), its batch is
+//! rolled back and answered with [`StateBackendError::Io`] saying the
+//! committer died and why, the store closes its database (after the reads in
+//! flight finish), and from then on every call on any handle of that store
+//! fails at once with the same error; nothing hangs. The registry no longer
+//! hands out the dead store: the next [`RedbStore::open`] of the file opens
+//! it afresh, with a new committer and everything acknowledged before the
+//! panic, even while handles on the dead store are still alive.
+//!
 //! # The fence
 //!
-//! The fence lives in memory, shared by every handle on the store, and in
-//! `meta`. The committer holds the fence's read lock for a whole batch (check,
-//! apply, commit) and writes the fence into `meta` in the same transaction
-//! whenever it has risen. A raise takes the write lock, so it waits for the
-//! batch in flight (at most one fsync) and every write checked after it sees
-//! the new value: no write checked against the old fence can land after
-//! [`StateBackend::set_authoritative_version`] returns. The raise is durable
-//! with the next committed batch, or at once with
+//! The fence is one atomic in memory, shared by every handle on the store,
+//! and a value in `meta`. [`StateBackend::set_authoritative_version`] raises
+//! the atomic (`fetch_max`) and returns: it takes no lock and never waits
+//! for the batch in flight or a fsync, so its cost is one atomic operation
+//! and it is safe to call from an async worker. The committer checks every
+//! write and seal against the fence as it is at the moment it applies that
+//! request, inside the write transaction. So (P7):
+//!
+//! - every write or seal submitted after the raise returned is checked
+//!   against the new fence (the raise happens before the request is queued,
+//!   which happens before the committer takes it): no write started after
+//!   the raise is ever acknowledged at an old version;
+//! - a write checked before the raise, in the batch in flight, may still be
+//!   committed, and acknowledged, up to one batch (one fsync) after the
+//!   raise returned: it started before the raise. It is applied before any
+//!   request submitted after the raise, in the same transaction or an
+//!   earlier one, so it never overwrites the new leader's bytes, and it is
+//!   answered before the raising handle's next write or seal is: once that
+//!   returns (the contract's acknowledgement of the raise), no zombie write
+//!   is acknowledged any more, nor lands.
+//!
+//! (Earlier, the raise waited for the batch in flight, which ruled out the
+//! second case at the cost of blocking an async worker for a batch and a
+//! fsync; no property of the contract needs that.)
+//!
+//! The committer writes the fence into `meta` in every batch that commits
+//! after it has risen (read after the batch's last request was taken), so a
+//! raise is durable once any write or seal submitted after it is
+//! acknowledged, or at once with
 //! [`StateBackend::persist_authoritative_version`].
+//!
+//! # Pruning
+//!
+//! [`StateBackend::prune_before`] deletes in transactions of at most
+//! 8,192 entries: first every commit marker below the bound, then the
+//! partials, lowest epoch first, then once more any marker below the bound
+//! (one sealed by a caller that raced the prune). A crash or a kill at any
+//! point leaves every epoch that still has its marker with all its partials:
+//! no sealed epoch ever lacks its partials (provided nobody seals an epoch
+//! below the bound while the prune runs; the contract only has writes and
+//! seals at or above the bound run concurrently with it). What a crash can
+//! leave is unsealed epochs below the bound with some of their partials,
+//! which no recovery reads; running the prune again finishes the job.
 
 use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
 use std::ops::Bound;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -80,7 +131,7 @@ const MAX_BATCH_REQUESTS: usize = 4096;
 const MAX_BATCH_BYTES: usize = 64 << 20;
 /// How long the committer waits for returning callers to fill a batch.
 const GATHER_WAIT: Duration = Duration::from_micros(200);
-/// Partials one prune transaction deletes at most.
+/// Partials (or markers) one prune transaction deletes at most.
 const PRUNE_CHUNK: usize = 8192;
 
 /// How to open a store.
@@ -120,20 +171,38 @@ struct Inner {
     requests: mpsc::Sender<Request>,
     _committer: JoinOnDrop,
     core: Arc<Core>,
-    path: PathBuf,
 }
 
 struct Core {
-    db: Database,
-    /// Read-locked by the committer for a whole batch; write-locked by a raise.
-    fence: RwLock<u64>,
-    /// The same value, readable without waiting for a batch.
-    fence_now: AtomicU64,
+    /// `None` once the committer died: the file is closed, so that a reopen
+    /// can open it afresh. Read-locked by every operation for its
+    /// transaction (the committer for a whole batch, a prune per chunk).
+    db: RwLock<Option<Database>>,
+    /// The file, as the first opener named it (symlinks resolved).
+    path: PathBuf,
+    /// The fence: raised by `fetch_max`, read by the committer per request.
+    fence: AtomicU64,
     /// The highest fence committed to `meta`.
     fence_on_disk: AtomicU64,
+    /// Why the committer died, once it has.
+    dead: OnceLock<String>,
     max_payload_len: usize,
     transactions: AtomicU64,
     requests: AtomicU64,
+    /// A fault injected by a test into the next batch.
+    fault: Mutex<Option<CommitFault>>,
+}
+
+/// A fault the committer injects into its next batch, inside the write
+/// transaction: for tests only (see [`RedbStore::inject_commit_fault`]).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitFault {
+    /// Panic, as a bug in the committer would.
+    Panic,
+    /// Hold the transaction open this long before committing, as a slow
+    /// disk would.
+    Stall(Duration),
 }
 
 struct JoinOnDrop(Option<JoinHandle<()>>);
@@ -166,8 +235,53 @@ enum Request {
     },
 }
 
-fn registry() -> &'static Mutex<HashMap<PathBuf, Weak<Inner>>> {
-    static OPEN: OnceLock<Mutex<HashMap<PathBuf, Weak<Inner>>>> = OnceLock::new();
+impl Request {
+    /// The call this request answers, for error messages.
+    fn what(&self) -> String {
+        match self {
+            Self::Write { vnode, epoch, .. } => format!("write_partial({vnode}, {epoch})"),
+            Self::Seal { epoch, .. } => format!("epoch_complete({epoch})"),
+            Self::PersistFence { .. } => "persist_authoritative_version".to_owned(),
+        }
+    }
+
+    /// Answer with an error, whatever the request.
+    fn fail(self, error: StateBackendError) {
+        match self {
+            Self::Write { reply, .. } | Self::PersistFence { reply } => {
+                let _ = reply.send(Err(error));
+            }
+            Self::Seal { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+}
+
+/// What the registry knows an open file by: its identity, not its name.
+#[cfg(unix)]
+type FileKey = (u64, u64);
+#[cfg(not(unix))]
+type FileKey = PathBuf;
+
+/// The identity of the open `file`: device and inode.
+#[cfg(unix)]
+fn file_key(file: &File, path: &Path) -> Result<FileKey, StateBackendError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file
+        .metadata()
+        .map_err(|e| StateBackendError::Io(format!("cannot stat {}: {e}", path.display())))?;
+    Ok((meta.dev(), meta.ino()))
+}
+
+/// Without inodes: the path with symlinks resolved (the file exists by now).
+#[cfg(not(unix))]
+fn file_key(_file: &File, path: &Path) -> Result<FileKey, StateBackendError> {
+    resolved(path)
+}
+
+fn registry() -> &'static Mutex<HashMap<FileKey, Weak<Inner>>> {
+    static OPEN: OnceLock<Mutex<HashMap<FileKey, Weak<Inner>>>> = OnceLock::new();
     OPEN.get_or_init(Mutex::default)
 }
 
@@ -181,16 +295,34 @@ impl RedbStore {
     }
 
     /// Open (or create) the store described by `config`. If this process
-    /// already has the file open, the existing store is returned and
-    /// `config`'s other settings are ignored.
+    /// already has the file open (by whatever path: the file's identity
+    /// decides), the existing store is returned and `config`'s other
+    /// settings are ignored; unless that store's committer died, in which
+    /// case the file is opened afresh.
     pub fn open_with(config: RedbConfig) -> Result<Self, StateBackendError> {
-        let path = absolute(&config.path)?;
+        let shown = config.path.display();
         let mut open = registry().lock().unwrap_or_else(PoisonError::into_inner);
         open.retain(|_, store| store.strong_count() > 0);
-        if let Some(inner) = open.get(&path).and_then(Weak::upgrade) {
-            return Ok(Self { inner });
+        // Create the file if need be, then know it by its identity: the
+        // same `File` goes to redb, so the key is the file redb locks.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&config.path)
+            .map_err(|e| StateBackendError::Io(format!("cannot open {shown}: {e}")))?;
+        let key = file_key(&file, &config.path)?;
+        if let Some(inner) = open.get(&key).and_then(Weak::upgrade) {
+            if inner.core.dead.get().is_none() {
+                return Ok(Self { inner });
+            }
+            // Its committer closed the file when it died; this waits for
+            // the dead store's last reads to let go of it.
+            inner.core.close();
         }
-        let core = Arc::new(Core::open(&path, &config)?);
+        let path = resolved(&config.path)?;
+        let core = Arc::new(Core::open(file, path, &config)?);
         let (requests, queue) = mpsc::channel();
         let committer_core = Arc::clone(&core);
         let committer = std::thread::Builder::new()
@@ -201,9 +333,8 @@ impl RedbStore {
             requests,
             _committer: JoinOnDrop(Some(committer)),
             core,
-            path: path.clone(),
         });
-        open.insert(path, Arc::downgrade(&inner));
+        open.insert(key, Arc::downgrade(&inner));
         Ok(Self { inner })
     }
 
@@ -218,9 +349,10 @@ impl RedbStore {
         }
     }
 
-    /// The database file.
+    /// The database file, as first opened in this process (symlinks
+    /// resolved).
     pub fn path(&self) -> &Path {
-        &self.inner.path
+        &self.inner.core.path
     }
 
     /// How many group-commit transactions this store has committed, and how
@@ -233,12 +365,31 @@ impl RedbStore {
         }
     }
 
-    /// The underlying database, for maintenance and for tests that damage
-    /// stored bytes on purpose. Writing to this store's tables directly
-    /// bypasses the fence and the framing.
+    /// Run `work` on the underlying database, for maintenance and for tests
+    /// that damage stored bytes on purpose. Writing to this store's tables
+    /// directly bypasses the fence and the framing. `work` must not call
+    /// this store again. Fails with [`StateBackendError::Io`] if the store's
+    /// committer died.
     #[doc(hidden)]
-    pub fn raw_database(&self) -> &Database {
-        &self.inner.core.db
+    pub fn with_raw_database<T>(
+        &self,
+        work: impl FnOnce(&Database) -> T,
+    ) -> Result<T, StateBackendError> {
+        self.inner
+            .core
+            .with_db("with_raw_database", |db| Ok(work(db)))
+    }
+
+    /// Test-only fault injection: the committer's next batch suffers
+    /// `fault` inside its write transaction. Not for production use.
+    #[doc(hidden)]
+    pub fn inject_commit_fault(&self, fault: CommitFault) {
+        *self
+            .inner
+            .core
+            .fault
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(fault);
     }
 
     async fn submit<T>(
@@ -246,24 +397,29 @@ impl RedbStore {
         request: Request,
         reply: oneshot::Receiver<Result<T, StateBackendError>>,
     ) -> Result<T, StateBackendError> {
+        let core = &self.inner.core;
+        let what = request.what();
+        if core.dead.get().is_some() {
+            return Err(core.dead_error(&what));
+        }
         self.inner
             .requests
             .send(request)
-            .map_err(|_| StateBackendError::Io("the redb commit thread has stopped".into()))?;
-        reply.await.unwrap_or_else(|_| {
-            Err(StateBackendError::Io(
-                "the redb commit thread stopped before answering".into(),
-            ))
-        })
+            .map_err(|_| core.dead_error(&what))?;
+        reply.await.unwrap_or_else(|_| Err(core.dead_error(&what)))
     }
 
     /// Run a blocking read or prune on tokio's blocking pool.
     async fn blocking<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&Core) -> Result<T, StateBackendError> + Send + 'static,
+        what: String,
+        work: impl FnOnce(&Core, &str) -> Result<T, StateBackendError> + Send + 'static,
     ) -> Result<T, StateBackendError> {
         let core = Arc::clone(&self.inner.core);
-        tokio::task::spawn_blocking(move || work(&core))
+        if core.dead.get().is_some() {
+            return Err(core.dead_error(&what));
+        }
+        tokio::task::spawn_blocking(move || work(&core, &what))
             .await
             .map_err(|e| StateBackendError::Io(format!("a redb task failed: {e}")))?
     }
@@ -272,18 +428,20 @@ impl RedbStore {
 impl std::fmt::Debug for RedbStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedbStore")
-            .field("path", &self.inner.path)
+            .field("path", &self.inner.core.path)
             .finish_non_exhaustive()
     }
 }
 
 impl Core {
-    fn open(path: &Path, config: &RedbConfig) -> Result<Self, StateBackendError> {
+    fn open(file: File, path: PathBuf, config: &RedbConfig) -> Result<Self, StateBackendError> {
         let shown = path.display();
         let opened = catch_unwind(AssertUnwindSafe(|| {
-            Database::builder()
-                .set_check_integrity_on_open(config.verify_on_open)
-                .create(path)
+            redb::backends::FileBackend::new(file).and_then(|backend| {
+                Database::builder()
+                    .set_check_integrity_on_open(config.verify_on_open)
+                    .create_with_backend(backend)
+            })
         }));
         let db = match opened {
             Ok(Ok(db)) => db,
@@ -308,20 +466,16 @@ impl Core {
                 )));
             }
         };
-        let txn = db.begin_write().map_err(|e| redb_error("open", e))?;
+        let what = || "open".to_owned();
+        let txn = db.begin_write().or_redb(what)?;
         let fence = {
-            txn.open_table(PARTIALS)
-                .map_err(|e| redb_error("open", e))?;
-            txn.open_table(MARKERS).map_err(|e| redb_error("open", e))?;
-            let mut meta = txn.open_table(META).map_err(|e| redb_error("open", e))?;
-            let format = meta
-                .get(FORMAT_KEY)
-                .map_err(|e| redb_error("open", e))?
-                .map(|v| v.value());
+            txn.open_table(PARTIALS).or_redb(what)?;
+            txn.open_table(MARKERS).or_redb(what)?;
+            let mut meta = txn.open_table(META).or_redb(what)?;
+            let format = meta.get(FORMAT_KEY).or_redb(what)?.map(|v| v.value());
             match format {
                 None => {
-                    meta.insert(FORMAT_KEY, FORMAT)
-                        .map_err(|e| redb_error("open", e))?;
+                    meta.insert(FORMAT_KEY, FORMAT).or_redb(what)?;
                 }
                 Some(FORMAT) => {}
                 Some(other) => {
@@ -330,20 +484,58 @@ impl Core {
                     )));
                 }
             }
-            meta.get(FENCE_KEY)
-                .map_err(|e| redb_error("open", e))?
-                .map_or(0, |v| v.value())
+            meta.get(FENCE_KEY).or_redb(what)?.map_or(0, |v| v.value())
         };
-        txn.commit().map_err(|e| redb_error("open", e))?;
+        txn.commit().or_redb(what)?;
         Ok(Self {
-            db,
-            fence: RwLock::new(fence),
-            fence_now: AtomicU64::new(fence),
+            db: RwLock::new(Some(db)),
+            path,
+            fence: AtomicU64::new(fence),
             fence_on_disk: AtomicU64::new(fence),
+            dead: OnceLock::new(),
             max_payload_len: config.max_payload_len,
             transactions: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            fault: Mutex::new(None),
         })
+    }
+
+    /// Run `work` on the database, unless the committer died.
+    fn with_db<T>(
+        &self,
+        what: &str,
+        work: impl FnOnce(&Database) -> Result<T, StateBackendError>,
+    ) -> Result<T, StateBackendError> {
+        let db = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        match (&*db, self.dead.get()) {
+            (Some(db), None) => work(db),
+            _ => Err(self.dead_error(what)),
+        }
+    }
+
+    /// The error every call gets once the committer died.
+    fn dead_error(&self, what: &str) -> StateBackendError {
+        let why = self.dead.get().map_or("it stopped", String::as_str);
+        StateBackendError::Io(format!(
+            "redb: {what}: the committer thread of {} died ({why}); this store is closed, open the file again for a fresh one",
+            self.path.display()
+        ))
+    }
+
+    /// Mark the store dead (the first reason wins) and close the file.
+    fn kill(&self, why: String) {
+        let _ = self.dead.set(why);
+        self.close();
+    }
+
+    /// Close the database once the operations in flight are done.
+    fn close(&self) {
+        let db = self
+            .db
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        drop(db);
     }
 }
 
@@ -387,7 +579,7 @@ impl RedbBackend {
 impl std::fmt::Debug for RedbBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedbBackend")
-            .field("path", &self.store.inner.path)
+            .field("path", &self.store.inner.core.path)
             .field("instance_id", &self.instance_id)
             .finish_non_exhaustive()
     }
@@ -420,19 +612,18 @@ impl StateBackend for RedbBackend {
         epoch: u64,
     ) -> Result<Option<Bytes>, StateBackendError> {
         self.limits.check_vnode(vnode)?;
+        let what = format!("read_partial({vnode}, {epoch})");
         self.store
-            .blocking(move |core| {
-                let what = || format!("read_partial({vnode}, {epoch})");
-                let txn = core.db.begin_read().map_err(|e| redb_error(&what(), e))?;
-                let table = txn
-                    .open_table(PARTIALS)
-                    .map_err(|e| redb_error(&what(), e))?;
-                let stored = table
-                    .get((epoch, vnode))
-                    .map_err(|e| redb_error(&what(), e))?;
-                stored
-                    .map(|frame| unframe(frame.value(), &what).map(Bytes::copy_from_slice))
-                    .transpose()
+            .blocking(what, move |core, what| {
+                core.with_db(what, |db| {
+                    let what = || what.to_owned();
+                    let txn = db.begin_read().or_redb(what)?;
+                    let table = txn.open_table(PARTIALS).or_redb(what)?;
+                    let stored = table.get((epoch, vnode)).or_redb(what)?;
+                    stored
+                        .map(|frame| unframe(frame.value(), &what).map(Bytes::copy_from_slice))
+                        .transpose()
+                })
             })
             .await
     }
@@ -451,94 +642,62 @@ impl StateBackend for RedbBackend {
     }
 
     async fn prune_before(&self, before: u64) -> Result<(), StateBackendError> {
+        let what = format!("prune_before({before})");
         self.store
-            .blocking(move |core| {
-                let what = || format!("prune_before({before})");
-                loop {
-                    let txn = core.db.begin_write().map_err(|e| redb_error(&what(), e))?;
-                    let finished = {
-                        let mut partials = txn
-                            .open_table(PARTIALS)
-                            .map_err(|e| redb_error(&what(), e))?;
-                        // Lazily extracted: only what is taken is removed, so
-                        // one transaction deletes at most PRUNE_CHUNK partials.
-                        let mut removed = 0;
-                        for entry in partials
-                            .extract_from_if(..(before, 0), |_, _| true)
-                            .map_err(|e| redb_error(&what(), e))?
-                            .take(PRUNE_CHUNK)
-                        {
-                            entry.map_err(|e| redb_error(&what(), e))?;
-                            removed += 1;
-                        }
-                        let finished = removed < PRUNE_CHUNK;
-                        if finished {
-                            let mut markers = txn
-                                .open_table(MARKERS)
-                                .map_err(|e| redb_error(&what(), e))?;
-                            markers
-                                .retain_in(..before, |_, _| false)
-                                .map_err(|e| redb_error(&what(), e))?;
-                        }
-                        finished
-                    };
-                    txn.commit().map_err(|e| redb_error(&what(), e))?;
-                    if finished {
-                        return Ok(());
-                    }
-                }
+            .blocking(what, move |core, what| {
+                // Markers first: an epoch keeps its marker only while it has
+                // all its partials, whenever the prune is interrupted.
+                while !prune_chunk(core, what, Prune::Markers, before)? {}
+                while !prune_chunk(core, what, Prune::Partials, before)? {}
+                // A marker sealed below the bound while the prune ran.
+                while !prune_chunk(core, what, Prune::Markers, before)? {}
+                Ok(())
             })
             .await
     }
 
     fn set_authoritative_version(&self, version: u64) {
         self.told.fetch_max(version, Ordering::AcqRel);
-        let core = &self.store.inner.core;
-        if version <= core.fence_now.load(Ordering::Acquire) {
-            return;
-        }
-        let mut fence = core.fence.write().unwrap_or_else(PoisonError::into_inner);
-        if version > *fence {
-            *fence = version;
-            core.fence_now.store(version, Ordering::Release);
-        }
+        // No lock, no wait: the committer checks every request against the
+        // fence as it is when it applies that request.
+        self.store
+            .inner
+            .core
+            .fence
+            .fetch_max(version, Ordering::AcqRel);
     }
 
     fn authoritative_version(&self) -> u64 {
-        self.store.inner.core.fence_now.load(Ordering::Acquire)
+        self.store.inner.core.fence.load(Ordering::Acquire)
     }
 
     async fn latest_committed_epoch(&self) -> Result<Option<u64>, StateBackendError> {
         self.store
-            .blocking(|core| {
-                let what = || "latest_committed_epoch()".to_owned();
-                let txn = core.db.begin_read().map_err(|e| redb_error(&what(), e))?;
-                let markers = txn
-                    .open_table(MARKERS)
-                    .map_err(|e| redb_error(&what(), e))?;
-                let last = markers.last().map_err(|e| redb_error(&what(), e))?;
-                Ok(last.map(|(epoch, _)| epoch.value()))
+            .blocking("latest_committed_epoch()".to_owned(), |core, what| {
+                core.with_db(what, |db| {
+                    let what = || what.to_owned();
+                    let txn = db.begin_read().or_redb(what)?;
+                    let markers = txn.open_table(MARKERS).or_redb(what)?;
+                    let last = markers.last().or_redb(what)?;
+                    Ok(last.map(|(epoch, _)| epoch.value()))
+                })
             })
             .await
     }
 
     async fn sealed_epochs(&self, after: u64) -> Result<Vec<u64>, StateBackendError> {
         self.store
-            .blocking(move |core| {
-                let what = || format!("sealed_epochs({after})");
-                let txn = core.db.begin_read().map_err(|e| redb_error(&what(), e))?;
-                let markers = txn
-                    .open_table(MARKERS)
-                    .map_err(|e| redb_error(&what(), e))?;
-                markers
-                    .range::<u64>((Bound::Excluded(after), Bound::Unbounded))
-                    .map_err(|e| redb_error(&what(), e))?
-                    .map(|entry| {
-                        entry
-                            .map(|(epoch, _)| epoch.value())
-                            .map_err(|e| redb_error(&what(), e))
-                    })
-                    .collect()
+            .blocking(format!("sealed_epochs({after})"), move |core, what| {
+                core.with_db(what, |db| {
+                    let what = || what.to_owned();
+                    let txn = db.begin_read().or_redb(what)?;
+                    let markers = txn.open_table(MARKERS).or_redb(what)?;
+                    markers
+                        .range::<u64>((Bound::Excluded(after), Bound::Unbounded))
+                        .or_redb(what)?
+                        .map(|entry| entry.map(|(epoch, _)| epoch.value()).or_redb(what))
+                        .collect()
+                })
             })
             .await
     }
@@ -550,6 +709,64 @@ impl StateBackend for RedbBackend {
             .submit(Request::PersistFence { reply }, answer)
             .await
     }
+}
+
+/// What one prune transaction deletes.
+#[derive(Clone, Copy)]
+enum Prune {
+    Markers,
+    Partials,
+}
+
+/// Delete at most [`PRUNE_CHUNK`] markers or partials below `before`, lowest
+/// first, in one transaction; `Ok(true)` when none are left.
+fn prune_chunk(
+    core: &Core,
+    what: &str,
+    table: Prune,
+    before: u64,
+) -> Result<bool, StateBackendError> {
+    core.with_db(what, |db| {
+        let what = || what.to_owned();
+        let txn = db.begin_write().or_redb(what)?;
+        let removed = match table {
+            // Lazily extracted: only what is taken is removed.
+            Prune::Markers => {
+                let mut markers = txn.open_table(MARKERS).or_redb(what)?;
+                let taken = markers
+                    .extract_from_if(..before, |_, _| true)
+                    .or_redb(what)?
+                    .take(PRUNE_CHUNK);
+                count_taken(taken, what)?
+            }
+            Prune::Partials => {
+                let mut partials = txn.open_table(PARTIALS).or_redb(what)?;
+                let taken = partials
+                    .extract_from_if(..(before, 0), |_, _| true)
+                    .or_redb(what)?
+                    .take(PRUNE_CHUNK);
+                count_taken(taken, what)?
+            }
+        };
+        if removed == 0 {
+            txn.abort().or_redb(what)?;
+        } else {
+            txn.commit().or_redb(what)?;
+        }
+        Ok(removed < PRUNE_CHUNK)
+    })
+}
+
+fn count_taken<T, E: Into<redb::Error>>(
+    taken: impl Iterator<Item = Result<T, E>>,
+    what: impl Fn() -> String + Copy,
+) -> Result<usize, StateBackendError> {
+    let mut removed = 0;
+    for entry in taken {
+        entry.or_redb(what)?;
+        removed += 1;
+    }
+    Ok(removed)
 }
 
 /// What the commit gate found.
@@ -567,15 +784,11 @@ fn gate(
 ) -> Result<Gate, StateBackendError> {
     let what = || format!("epoch_complete({epoch})");
     for &vnode in vnodes {
-        if partials
-            .get((epoch, vnode))
-            .map_err(|e| redb_error(&what(), e))?
-            .is_none()
-        {
+        if partials.get((epoch, vnode)).or_redb(what)?.is_none() {
             return Ok(Gate::Missing);
         }
     }
-    match markers.get(epoch).map_err(|e| redb_error(&what(), e))? {
+    match markers.get(epoch).or_redb(what)? {
         None => Ok(Gate::Unsealed),
         Some(frame) => {
             let marker_what = || format!("the commit marker of epoch {epoch}");
@@ -588,6 +801,17 @@ fn gate(
     }
 }
 
+/// Marks the store dead if the committer thread unwinds outside a batch.
+struct DeathWatch<'a>(&'a Core);
+
+impl Drop for DeathWatch<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.kill("it panicked".to_owned());
+        }
+    }
+}
+
 /// The committer thread: one transaction per batch of queued requests.
 ///
 /// Callers answered by one batch usually come straight back with their next
@@ -595,8 +819,10 @@ fn gate(
 /// queued at that instant would commit a trickle of tiny batches. So when the
 /// queue holds less than half of the previous batch, the committer waits up
 /// to [`GATHER_WAIT`] for the rest. A lone writer (previous batch of one)
-/// never waits.
+/// never waits. Once the committer died it answers every request with the
+/// dead store's error until the store is dropped.
 fn commit_loop(core: &Core, queue: &mpsc::Receiver<Request>) {
+    let _watch = DeathWatch(core);
     let mut previous_batch = 1;
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
@@ -636,12 +862,31 @@ enum Answer {
 }
 
 fn commit_batch(core: &Core, batch: Vec<Request>) {
-    let fence = core.fence.read().unwrap_or_else(PoisonError::into_inner);
-    let applied = apply_batch(core, *fence, &batch);
-    if applied.is_ok() && *fence > core.fence_on_disk.load(Ordering::Acquire) {
-        core.fence_on_disk.store(*fence, Ordering::Release);
+    if core.dead.get().is_some() {
+        for request in batch {
+            let error = core.dead_error(&request.what());
+            request.fail(error);
+        }
+        return;
     }
-    drop(fence);
+    // A panic rolls the transaction back (redb aborts it on drop, during the
+    // unwind) and kills the store; the batch is answered below.
+    let applied = match catch_unwind(AssertUnwindSafe(|| apply_batch(core, &batch))) {
+        Ok(applied) => applied,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".to_owned());
+            core.kill(format!("it panicked: {message}"));
+            for request in batch {
+                let error = core.dead_error(&request.what());
+                request.fail(error);
+            }
+            return;
+        }
+    };
     match applied {
         Ok(answers) => {
             for (request, answer) in batch.into_iter().zip(answers) {
@@ -660,122 +905,119 @@ fn commit_batch(core: &Core, batch: Vec<Request>) {
             }
         }
         Err(error) => {
-            let failed = |what: &str| {
-                StateBackendError::Io(format!("{what}: the batch's commit failed: {error}"))
-            };
             for request in batch {
-                match request {
-                    Request::Write {
-                        reply,
-                        vnode,
-                        epoch,
-                        ..
-                    } => {
-                        let _ =
-                            reply.send(Err(failed(&format!("write_partial({vnode}, {epoch})"))));
-                    }
-                    Request::Seal { reply, epoch, .. } => {
-                        let _ = reply.send(Err(failed(&format!("epoch_complete({epoch})"))));
-                    }
-                    Request::PersistFence { reply } => {
-                        let _ = reply.send(Err(failed("persist_authoritative_version")));
-                    }
-                }
+                let failed = StateBackendError::Io(format!(
+                    "{}: the batch's commit failed: {error}",
+                    request.what()
+                ));
+                request.fail(failed);
             }
         }
     }
 }
 
-fn apply_batch(
-    core: &Core,
-    fence: u64,
-    batch: &[Request],
-) -> Result<Vec<Answer>, StateBackendError> {
-    let what = || "group commit".to_owned();
-    let txn = core.db.begin_write().map_err(|e| redb_error(&what(), e))?;
-    let mut answers = Vec::with_capacity(batch.len());
-    // A batch of refused writes, early gates and repeated seals changes
-    // nothing: it is rolled back instead of paying a commit.
-    let mut dirty = false;
-    {
-        let mut partials = txn
-            .open_table(PARTIALS)
-            .map_err(|e| redb_error(&what(), e))?;
-        let mut markers = txn
-            .open_table(MARKERS)
-            .map_err(|e| redb_error(&what(), e))?;
-        for request in batch {
-            answers.push(match request {
-                Request::Write {
-                    vnode,
-                    epoch,
-                    version,
-                    bytes,
-                    ..
-                } => {
-                    if fence > 0 && *version < fence {
+/// Apply one batch in one write transaction and commit it. Each write and
+/// seal is checked against the fence as it is when that request is applied.
+fn apply_batch(core: &Core, batch: &[Request]) -> Result<Vec<Answer>, StateBackendError> {
+    core.with_db("group commit", |db| {
+        let what = || "group commit".to_owned();
+        let txn = db.begin_write().or_redb(what)?;
+        let mut answers = Vec::with_capacity(batch.len());
+        // A batch of refused writes, early gates and repeated seals changes
+        // nothing: it is rolled back instead of paying a commit.
+        let mut dirty = false;
+        let mut fence_written = None;
+        {
+            let mut partials = txn.open_table(PARTIALS).or_redb(what)?;
+            let mut markers = txn.open_table(MARKERS).or_redb(what)?;
+            for request in batch {
+                let fence = core.fence.load(Ordering::Acquire);
+                answers.push(match request {
+                    Request::Write { version, .. } if fence > 0 && *version < fence => {
                         Answer::Write(Err(StateBackendError::StaleVersion {
                             caller: *version,
                             authoritative: fence,
                         }))
-                    } else {
+                    }
+                    Request::Write {
+                        vnode,
+                        epoch,
+                        bytes,
+                        ..
+                    } => {
                         let mut slot = partials
                             .insert_reserve((*epoch, *vnode), FRAME_HEADER + bytes.len())
-                            .map_err(|e| redb_error(&what(), e))?;
+                            .or_redb(what)?;
                         frame_into(slot.as_mut(), bytes);
                         dirty = true;
                         Answer::Write(Ok(()))
                     }
-                }
-                Request::Seal { told, .. } if *told > 0 && *told < fence => {
-                    // A deposed leader may not seal: no need to look.
-                    Answer::Seal(Err(StateBackendError::StaleVersion {
-                        caller: *told,
-                        authoritative: fence,
-                    }))
-                }
-                Request::Seal {
-                    epoch,
-                    vnodes,
-                    instance_id,
-                    ..
-                } => Answer::Seal(match gate(&partials, &markers, *epoch, vnodes) {
-                    Ok(Gate::Missing) => Ok(false),
-                    Ok(Gate::SealedBy(committer)) if *committer == **instance_id => Ok(true),
-                    Ok(Gate::SealedBy(committer)) => Err(StateBackendError::SplitBrainCommit {
-                        committer,
-                        self_id: instance_id.to_string(),
-                    }),
-                    Ok(Gate::Unsealed) => {
-                        let id = instance_id.as_bytes();
-                        let mut slot = markers
-                            .insert_reserve(*epoch, FRAME_HEADER + id.len())
-                            .map_err(|e| redb_error(&what(), e))?;
-                        frame_into(slot.as_mut(), id);
-                        dirty = true;
-                        Ok(true)
+                    Request::Seal { told, .. } if *told > 0 && *told < fence => {
+                        // A deposed leader may not seal: no need to look.
+                        Answer::Seal(Err(StateBackendError::StaleVersion {
+                            caller: *told,
+                            authoritative: fence,
+                        }))
                     }
-                    Err(error) => Err(error),
-                }),
-                Request::PersistFence { .. } => Answer::Done,
-            });
+                    Request::Seal {
+                        epoch,
+                        vnodes,
+                        instance_id,
+                        ..
+                    } => Answer::Seal(match gate(&partials, &markers, *epoch, vnodes) {
+                        Ok(Gate::Missing) => Ok(false),
+                        Ok(Gate::SealedBy(committer)) if *committer == **instance_id => Ok(true),
+                        Ok(Gate::SealedBy(committer)) => Err(StateBackendError::SplitBrainCommit {
+                            committer,
+                            self_id: instance_id.to_string(),
+                        }),
+                        Ok(Gate::Unsealed) => {
+                            let id = instance_id.as_bytes();
+                            let mut slot = markers
+                                .insert_reserve(*epoch, FRAME_HEADER + id.len())
+                                .or_redb(what)?;
+                            frame_into(slot.as_mut(), id);
+                            dirty = true;
+                            Ok(true)
+                        }
+                        Err(error) => Err(error),
+                    }),
+                    Request::PersistFence { .. } => Answer::Done,
+                });
+            }
+            // Read after every request was taken: a raise that happened
+            // before any of them was queued is in this value.
+            let fence = core.fence.load(Ordering::Acquire);
+            if fence > core.fence_on_disk.load(Ordering::Acquire) {
+                dirty = true;
+                let mut meta = txn.open_table(META).or_redb(what)?;
+                meta.insert(FENCE_KEY, fence).or_redb(what)?;
+                fence_written = Some(fence);
+            }
         }
-        if fence > core.fence_on_disk.load(Ordering::Acquire) {
-            dirty = true;
-            let mut meta = txn.open_table(META).map_err(|e| redb_error(&what(), e))?;
-            meta.insert(FENCE_KEY, fence)
-                .map_err(|e| redb_error(&what(), e))?;
+        let fault = core
+            .fault
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        match fault {
+            Some(CommitFault::Panic) => panic!("a fault injected into the redb committer"),
+            Some(CommitFault::Stall(time)) => std::thread::sleep(time),
+            None => {}
         }
-    }
-    if !dirty {
-        txn.abort().map_err(|e| redb_error(&what(), e))?;
-        return Ok(answers);
-    }
-    txn.commit().map_err(|e| redb_error(&what(), e))?;
-    core.transactions.fetch_add(1, Ordering::Relaxed);
-    core.requests
-        .fetch_add(batch.len() as u64, Ordering::Relaxed);
-    Ok(answers)
+        if !dirty {
+            txn.abort().or_redb(what)?;
+            return Ok(answers);
+        }
+        txn.commit().or_redb(what)?;
+        if let Some(fence) = fence_written {
+            core.fence_on_disk.fetch_max(fence, Ordering::AcqRel);
+        }
+        core.transactions.fetch_add(1, Ordering::Relaxed);
+        core.requests
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        Ok(answers)
+    })
 }
 
 fn frame_into(slot: &mut [u8], body: &[u8]) {
@@ -803,18 +1045,26 @@ fn unframe<'a>(frame: &'a [u8], what: &impl Fn() -> String) -> Result<&'a [u8], 
 
 /// Map a redb error once, keeping which call failed and why: damage found
 /// by redb is a `Serialization` error, everything else `Io`.
-fn redb_error(what: &str, error: impl Into<redb::Error>) -> StateBackendError {
-    match error.into() {
-        redb::Error::Corrupted(why) => {
-            StateBackendError::Serialization(format!("redb: {what}: the file is damaged: {why}"))
-        }
-        other => StateBackendError::Io(format!("redb: {what}: {other}")),
+trait OrRedb<T> {
+    /// This result, with a redb error mapped for the call `what` names.
+    fn or_redb(self, what: impl Fn() -> String) -> Result<T, StateBackendError>;
+}
+
+impl<T, E: Into<redb::Error>> OrRedb<T> for Result<T, E> {
+    fn or_redb(self, what: impl Fn() -> String) -> Result<T, StateBackendError> {
+        self.map_err(|error| match error.into() {
+            redb::Error::Corrupted(why) => StateBackendError::Serialization(format!(
+                "redb: {}: the file is damaged: {why}",
+                what()
+            )),
+            other => StateBackendError::Io(format!("redb: {}: {other}", what())),
+        })
     }
 }
 
-/// The key under which the registry finds an open file: symlinks resolved
-/// where the file exists, so two spellings of one file share one store.
-fn absolute(path: &Path) -> Result<PathBuf, StateBackendError> {
+/// The file's path with symlinks resolved (it exists by now), for
+/// messages and [`RedbStore::path`]; the registry keys on the identity.
+fn resolved(path: &Path) -> Result<PathBuf, StateBackendError> {
     path.canonicalize()
         .or_else(|_| std::path::absolute(path))
         .map_err(|e| StateBackendError::Io(format!("cannot resolve {}: {e}", path.display())))

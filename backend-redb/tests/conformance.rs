@@ -86,26 +86,25 @@ impl TestStore for RedbTestStore {
         const MARKERS: TableDefinition<u64, &[u8]> = TableDefinition::new("markers");
         let store = self.store().await?;
         let io = |e: redb::Error| StateBackendError::Io(e.to_string());
-        let txn = store
-            .raw_database()
-            .begin_write()
-            .map_err(|e| io(e.into()))?;
-        match what {
-            // A valid header whose checksum does not match the body.
-            Damage::Partial { vnode, epoch } => {
-                let mut table = txn.open_table(PARTIALS).map_err(|e| io(e.into()))?;
-                table
-                    .insert((epoch, vnode), &[1u8, 0, 0, 0, 0, 42][..])
-                    .map_err(|e| io(e.into()))?;
+        store.with_raw_database(|db| {
+            let txn = db.begin_write().map_err(|e| io(e.into()))?;
+            match what {
+                // A valid header whose checksum does not match the body.
+                Damage::Partial { vnode, epoch } => {
+                    let mut table = txn.open_table(PARTIALS).map_err(|e| io(e.into()))?;
+                    table
+                        .insert((epoch, vnode), &[1u8, 0, 0, 0, 0, 42][..])
+                        .map_err(|e| io(e.into()))?;
+                }
+                Damage::Marker { epoch } => {
+                    let mut table = txn.open_table(MARKERS).map_err(|e| io(e.into()))?;
+                    table
+                        .insert(epoch, &[9u8, 9][..])
+                        .map_err(|e| io(e.into()))?;
+                }
             }
-            Damage::Marker { epoch } => {
-                let mut table = txn.open_table(MARKERS).map_err(|e| io(e.into()))?;
-                table
-                    .insert(epoch, &[9u8, 9][..])
-                    .map_err(|e| io(e.into()))?;
-            }
-        }
-        txn.commit().map_err(|e| io(e.into()))
+            txn.commit().map_err(|e| io(e.into()))
+        })?
     }
 }
 

@@ -1,15 +1,24 @@
 //! What the conformance suite does not cover: damaged files, the file lock
-//! between processes, group commit, and file growth under steady pruning.
+//! between processes, one store per file (symlinks, hard links), group
+//! commit, file growth under steady pruning, a crash mid-prune, a dead
+//! committer, and the cost of a fence raise.
 
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use laminar_state_api::{StateBackend, StateBackendError};
 use laminar_state_conformance::properties;
-use laminar_state_redb::{RedbBackend, RedbStore};
+use laminar_state_redb::{CommitFault, RedbBackend, RedbStore};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+
+const PARTIALS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("partials");
+const MARKERS: TableDefinition<u64, &[u8]> = TableDefinition::new("markers");
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -282,4 +291,480 @@ fn prune_spans_several_transactions() {
             );
         }
     });
+}
+
+/// Whether two stores are one: a raise through one is seen by the other at
+/// once (the fence lives in memory, shared by the store's handles), and a
+/// write through one is read through the other.
+fn same_store(a: &RedbStore, b: &RedbStore, version: u64) -> bool {
+    runtime().block_on(async {
+        let (a, b) = (a.handle("a", 2), b.handle("b", 2));
+        a.set_authoritative_version(version);
+        if b.authoritative_version() != version {
+            return false;
+        }
+        let bytes = Bytes::from(format!("written at {version}"));
+        a.write_partial(0, version, version, bytes.clone())
+            .await
+            .unwrap();
+        b.read_partial(0, version).await.unwrap() == Some(bytes)
+    })
+}
+
+#[cfg(unix)]
+#[test]
+fn symlinks_and_hard_links_to_one_file_share_one_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+
+    // A file that exists: the real path, then through the symlinked dir.
+    let by_real = RedbStore::open(real.join("existing.redb")).unwrap();
+    let by_link = RedbStore::open(link.join("existing.redb"))
+        .unwrap_or_else(|e| panic!("existing file through a symlinked dir: {e}"));
+    assert!(same_store(&by_real, &by_link, 1), "two stores for one file");
+
+    // A file that does not exist yet, created through the symlinked dir,
+    // then opened again by the same spelling and by the real path.
+    let created = RedbStore::open(link.join("new.redb")).unwrap();
+    let again = RedbStore::open(link.join("new.redb"))
+        .unwrap_or_else(|e| panic!("new file, same spelling through a symlink: {e}"));
+    assert!(same_store(&created, &again, 2), "two stores for one file");
+    let real_again = RedbStore::open(real.join("new.redb"))
+        .unwrap_or_else(|e| panic!("new file, real path after the symlinked one: {e}"));
+    assert!(
+        same_store(&created, &real_again, 3),
+        "two stores for one file"
+    );
+
+    // A new file first by its real path, then through the symlinked dir.
+    let fresh = RedbStore::open(real.join("fresh.redb")).unwrap();
+    let fresh_link = RedbStore::open(link.join("fresh.redb"))
+        .unwrap_or_else(|e| panic!("new file through a symlinked dir: {e}"));
+    assert!(
+        same_store(&fresh, &fresh_link, 4),
+        "two stores for one file"
+    );
+
+    // A hard link is the same file under another name.
+    std::fs::hard_link(real.join("existing.redb"), dir.path().join("hard.redb")).unwrap();
+    let by_hard_link =
+        RedbStore::open(dir.path().join("hard.redb")).unwrap_or_else(|e| panic!("hard link: {e}"));
+    assert!(
+        same_store(&by_real, &by_hard_link, 5),
+        "two stores for one file"
+    );
+
+    // Different files stay different stores.
+    assert!(
+        !same_store(&by_real, &created, 6),
+        "two files share a store"
+    );
+}
+
+const PRUNE_CHILD_ENV: &str = "LAMINAR_REDB_PRUNE_CHILD";
+/// 64 vnodes x 1,000 sealed epochs: pruning below 900 deletes 57,600
+/// partials, several prune transactions.
+const PRUNE_VNODES: u32 = 64;
+const PRUNE_EPOCHS: u64 = 1_000;
+const PRUNE_BEFORE: u64 = 900;
+const PRUNE_ROUNDS: u64 = 12;
+
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// The child of [`a_crash_mid_prune_never_leaves_a_sealed_epoch_without_its_partials`]:
+/// prune, and say when it started and when its first deletions committed.
+fn prune_child(path: &str) {
+    runtime().block_on(async {
+        let handle = RedbBackend::open(path, "pruner", PRUNE_VNODES).unwrap();
+        let pruner = handle.clone();
+        let say = |line: &str| {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{line}").unwrap();
+            out.flush().unwrap();
+        };
+        say("PRUNE-STARTED");
+        let prune = tokio::spawn(async move { pruner.prune_before(PRUNE_BEFORE).await });
+        while handle.read_partial(0, 0).await.unwrap().is_some() {
+            tokio::time::sleep(Duration::from_micros(50)).await;
+        }
+        say("PRUNE-PROGRESS");
+        prune.await.unwrap().unwrap();
+        say("PRUNE-DONE");
+    });
+    // Wait to be killed, boundedly.
+    std::thread::sleep(Duration::from_secs(20));
+}
+
+/// Partials per epoch and the sealed epochs, read straight from the file.
+fn census(store: &RedbStore) -> (BTreeMap<u64, u32>, Vec<u64>) {
+    store
+        .with_raw_database(|db| {
+            let txn = db.begin_read().unwrap();
+            let mut partials = BTreeMap::new();
+            for entry in txn.open_table(PARTIALS).unwrap().iter().unwrap() {
+                let (key, _) = entry.unwrap();
+                *partials.entry(key.value().0).or_insert(0) += 1;
+            }
+            let markers = txn
+                .open_table(MARKERS)
+                .unwrap()
+                .iter()
+                .unwrap()
+                .map(|entry| entry.unwrap().0.value())
+                .collect();
+            (partials, markers)
+        })
+        .unwrap()
+}
+
+#[test]
+fn a_crash_mid_prune_never_leaves_a_sealed_epoch_without_its_partials() {
+    if let Ok(path) = std::env::var(PRUNE_CHILD_ENV) {
+        prune_child(&path);
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let template = dir.path().join("template.redb");
+    runtime().block_on(async {
+        let handle: Arc<dyn StateBackend> =
+            Arc::new(RedbBackend::open(&template, "engine", PRUNE_VNODES).unwrap());
+        let mut tasks = tokio::task::JoinSet::new();
+        for writer in 0..PRUNE_VNODES {
+            let handle = Arc::clone(&handle);
+            tasks.spawn(async move {
+                for epoch in 0..PRUNE_EPOCHS {
+                    let bytes = Bytes::from(format!("{writer}@{epoch}"));
+                    handle.write_partial(writer, epoch, 0, bytes).await.unwrap();
+                }
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            joined.unwrap();
+        }
+        let all: Arc<[u32]> = (0..PRUNE_VNODES).collect();
+        for sealer in 0..16 {
+            let (handle, all) = (Arc::clone(&handle), Arc::clone(&all));
+            tasks.spawn(async move {
+                for epoch in (sealer..PRUNE_EPOCHS).step_by(16) {
+                    assert!(handle.epoch_complete(epoch, &all).await.unwrap());
+                }
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            joined.unwrap();
+        }
+    });
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let mut killed_mid_prune = 0;
+    for round in 0..PRUNE_ROUNDS {
+        let path = dir.path().join(format!("round-{round}.redb"));
+        std::fs::copy(&template, &path).unwrap();
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "a_crash_mid_prune_never_leaves_a_sealed_epoch_without_its_partials",
+                "--exact",
+                "--nocapture",
+            ])
+            .env(PRUNE_CHILD_ENV, &path)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut wait_for = |wanted: &str| loop {
+            match lines.next() {
+                Some(Ok(line)) if line == wanted => return true,
+                Some(Ok(_)) => {}
+                _ => return false,
+            }
+        };
+        // Kill at a random moment after the prune started, or just after its
+        // first deletions committed.
+        let random = splitmix64(seed ^ round);
+        let started = wait_for("PRUNE-STARTED");
+        assert!(started, "round {round}: the child did not start pruning");
+        if round % 3 == 0 {
+            std::thread::sleep(Duration::from_micros(random % 40_000));
+        } else {
+            assert!(wait_for("PRUNE-PROGRESS"), "round {round}: no progress");
+            std::thread::sleep(Duration::from_micros(random % 2_000));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        let store = RedbStore::open(&path).unwrap();
+        let (partials, markers) = census(&store);
+        for epoch in &markers {
+            let held = partials.get(epoch).copied().unwrap_or(0);
+            assert_eq!(
+                held,
+                PRUNE_VNODES,
+                "round {round}: sealed epoch {epoch} has {held} of its {PRUNE_VNODES} partials after a crash mid-prune (sealed epochs left: {})",
+                markers.len()
+            );
+        }
+        let below: u32 = partials.range(..PRUNE_BEFORE).map(|(_, n)| n).sum();
+        if below > 0 && below < PRUNE_BEFORE as u32 * PRUNE_VNODES {
+            killed_mid_prune += 1;
+        }
+        // Pruning again finishes the job, and keeps everything from PRUNE_BEFORE.
+        runtime().block_on(async {
+            let handle = store.handle("again", PRUNE_VNODES);
+            handle.prune_before(PRUNE_BEFORE).await.unwrap();
+        });
+        let (partials, markers) = census(&store);
+        let expected: BTreeMap<u64, u32> = (PRUNE_BEFORE..PRUNE_EPOCHS)
+            .map(|epoch| (epoch, PRUNE_VNODES))
+            .collect();
+        assert_eq!(partials, expected, "round {round}: after pruning again");
+        assert_eq!(
+            markers,
+            (PRUNE_BEFORE..PRUNE_EPOCHS).collect::<Vec<_>>(),
+            "round {round}: after pruning again"
+        );
+    }
+    eprintln!("{killed_mid_prune} of {PRUNE_ROUNDS} rounds were killed mid-prune");
+    assert!(
+        killed_mid_prune > 0,
+        "no round was killed mid-prune: the test proved nothing"
+    );
+}
+
+/// Await `call`, boundedly.
+async fn bounded<T>(what: &str, call: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .unwrap_or_else(|_| panic!("{what} hung on a dead store"))
+}
+
+fn assert_dead<T: std::fmt::Debug>(what: &str, result: Result<T, StateBackendError>) {
+    match result {
+        Err(StateBackendError::Io(message))
+            if message.contains("committer") && message.contains("died") => {}
+        other => panic!(
+            "{what} on a store whose committer panicked gave {other:?}, expected an Io error naming the dead committer"
+        ),
+    }
+}
+
+#[test]
+fn a_panicked_committer_fails_every_call_and_a_reopen_gets_a_fresh_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dead.redb");
+    let store = RedbStore::open(&path).unwrap();
+    runtime().block_on(async {
+        let a = store.handle("a", 4);
+        let b = store.handle("b", 4);
+        a.persist_authoritative_version(3).await.unwrap();
+        a.write_partial(0, 1, 3, Bytes::from_static(b"zero"))
+            .await
+            .unwrap();
+        a.write_partial(1, 1, 3, Bytes::from_static(b"one"))
+            .await
+            .unwrap();
+        assert!(a.epoch_complete(1, &[0, 1]).await.unwrap());
+
+        store.inject_commit_fault(CommitFault::Panic);
+        let started = Instant::now();
+        // Many writers at once: the batch that panics, and whatever is
+        // queued behind it, all get the dead committer's error.
+        let mut writers = tokio::task::JoinSet::new();
+        for epoch in 2..34u64 {
+            let a = a.clone();
+            writers.spawn(async move {
+                bounded(
+                    "a write",
+                    a.write_partial(2, epoch, 3, Bytes::from_static(b"two")),
+                )
+                .await
+            });
+        }
+        while let Some(joined) = writers.join_next().await {
+            assert_dead("a write racing the panic", joined.unwrap());
+        }
+        for handle in [&a, &b] {
+            assert_dead(
+                "write_partial",
+                bounded(
+                    "write_partial",
+                    handle.write_partial(3, 1, 3, Bytes::from_static(b"x")),
+                )
+                .await,
+            );
+            assert_dead(
+                "read_partial",
+                bounded("read_partial", handle.read_partial(0, 1)).await,
+            );
+            assert_dead(
+                "epoch_complete",
+                bounded("epoch_complete", handle.epoch_complete(1, &[0, 1])).await,
+            );
+            assert_dead(
+                "prune_before",
+                bounded("prune_before", handle.prune_before(1)).await,
+            );
+            assert_dead(
+                "latest_committed_epoch",
+                bounded("latest_committed_epoch", handle.latest_committed_epoch()).await,
+            );
+            assert_dead(
+                "sealed_epochs",
+                bounded("sealed_epochs", handle.sealed_epochs(0)).await,
+            );
+            assert_dead(
+                "persist_authoritative_version",
+                bounded(
+                    "persist_authoritative_version",
+                    handle.persist_authoritative_version(4),
+                )
+                .await,
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the dead store answered slowly: {:?}",
+            started.elapsed()
+        );
+
+        // A reopen gets a fresh, working store with everything acknowledged,
+        // while the dead store's handles are still alive.
+        let reopened = {
+            let path = path.clone();
+            bounded(
+                "a reopen",
+                tokio::task::spawn_blocking(move || RedbStore::open(path)),
+            )
+            .await
+            .unwrap()
+        }
+        .unwrap_or_else(|e| panic!("reopening after the committer died: {e}"));
+        let c = reopened.handle("c", 4);
+        assert_eq!(c.authoritative_version(), 3);
+        assert_eq!(
+            c.read_partial(0, 1).await.unwrap().as_deref(),
+            Some(&b"zero"[..])
+        );
+        assert_eq!(
+            c.read_partial(1, 1).await.unwrap().as_deref(),
+            Some(&b"one"[..])
+        );
+        for epoch in 2..34u64 {
+            assert_eq!(
+                c.read_partial(2, epoch).await.unwrap(),
+                None,
+                "a write of the panicked batch landed"
+            );
+        }
+        assert_eq!(c.sealed_epochs(0).await.unwrap(), vec![1]);
+        bounded(
+            "a write on the fresh store",
+            c.write_partial(2, 1, 3, Bytes::from_static(b"two")),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the reopened store does not work: {e}"));
+        assert_eq!(
+            c.read_partial(2, 1).await.unwrap().as_deref(),
+            Some(&b"two"[..])
+        );
+        // The dead store stays dead.
+        assert_dead(
+            "a dead handle after the reopen",
+            bounded(
+                "write_partial",
+                a.write_partial(3, 1, 3, Bytes::from_static(b"x")),
+            )
+            .await,
+        );
+    });
+}
+
+#[test]
+fn a_raise_does_not_wait_for_the_batch_in_flight() {
+    const STALL: Duration = Duration::from_secs(2);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raise.redb");
+    let store = RedbStore::open(&path).unwrap();
+    runtime().block_on(async {
+        let leader = store.handle("leader", 4);
+        let zombie = store.handle("zombie", 4);
+        leader.set_authoritative_version(1);
+        zombie
+            .write_partial(0, 1, 1, Bytes::from_static(b"early"))
+            .await
+            .unwrap();
+
+        // A write at version 1 goes into a batch that takes STALL to commit.
+        store.inject_commit_fault(CommitFault::Stall(STALL));
+        let in_flight = {
+            let zombie = zombie.clone();
+            tokio::spawn(async move {
+                zombie
+                    .write_partial(1, 1, 1, Bytes::from_static(b"in flight"))
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        let started = Instant::now();
+        leader.set_authoritative_version(2);
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(200),
+            "set_authoritative_version waited {took:?} for the batch in flight"
+        );
+        assert_eq!(
+            zombie.authoritative_version(),
+            2,
+            "the raise is not shared at once"
+        );
+
+        // Started after the raise returned: refused, even though it is queued
+        // behind the batch that was checked against the old fence.
+        let late = zombie
+            .write_partial(2, 1, 1, Bytes::from_static(b"late"))
+            .await;
+        assert!(
+            matches!(
+                late,
+                Err(StateBackendError::StaleVersion {
+                    caller: 1,
+                    authoritative: 2
+                })
+            ),
+            "a write started after the raise gave {late:?}"
+        );
+        // Started before the raise: may be acknowledged, but never lands
+        // after the new leader's write.
+        let _ = in_flight.await.unwrap();
+        leader
+            .write_partial(1, 1, 2, Bytes::from_static(b"leader"))
+            .await
+            .unwrap();
+        let stale = zombie
+            .write_partial(1, 1, 1, Bytes::from_static(b"zombie"))
+            .await;
+        assert!(
+            matches!(stale, Err(StateBackendError::StaleVersion { .. })),
+            "{stale:?}"
+        );
+        assert_eq!(
+            leader.read_partial(1, 1).await.unwrap().as_deref(),
+            Some(&b"leader"[..])
+        );
+        assert_eq!(leader.read_partial(2, 1).await.unwrap(), None);
+    });
+    drop(store);
+    // The raise went to disk with the leader's write.
+    let reopened = RedbStore::open(&path).unwrap();
+    assert_eq!(reopened.handle("x", 4).authoritative_version(), 2);
 }

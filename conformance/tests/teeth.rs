@@ -57,6 +57,29 @@ enum Flaw {
     RaiseAnnouncedFirst,
     /// The seal checks the fence, then writes the marker a moment later.
     SealChecksFenceEarly,
+    /// `prune_before` removes partials but keeps commit markers.
+    PruneKeepsMarkers,
+    /// The gate answers from an existing marker before looking at the
+    /// partials.
+    GateSealedFirst,
+    /// A raise is shared by the raising handle's next write only, not by
+    /// its next seal.
+    SealDoesNotCarryRaise,
+    /// A raise is shared by writes and seals, but
+    /// `persist_authoritative_version` is the trait's default (local).
+    PersistDoesNotCarry,
+    /// `sealed_epochs(after)` computes `after + 1` with wrap-around.
+    RecoveryWraps,
+}
+
+impl Flaw {
+    /// A raise stays on the raising handle until something carries it.
+    fn deferred(self) -> bool {
+        matches!(
+            self,
+            Flaw::SealDoesNotCarryRaise | Flaw::PersistDoesNotCarry
+        )
+    }
 }
 
 #[derive(Default)]
@@ -218,6 +241,15 @@ impl Handle {
         Ok(())
     }
 
+    /// Share this handle's raise with the store (deferred flaws only).
+    fn carry(&self) {
+        if self.shared.flaw.deferred() {
+            let own = *self.own_fence.lock().unwrap();
+            let mut guard = self.shared.state.lock().unwrap();
+            guard.0.fence = guard.0.fence.max(own);
+        }
+    }
+
     fn fence(&self, state: &State) -> u64 {
         if self.shared.flaw == Flaw::UnsharedFence {
             *self.own_fence.lock().unwrap()
@@ -242,6 +274,7 @@ impl StateBackend for Handle {
             self.limits.check_vnode(vnode)?;
         }
         let epoch = self.epoch_key(epoch);
+        self.carry();
         if self.shared.flaw == Flaw::FenceCheckThenWrite {
             self.check_fence(&self.shared.state.lock().unwrap().0, version)?;
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -270,6 +303,22 @@ impl StateBackend for Handle {
 
     async fn epoch_complete(&self, epoch: u64, vnodes: &[u32]) -> Result<bool, StateBackendError> {
         self.limits.check_gate(epoch, vnodes)?;
+        if self.shared.flaw != Flaw::SealDoesNotCarryRaise {
+            self.carry();
+        }
+        if self.shared.flaw == Flaw::GateSealedFirst {
+            let guard = self.shared.state.lock().unwrap();
+            if let Some(committer) = guard.0.markers.get(&self.epoch_key(epoch)) {
+                return if *committer == self.id {
+                    Ok(true)
+                } else {
+                    Err(StateBackendError::SplitBrainCommit {
+                        committer: committer.clone(),
+                        self_id: self.id.clone(),
+                    })
+                };
+            }
+        }
         if self.shared.flaw != Flaw::SealIgnoresFence {
             let fence = self.shared.state.lock().unwrap().0.fence;
             let told = *self.own_fence.lock().unwrap();
@@ -354,7 +403,9 @@ impl StateBackend for Handle {
         let mut guard = self.shared.state.lock().unwrap();
         let (state, log) = &mut *guard;
         state.partials.retain(|&(e, _), _| e >= cut);
-        state.markers.retain(|&e, _| e >= cut);
+        if self.shared.flaw != Flaw::PruneKeepsMarkers {
+            state.markers.retain(|&e, _| e >= cut);
+        }
         log.append(format!("P {cut}\n"))
     }
 
@@ -370,7 +421,9 @@ impl StateBackend for Handle {
             }
         };
         raise(&mut own);
-        raise(&mut guard.0.fence);
+        if !flaw.deferred() {
+            raise(&mut guard.0.fence);
+        }
     }
 
     fn authoritative_version(&self) -> u64 {
@@ -392,6 +445,12 @@ impl StateBackend for Handle {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         self.set_authoritative_version(version);
+        if self.shared.flaw != Flaw::PersistDoesNotCarry {
+            self.carry();
+            let mut guard = self.shared.state.lock().unwrap();
+            let (state, log) = &mut *guard;
+            log.append(format!("F {}\n", state.fence))?;
+        }
         Ok(())
     }
 
@@ -416,7 +475,14 @@ impl StateBackend for Handle {
             .unwrap()
             .0
             .markers
-            .range(after.saturating_add(1)..)
+            .range(if self.shared.flaw == Flaw::RecoveryWraps {
+                (
+                    std::ops::Bound::Included(after.wrapping_add(1)),
+                    std::ops::Bound::Unbounded,
+                )
+            } else {
+                (std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)
+            })
             .map(|(&e, _)| e)
             .collect())
     }
@@ -644,6 +710,31 @@ fn half_finished_raise_taken_as_done_is_caught_by_p7_cancelled_raise() {
 #[test]
 fn seal_checking_the_fence_early_is_caught_by_p15() {
     caught("p15_fenced_seal", Flaw::SealChecksFenceEarly);
+}
+
+#[test]
+fn markers_kept_by_prune_are_caught_by_p11() {
+    caught("p11_pruning", Flaw::PruneKeepsMarkers);
+}
+
+#[test]
+fn gate_answering_from_the_marker_first_is_caught_by_p8() {
+    caught("p08_commit_gate", Flaw::GateSealedFirst);
+}
+
+#[test]
+fn seal_that_does_not_carry_the_raise_is_caught_by_p6() {
+    caught("p06_shared_fence", Flaw::SealDoesNotCarryRaise);
+}
+
+#[test]
+fn local_persist_is_caught_by_p6() {
+    caught("p06_shared_fence", Flaw::PersistDoesNotCarry);
+}
+
+#[test]
+fn wrapping_recovery_query_is_caught_by_p12() {
+    caught("p12_bad_input", Flaw::RecoveryWraps);
 }
 
 #[test]

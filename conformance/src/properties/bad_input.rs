@@ -95,6 +95,69 @@ pub async fn p12_bad_input(factory: &dyn BackendFactory) -> Checked {
         "a refused epoch_complete sealed the epoch: another instance then got {}",
         describe(&sealed)
     );
+    extreme_queries(factory, CAPACITY).await
+}
+
+/// The recovery and gate calls at their edges: a typed answer, never a
+/// panic or an overflow. `sealed_epochs(u64::MAX)` is empty; a vnode list
+/// with duplicates, or longer than the capacity through repeats, is the set
+/// it names; `prune_before(0)` removes nothing; `prune_before(u64::MAX)`
+/// removes every epoch but `u64::MAX`.
+async fn extreme_queries(factory: &dyn BackendFactory, capacity: u32) -> Checked {
+    let store = fresh_store(factory).await?;
+    let handle = open(&*store, &unique_tag("p12-edges"), capacity).await?;
+    for epoch in [0, 5, u64::MAX] {
+        write(&handle, 0, epoch, 0, &payload(epoch, 8)).await?;
+        write(&handle, 1, epoch, 0, &payload(epoch ^ 1, 8)).await?;
+    }
+    let duplicates = handle.epoch_complete(5, &[1, 0, 1, 0]).await;
+    ensure!(
+        matches!(duplicates, Ok(true)),
+        "epoch_complete(5, [1, 0, 1, 0]) with both partials present gave {}",
+        describe(&duplicates)
+    );
+    let long: Vec<u32> = (0..capacity * 3).map(|i| i % 2).collect();
+    let long_gate = handle.epoch_complete(5, &long).await;
+    ensure!(
+        matches!(long_gate, Ok(true)),
+        "a gate list of {} entries naming vnodes 0 and 1 gave {}",
+        long.len(),
+        describe(&long_gate)
+    );
+    let sealed = handle.epoch_complete(u64::MAX, &[0, 1]).await;
+    ensure!(
+        matches!(sealed, Ok(true)),
+        "sealing epoch u64::MAX gave {}",
+        describe(&sealed)
+    );
+    let after_max = handle.sealed_epochs(u64::MAX).await;
+    ensure!(
+        matches!(&after_max, Ok(epochs) if epochs.is_empty()),
+        "sealed_epochs(u64::MAX) gave {}",
+        describe(&after_max)
+    );
+    handle
+        .prune_before(0)
+        .await
+        .ctx(|| "prune_before(0)".into())?;
+    ensure!(
+        read(&handle, 0, 0).await?.is_some(),
+        "prune_before(0) removed epoch 0"
+    );
+    handle
+        .prune_before(u64::MAX)
+        .await
+        .ctx(|| "prune_before(u64::MAX)".into())?;
+    for epoch in [0, 5] {
+        ensure!(
+            read(&handle, 1, epoch).await?.is_none(),
+            "prune_before(u64::MAX) kept epoch {epoch}"
+        );
+    }
+    ensure!(
+        read(&handle, 1, u64::MAX).await?.as_ref() == Some(&payload(u64::MAX ^ 1, 8)),
+        "prune_before(u64::MAX) removed epoch u64::MAX, which is not below it"
+    );
     Ok(())
 }
 

@@ -19,9 +19,11 @@ pub async fn p08_commit_gate(factory: &dyn BackendFactory) -> Checked {
     for_all(factory, strategy, |(vnodes, present_mask, epoch)| async move {
         let store = fresh_store(factory).await?;
         let tag = unique_tag("p08");
-        let early = open(&*store, &format!("{tag}-early"), vnodes).await?;
-        let late = open(&*store, &format!("{tag}-late"), vnodes).await?;
+        // One vnode more than the epoch uses: `vnodes` never gets a partial.
+        let early = open(&*store, &format!("{tag}-early"), vnodes + 1).await?;
+        let late = open(&*store, &format!("{tag}-late"), vnodes + 1).await?;
         let all: Vec<u32> = (0..vnodes).collect();
+        let incomplete: Vec<u32> = (0..=vnodes).collect();
         let present: Vec<u32> = all.iter().copied().filter(|v| present_mask >> v & 1 == 1).collect();
         let missing: Vec<u32> = all.iter().copied().filter(|v| present_mask >> v & 1 == 0).collect();
         for &vnode in &present {
@@ -37,7 +39,7 @@ pub async fn p08_commit_gate(factory: &dyn BackendFactory) -> Checked {
         let gate = early.epoch_complete(epoch, &all).await;
         if missing.is_empty() {
             ensure!(matches!(gate, Ok(true)), "all {vnodes} partials present but epoch_complete gave {}", describe(&gate));
-            return Ok(());
+            return sealed_but_incomplete(&[&early, &late], epoch, &incomplete).await;
         }
         ensure!(matches!(gate, Ok(false)), "vnodes {missing:?} lack a partial for epoch {epoch} but epoch_complete gave {}", describe(&gate));
         // Asking only for the present ones is a complete gate of its own, so
@@ -56,7 +58,7 @@ pub async fn p08_commit_gate(factory: &dyn BackendFactory) -> Checked {
             matches!(&loser, Err(StateBackendError::SplitBrainCommit { committer, self_id }) if *committer == format!("{tag}-late") && *self_id == format!("{tag}-early")),
             "the instance that did not seal got {}", describe(&loser)
         );
-        Ok(())
+        sealed_but_incomplete(&[&early, &late], epoch, &incomplete).await
     })
     .await
 }
@@ -147,6 +149,27 @@ pub async fn p09_one_committer(factory: &dyn BackendFactory) -> Checked {
                 );
             }
         }
+    }
+    Ok(())
+}
+
+/// A sealed epoch asked about with a list that names a vnode without a
+/// partial: `Ok(false)` for the sealer and for anyone else. The gate is
+/// true *iff* every listed vnode has a partial, and it looks at the
+/// partials before the existing seal.
+async fn sealed_but_incomplete(
+    handles: &[&Arc<dyn StateBackend>],
+    epoch: u64,
+    incomplete: &[u32],
+) -> Checked {
+    for handle in handles {
+        let gate = handle.epoch_complete(epoch, incomplete).await;
+        ensure!(
+            matches!(gate, Ok(false)),
+            "epoch {epoch} is sealed, but asked with vnode {} that has no partial, epoch_complete gave {}, expected Ok(false)",
+            incomplete.len() - 1,
+            describe(&gate)
+        );
     }
     Ok(())
 }

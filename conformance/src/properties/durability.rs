@@ -157,6 +157,23 @@ pub async fn p10_durability_reopen(factory: &dyn BackendFactory) -> Checked {
             EPOCHS - 2
         );
     }
+    // A raise made durable by `persist_authoritative_version` alone, with no
+    // write or seal after it, survives a reopen too.
+    first
+        .persist_authoritative_version(50)
+        .await
+        .ctx(|| "persist_authoritative_version(50)".into())?;
+    drop((first, second));
+    store.reopen().await.ctx(|| "the second reopen()".into())?;
+    let fresh = open(&*store, &format!("{tag}-c"), VNODES).await?;
+    let stale = fresh
+        .write_partial(2, EPOCHS, 49, Bytes::from_static(b"stale"))
+        .await;
+    ensure!(
+        matches!(stale, Err(StateBackendError::StaleVersion { caller: 49, authoritative }) if authoritative >= 50),
+        "persist_authoritative_version(50) returned, but after a reopen a write at 49 gave {}: the raise was not durable",
+        describe(&stale)
+    );
     Ok(())
 }
 

@@ -156,7 +156,55 @@ pub async fn p06_shared_fence(factory: &dyn BackendFactory) -> Checked {
         write(&zombie, 1, 6, fence, &payload(seed ^ 5, 16)).await?;
         Ok(())
     })
-    .await
+    .await?;
+    raise_is_shared_by_seal_and_persist(factory).await
+}
+
+/// The fence timing rule's other two ways of sharing a raise: a raise
+/// becomes shared no later than the raising handle's next successful *seal*
+/// (not only its next write), and at once with
+/// `persist_authoritative_version`. After each, a handle that was never told
+/// (opened before the raise) is refused.
+async fn raise_is_shared_by_seal_and_persist(factory: &dyn BackendFactory) -> Checked {
+    let store = fresh_store(factory).await?;
+    let tag = unique_tag("p06-timing");
+    let leader = open(&*store, &format!("{tag}-leader"), 2).await?;
+    let zombie = open(&*store, &format!("{tag}-zombie"), 2).await?;
+    for vnode in 0..2 {
+        write(&leader, vnode, 1, 0, &payload(u64::from(vnode), 8)).await?;
+    }
+    leader.set_authoritative_version(7);
+    let sealed = leader.epoch_complete(1, &[0, 1]).await;
+    ensure!(
+        matches!(sealed, Ok(true)),
+        "the leader's seal after its raise to 7 gave {}",
+        describe(&sealed)
+    );
+    let result = zombie.write_partial(0, 2, 6, payload(1, 8)).await;
+    ensure!(
+        is_stale(&result, 6, 7),
+        "after a raise to 7 and a successful seal by the raising handle, a never-told handle's write at 6 gave {}: the seal did not carry the raise",
+        describe(&result)
+    );
+    ensure!(
+        read(&leader, 0, 2).await?.is_none(),
+        "the refused write is visible"
+    );
+
+    let late_zombie = open(&*store, &format!("{tag}-late-zombie"), 2).await?;
+    leader
+        .persist_authoritative_version(9)
+        .await
+        .map_err(|e| format!("persist_authoritative_version(9) failed: {e:?}"))?;
+    for zombie in [&zombie, &late_zombie] {
+        let result = zombie.write_partial(1, 3, 8, payload(2, 8)).await;
+        ensure!(
+            is_stale(&result, 8, 9),
+            "persist_authoritative_version(9) returned, yet a never-told handle's write at 8 gave {}: the raise was not shared",
+            describe(&result)
+        );
+    }
+    Ok(())
 }
 
 /// P7: zombie writers at `v - 1` race a raise to `v` for many rounds. Once the
@@ -246,6 +294,11 @@ pub async fn p07_atomic_fence(factory: &dyn BackendFactory) -> Checked {
         while after_raise.load(Ordering::Acquire) < ZOMBIES * 4
             && tokio::time::Instant::now() < deadline
         {
+            // A zombie that saw a breach ends the round at once.
+            if let Some(joined) = zombies.try_join_next() {
+                stop.store(true, Ordering::Release);
+                joined.map_err(|e| format!("a zombie task panicked: {e}"))??;
+            }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         stop.store(true, Ordering::Release);
