@@ -18,6 +18,8 @@
 //! | `laminar:{NS}:fence` | string | the fence (20-digit decimal) |
 //! | `laminar:{NS}:markers` | hash | sealed epoch → committer instance id |
 //! | `laminar:{NS}:sealed` | sorted set (lex) | sealed epochs |
+//! | `laminar:{NS}:pruning` | hash | unfinished prunes: id → bound |
+//! | `laminar:{NS}:prunes` | string | how many prunes began |
 //! | `laminar:{NS/gK}:fence` | string | group K's copy of the fence |
 //! | `laminar:{NS/gK}:p:EPOCH` | hash | vnode → partial bytes, for group K's vnodes in EPOCH |
 //! | `laminar:{NS/gK}:epochs` | sorted set (lex) | epochs group K holds |
@@ -41,11 +43,14 @@
 //! - `read_partial`: one `HGET`.
 //! - `epoch_complete`: standalone, one script checks every listed vnode
 //!   (`HEXISTS`) and creates the marker only if absent: 1 round trip
-//!   whatever the number of vnodes. Cluster: one presence script per group,
-//!   in parallel, then the marker script: 2 round trips.
-//! - `prune_before`: per group, a script pops up to 16 epochs below the
-//!   bound from the group's epoch index and unlinks their hashes, one key
-//!   per group and epoch; no keyspace scan.
+//!   whatever the number of vnodes. Cluster: one `MGET` (fence and prune
+//!   count), one presence script per group in parallel, then the marker
+//!   script: 3 round trips.
+//! - `prune_before`: a script registers the prune; the markers below the
+//!   bound go, 1,024 per script; then per group, a script pops up to 16
+//!   epochs below the bound from the group's epoch index and unlinks their
+//!   hashes, one key per group and epoch (no keyspace scan); a last script
+//!   unregisters (see "Pruning and sealing").
 //!
 //! # The fence
 //!
@@ -114,16 +119,25 @@
 //! writes with a clear error) and `volatile-*` policies (this store sets no
 //! TTL) are safe. A policy changed after connect is not seen.
 //!
-//! # Known limit: a seal racing a prune on a cluster
+//! # Pruning and sealing
 //!
-//! On a cluster the commit gate checks the partials (one script per group)
-//! and then creates the marker (one script in the namespace's slot): two
-//! steps, with no atomicity across slots. A `prune_before(b)` with `b`
-//! above the epoch that deletes the partials between those steps leaves a
-//! marker for an epoch whose partials are gone. Engines prune only epochs
-//! older than their latest seal, so a coordinator does not race its own
-//! gate this way; on a standalone server the gate is one script and the
-//! race cannot happen.
+//! No sealed epoch lacks its partials, even when a prune races a seal of
+//! the same epoch or dies half-way. A prune first registers itself
+//! (`laminar:{NS}:pruning`, id → bound, and a count of prunes begun,
+//! `laminar:{NS}:prunes`), then deletes the markers below its bound, then
+//! the partials, then unregisters. The seal script answers `false` for an
+//! epoch below an unfinished prune's bound (a seal ordered after that prune
+//! finds no partials), and on a cluster, where the partials are checked in
+//! their own slots before the seal script runs in the namespace's, it also
+//! checks that no prune began since the caller read the count, else the
+//! gate checks the partials again (at most 8 times). A seal ordered before
+//! the prune loses its marker to it.
+//!
+//! A prune that dies half-way (its process killed, its future dropped)
+//! stays registered: seals of epochs below its bound answer `false` until a
+//! later `prune_before` of that bound or higher finishes, which unregisters
+//! the older prunes it covers. Markers go before partials, so whatever
+//! point it died at, every marker left has its partials.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -135,7 +149,7 @@ use laminar_state_api::{InputLimits, StateBackend, StateBackendError};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 /// The default largest partial: 64 MiB.
 pub const DEFAULT_MAX_PAYLOAD_LEN: usize = 64 << 20;
@@ -154,6 +168,19 @@ const MAX_BATCH_WRITES: usize = 256;
 /// Payload bytes one batch script carries at most (the first write always
 /// goes in, whatever its size).
 const MAX_BATCH_BYTES: usize = 8 << 20;
+
+/// Times a cluster gate checks the partials again because a prune began
+/// meanwhile, before it gives up with an error.
+const MAX_GATE_ATTEMPTS: usize = 8;
+
+/// Test pause point: a cluster gate has checked the partials and is about to
+/// run the seal script.
+#[doc(hidden)]
+pub const PAUSE_GATE_CHECKED: &str = "gate: partials checked";
+/// Test pause point: a prune has deleted the partials and is about to
+/// unregister.
+#[doc(hidden)]
+pub const PAUSE_PRUNE_PARTIALS_DELETED: &str = "prune: partials deleted";
 
 /// Epochs one prune script removes from a group at most.
 const PRUNE_EPOCHS_PER_CALL: u32 = 16;
@@ -190,6 +217,15 @@ impl Keys {
     }
     fn sealed(&self) -> String {
         format!("laminar:{{{}}}:sealed", self.tag)
+    }
+    /// Unfinished prunes: prune id → bound.
+    fn pruning(&self) -> String {
+        format!("laminar:{{{}}}:pruning", self.tag)
+    }
+    /// How many prunes ever began: a seal that checked partials before a
+    /// prune began must check them again.
+    fn prunes(&self) -> String {
+        format!("laminar:{{{}}}:prunes", self.tag)
     }
     fn group_of(&self, vnode: u32) -> u32 {
         vnode % self.groups
@@ -299,20 +335,31 @@ redis.call('SET', KEYS[1], fence)
 return fence
 ";
 
-/// The commit gate. KEYS: markers, sealed, the namespace fence, then
-/// (standalone only) the epoch hash of each group. ARGV: epoch, instance
-/// id, the version the handle was told, '1' to rewrite an existing marker
-/// (so a `WAIT` after it covers it), then per group in KEYS order: a count
-/// and that many vnodes. Returns {2, fence} if the handle was told a version
-/// below the fence (a deposed leader may not seal), {0} if a partial is
-/// missing, else {1, committer}, creating the marker if there was none.
+/// The commit gate. KEYS: markers, sealed, the namespace fence, unfinished
+/// prunes, the prune count, then (standalone only) the epoch hash of each
+/// group. ARGV: epoch, instance id, the version the handle was told, '1' to
+/// rewrite an existing marker (so a `WAIT` after it covers it), the prune
+/// count the caller saw before checking the partials itself ('' when this
+/// script checks them), then per group in KEYS order: a count and that many
+/// vnodes. Returns {2, fence} if the handle was told a version below the
+/// fence (a deposed leader may not seal), {3} if a prune began since the
+/// caller checked the partials (check again), {0} if a partial is missing or
+/// an unfinished prune covers the epoch (a seal ordered after that prune
+/// finds no partials), else {1, committer}, creating the marker if there was
+/// none.
 const SEAL_SCRIPT: &str = r"
 local fence = redis.call('GET', KEYS[3]) or '00000000000000000000'
 if ARGV[3] ~= '00000000000000000000' and ARGV[3] < fence then
   return {2, fence}
 end
-local at = 5
-for i = 4, #KEYS do
+if ARGV[5] ~= '' and (redis.call('GET', KEYS[5]) or '0') ~= ARGV[5] then
+  return {3}
+end
+for _, bound in ipairs(redis.call('HVALS', KEYS[4])) do
+  if ARGV[1] < bound then return {0} end
+end
+local at = 6
+for i = 6, #KEYS do
   local count = tonumber(ARGV[at])
   for j = at + 1, at + count do
     if redis.call('HEXISTS', KEYS[i], ARGV[j]) == 0 then return {0} end
@@ -350,6 +397,29 @@ end
 return #epochs
 ";
 
+/// Registers a prune before it deletes anything. KEYS: unfinished prunes,
+/// the prune count. ARGV: prune id, bound. Returns the ids of the prunes
+/// that were unfinished before it.
+const PRUNE_BEGIN_SCRIPT: &str = r"
+local older = redis.call('HKEYS', KEYS[1])
+redis.call('INCR', KEYS[2])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return older
+";
+
+/// Unregisters a finished prune, and any older unfinished prune whose bound
+/// it covers (its pruner died: everything it would delete is deleted).
+/// KEYS: unfinished prunes. ARGV: prune id, bound, then the ids that were
+/// unfinished when this prune began.
+const PRUNE_END_SCRIPT: &str = r"
+redis.call('HDEL', KEYS[1], ARGV[1])
+for at = 3, #ARGV do
+  local bound = redis.call('HGET', KEYS[1], ARGV[at])
+  if bound and bound <= ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[at]) end
+end
+return 1
+";
+
 /// Removes up to ARGV[2] markers below ARGV[1]. KEYS: markers, sealed.
 const PRUNE_MARKERS_SCRIPT: &str = r"
 local epochs = redis.call('ZRANGEBYLEX', KEYS[2], '-', '(' .. ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
@@ -375,6 +445,8 @@ struct Scripts {
     present: Script,
     prune_group: Script,
     prune_markers: Script,
+    prune_begin: Script,
+    prune_end: Script,
     layout: Script,
 }
 
@@ -388,6 +460,8 @@ impl Scripts {
             present: Script::new(PRESENT_SCRIPT),
             prune_group: Script::new(PRUNE_GROUP_SCRIPT),
             prune_markers: Script::new(PRUNE_MARKERS_SCRIPT),
+            prune_begin: Script::new(PRUNE_BEGIN_SCRIPT),
+            prune_end: Script::new(PRUNE_END_SCRIPT),
             layout: Script::new(LAYOUT_SCRIPT),
         }
     }
@@ -586,6 +660,7 @@ struct Shared {
     replicate_writes: bool,
     /// The `maxmemory-policy` of every primary, as found at connect.
     eviction_policies: Vec<String>,
+    pauses: Pauses,
 }
 
 impl RedisStore {
@@ -661,6 +736,7 @@ impl RedisStore {
                 replica_timeout: config.replica_timeout.max(Duration::from_millis(1)),
                 replicate_writes: config.replicate_writes,
                 eviction_policies: Vec::new(),
+                pauses: Pauses::default(),
                 writers: Vec::new(),
                 direct_writes: Vec::new(),
             }),
@@ -830,6 +906,12 @@ impl RedisStore {
             )));
         }
         Ok(policies)
+    }
+
+    /// Test-only pause points (see [`Pauses`]).
+    #[doc(hidden)]
+    pub fn pauses(&self) -> &Pauses {
+        &self.shared.pauses
     }
 
     /// The `maxmemory-policy` of every primary, as found at connect.
@@ -1054,16 +1136,26 @@ impl StateBackend for RedisBackend {
             .filter(|(_, v)| !v.is_empty())
             .map(|(g, v)| (g as u32, v))
             .collect();
-        let cluster = self.store.shared.cluster;
-        if cluster {
-            // Phase one: the partials, and whether this handle is deposed
-            // (the seal script checks that again, atomically).
-            let fence_cmd = redis::cmd("GET").arg(keys.fence()).clone();
-            let (present, fence) = tokio::join!(
-                self.all_present(epoch, &listed),
-                self.store.query::<Option<String>>(&what, fence_cmd)
-            );
-            let fence = fence?
+        if !self.store.shared.cluster {
+            // One script checks the partials and seals, atomically.
+            let reply = self.seal_script(epoch, &listed, None).await?;
+            return self.seal_outcome(epoch, &what, reply).await;
+        }
+        // Cluster: the partials live in other slots than the marker, so
+        // they are checked first, then the seal script makes sure no prune
+        // began in between (else it checks again).
+        for _ in 0..MAX_GATE_ATTEMPTS {
+            let (fence, prunes): (Option<String>, Option<String>) = self
+                .store
+                .query(
+                    &what,
+                    redis::cmd("MGET")
+                        .arg(keys.fence())
+                        .arg(keys.prunes())
+                        .clone(),
+                )
+                .await?;
+            let fence = fence
                 .map(|f| parse_decimal(&f, "the fence key"))
                 .transpose()?
                 .unwrap_or(0);
@@ -1071,74 +1163,72 @@ impl StateBackend for RedisBackend {
             if told > 0 && told < fence {
                 return Err(self.deposed(fence));
             }
-            if !present? {
+            if !self.all_present(epoch, &listed).await? {
                 return Ok(false);
             }
-        }
-        let reply: Vec<Value> = self
-            .store
-            .call(
-                &what,
-                |s| &s.seal,
-                |call| {
-                    call.key(keys.markers())
-                        .key(keys.sealed())
-                        .key(keys.fence());
-                    call.arg(decimal(epoch))
-                        .arg(&self.instance_id)
-                        .arg(decimal(self.told.load(Ordering::Acquire)))
-                        .arg(self.store.touch());
-                    // Standalone: the same script checks the partials too.
-                    if !cluster {
-                        for (group, vnodes) in &listed {
-                            call.key(keys.epoch_partials(*group, epoch));
-                            call.arg(vnodes.len()).arg(vnodes.as_slice());
-                        }
-                    }
-                },
-            )
-            .await?;
-        match reply.as_slice() {
-            [Value::Int(0)] => Ok(false),
-            [Value::Int(2), fence] => {
-                let fence: String = redis::from_redis_value_ref(fence).map_err(|e| {
-                    StateBackendError::Serialization(format!("{what}: unreadable fence: {e}"))
-                })?;
-                Err(self.deposed(parse_decimal(&fence, "the fence key")?))
+            self.store.shared.pauses.at(PAUSE_GATE_CHECKED).await;
+            let prunes = prunes.unwrap_or_else(|| "0".to_owned());
+            let reply = self.seal_script(epoch, &[], Some(&prunes)).await?;
+            if !matches!(reply.as_slice(), [Value::Int(3)]) {
+                return self.seal_outcome(epoch, &what, reply).await;
             }
-            [Value::Int(1), committer] => {
-                self.store.replicate(&what).await?;
-                let committer: String = redis::from_redis_value_ref(committer).map_err(|e| {
-                    StateBackendError::Serialization(format!(
-                        "the commit marker of epoch {epoch} is unreadable: {e}"
-                    ))
-                })?;
-                if committer == self.instance_id {
-                    Ok(true)
-                } else {
-                    Err(StateBackendError::SplitBrainCommit {
-                        committer,
-                        self_id: self.instance_id.clone(),
-                    })
-                }
-            }
-            other => Err(StateBackendError::Serialization(format!(
-                "{what}: unexpected reply from the seal script: {other:?}"
-            ))),
         }
+        Err(StateBackendError::Io(format!(
+            "redis {what} at {}: prunes kept beginning while the gate checked the partials \
+             ({MAX_GATE_ATTEMPTS} attempts)",
+            self.store.shared.server
+        )))
     }
 
     async fn prune_before(&self, before: u64) -> Result<(), StateBackendError> {
-        let keys = &self.store.shared.keys;
+        if before == 0 {
+            return Ok(());
+        }
+        let store = &self.store;
+        let keys = &store.shared.keys;
+        let what = format!("prune_before({before})");
+        // Registered first, so that no seal below the bound can land while
+        // this prune runs; then markers, then partials, so that a prune cut
+        // short anywhere never leaves a marker without its partials.
+        let id = prune_id();
+        let older: Vec<String> = store
+            .call(
+                &what,
+                |s| &s.prune_begin,
+                |call| {
+                    call.key(keys.pruning())
+                        .key(keys.prunes())
+                        .arg(&id)
+                        .arg(decimal(before));
+                },
+            )
+            .await?;
+        loop {
+            let removed: u32 = store
+                .call(
+                    &what,
+                    |s| &s.prune_markers,
+                    |call| {
+                        call.key(keys.markers())
+                            .key(keys.sealed())
+                            .arg(decimal(before))
+                            .arg(1024);
+                    },
+                )
+                .await?;
+            if removed < 1024 {
+                break;
+            }
+        }
         let mut groups = tokio::task::JoinSet::new();
         for group in 0..keys.groups {
-            let store = self.store.clone();
+            let (store, what) = (store.clone(), what.clone());
             groups.spawn(async move {
                 let keys = &store.shared.keys;
                 loop {
                     let removed: u32 = store
                         .call(
-                            &format!("prune_before({before})"),
+                            &what,
                             |s| &s.prune_group,
                             |call| {
                                 call.key(keys.group_epochs(group))
@@ -1157,24 +1247,20 @@ impl StateBackend for RedisBackend {
         while let Some(pruned) = groups.join_next().await {
             pruned.map_err(|e| StateBackendError::Io(format!("a prune task failed: {e}")))??;
         }
-        loop {
-            let removed: u32 = self
-                .store
-                .call(
-                    &format!("prune_before({before})"),
-                    |s| &s.prune_markers,
-                    |call| {
-                        call.key(keys.markers())
-                            .key(keys.sealed())
-                            .arg(decimal(before))
-                            .arg(1024);
-                    },
-                )
-                .await?;
-            if removed < 1024 {
-                return Ok(());
-            }
-        }
+        store.shared.pauses.at(PAUSE_PRUNE_PARTIALS_DELETED).await;
+        let _: i64 = store
+            .call(
+                &what,
+                |s| &s.prune_end,
+                |call| {
+                    call.key(keys.pruning())
+                        .arg(&id)
+                        .arg(decimal(before))
+                        .arg(older.as_slice());
+                },
+            )
+            .await?;
+        Ok(())
     }
 
     fn set_authoritative_version(&self, version: u64) {
@@ -1232,6 +1318,77 @@ impl StateBackend for RedisBackend {
 }
 
 impl RedisBackend {
+    /// Run the seal script: with the listed partials to check (standalone),
+    /// or with the prune count seen before the caller checked them itself
+    /// (cluster).
+    async fn seal_script(
+        &self,
+        epoch: u64,
+        listed: &[(u32, Vec<u32>)],
+        prunes: Option<&str>,
+    ) -> Result<Vec<Value>, StateBackendError> {
+        let keys = &self.store.shared.keys;
+        self.store
+            .call(
+                &format!("epoch_complete({epoch})"),
+                |s| &s.seal,
+                |call| {
+                    call.key(keys.markers())
+                        .key(keys.sealed())
+                        .key(keys.fence())
+                        .key(keys.pruning())
+                        .key(keys.prunes());
+                    call.arg(decimal(epoch))
+                        .arg(&self.instance_id)
+                        .arg(decimal(self.told.load(Ordering::Acquire)))
+                        .arg(self.store.touch())
+                        .arg(prunes.unwrap_or(""));
+                    for (group, vnodes) in listed {
+                        call.key(keys.epoch_partials(*group, epoch));
+                        call.arg(vnodes.len()).arg(vnodes.as_slice());
+                    }
+                },
+            )
+            .await
+    }
+
+    /// What the seal script's reply means for the caller.
+    async fn seal_outcome(
+        &self,
+        epoch: u64,
+        what: &str,
+        reply: Vec<Value>,
+    ) -> Result<bool, StateBackendError> {
+        match reply.as_slice() {
+            [Value::Int(0)] => Ok(false),
+            [Value::Int(2), fence] => {
+                let fence: String = redis::from_redis_value_ref(fence).map_err(|e| {
+                    StateBackendError::Serialization(format!("{what}: unreadable fence: {e}"))
+                })?;
+                Err(self.deposed(parse_decimal(&fence, "the fence key")?))
+            }
+            [Value::Int(1), committer] => {
+                self.store.replicate(what).await?;
+                let committer: String = redis::from_redis_value_ref(committer).map_err(|e| {
+                    StateBackendError::Serialization(format!(
+                        "the commit marker of epoch {epoch} is unreadable: {e}"
+                    ))
+                })?;
+                if committer == self.instance_id {
+                    Ok(true)
+                } else {
+                    Err(StateBackendError::SplitBrainCommit {
+                        committer,
+                        self_id: self.instance_id.clone(),
+                    })
+                }
+            }
+            other => Err(StateBackendError::Serialization(format!(
+                "{what}: unexpected reply from the seal script: {other:?}"
+            ))),
+        }
+    }
+
     /// The refusal of a seal by a handle told less than `fence`.
     fn deposed(&self, fence: u64) -> StateBackendError {
         StateBackendError::StaleVersion {
@@ -1421,6 +1578,61 @@ impl RedisStore {
             parse_decimal(&fence, "a group fence")?,
             written.into_iter().map(|w| w == 1).collect(),
         ))
+    }
+}
+
+/// An id for one prune, unique across processes and time.
+fn prune_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{}.{nanos}.{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Test-only: named points where an operation can be made to wait, so a
+/// test can put a fault (a prune, a crash) exactly there. Not part of the
+/// API; nothing waits unless a test armed a point.
+#[doc(hidden)]
+#[derive(Default)]
+pub struct Pauses {
+    armed: std::sync::Mutex<Vec<(&'static str, Arc<Notify>, Arc<Notify>)>>,
+}
+
+impl Pauses {
+    /// Arm `point`: the next operation that reaches it notifies the first
+    /// `Notify` and waits for the second.
+    pub fn arm(&self, point: &'static str) -> (Arc<Notify>, Arc<Notify>) {
+        let (reached, resume) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        self.armed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((point, Arc::clone(&reached), Arc::clone(&resume)));
+        (reached, resume)
+    }
+
+    async fn at(&self, point: &'static str) {
+        let armed = {
+            let mut armed = self
+                .armed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if armed.is_empty() {
+                return;
+            }
+            armed
+                .iter()
+                .position(|(p, _, _)| *p == point)
+                .map(|at| armed.remove(at))
+        };
+        if let Some((_, reached, resume)) = armed {
+            reached.notify_one();
+            resume.notified().await;
+        }
     }
 }
 

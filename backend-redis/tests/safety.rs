@@ -178,3 +178,137 @@ fn the_url_takes_the_safety_settings() {
         );
     }
 }
+
+/// Every sealed epoch still has all its partials (`vnodes` of them).
+async fn assert_no_marker_without_partials(handle: &RedisBackend, vnodes: u32, when: &str) {
+    for epoch in handle.sealed_epochs(0).await.unwrap() {
+        for vnode in 0..vnodes {
+            assert!(
+                handle.read_partial(vnode, epoch).await.unwrap().is_some(),
+                "{when}: epoch {epoch} is sealed but its partial for vnode {vnode} is gone"
+            );
+        }
+    }
+}
+
+/// On a cluster the gate checks the partials (their slots) and then seals
+/// (the namespace's slot). A prune of the epoch that runs whole in between
+/// must not leave a marker for partials it deleted: the gate answers
+/// `false`, as a gate ordered after the prune would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prune_between_the_gate_and_its_seal_leaves_no_marker_without_partials() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = tokio::task::spawn_blocking({
+        let path = dir.path().to_path_buf();
+        move || support::RedisCluster::start(&path)
+    })
+    .await
+    .unwrap();
+    let mut config = RedisConfig::from_url(&cluster.url()).unwrap();
+    config.namespace = "gate-prune".into();
+    let store = RedisStore::connect(&config).await.unwrap();
+    let sealer = std::sync::Arc::new(store.handle("sealer", 32).await.unwrap());
+    let pruner = store.handle("pruner", 32).await.unwrap();
+    let all: Vec<u32> = (0..32).collect();
+    for vnode in &all {
+        sealer
+            .write_partial(*vnode, 1, 0, Bytes::from_static(b"one"))
+            .await
+            .unwrap();
+    }
+    let (reached, resume) = store.pauses().arm(laminar_state_redis::PAUSE_GATE_CHECKED);
+    let gate = tokio::spawn({
+        let (sealer, all) = (std::sync::Arc::clone(&sealer), all.clone());
+        async move { sealer.epoch_complete(1, &all).await }
+    });
+    reached.notified().await;
+    pruner.prune_before(2).await.unwrap();
+    resume.notify_one();
+    let result = gate.await.unwrap();
+    assert!(
+        matches!(result, Ok(false)),
+        "the gate checked the partials, a prune deleted them, then the gate gave {result:?}"
+    );
+    assert_no_marker_without_partials(&pruner, 32, "after the gate raced the prune").await;
+    assert_eq!(pruner.latest_committed_epoch().await.unwrap(), None);
+    drop(cluster);
+}
+
+/// A prune cut short after it deleted partials (its process died, its
+/// future was dropped) leaves no sealed epoch without its partials; until
+/// a later prune of that bound finishes the job, epochs below it cannot be
+/// sealed; after it, they can be written and sealed afresh.
+async fn prune_cut_short(config: RedisConfig) {
+    const VNODES: u32 = 8;
+    let store = RedisStore::connect(&config).await.unwrap();
+    let first = store.handle("first", VNODES).await.unwrap();
+    let all: Vec<u32> = (0..VNODES).collect();
+    for epoch in 1..=4 {
+        for vnode in &all {
+            first
+                .write_partial(*vnode, epoch, 0, Bytes::from(format!("{epoch}")))
+                .await
+                .unwrap();
+        }
+        assert!(first.epoch_complete(epoch, &all).await.unwrap());
+    }
+    let (reached, _never) = store
+        .pauses()
+        .arm(laminar_state_redis::PAUSE_PRUNE_PARTIALS_DELETED);
+    let pruner = std::sync::Arc::new(store.handle("pruner", VNODES).await.unwrap());
+    let prune = tokio::spawn({
+        let pruner = std::sync::Arc::clone(&pruner);
+        async move { pruner.prune_before(3).await }
+    });
+    reached.notified().await;
+    prune.abort();
+    assert!(prune.await.unwrap_err().is_cancelled());
+
+    let observer = RedisBackend::connect(&config, "observer", VNODES)
+        .await
+        .unwrap();
+    assert_no_marker_without_partials(&observer, VNODES, "after a prune died half-way").await;
+    assert_eq!(observer.sealed_epochs(0).await.unwrap(), [3, 4]);
+    // A pruned epoch rewritten while the dead prune is unfinished: its seal
+    // would race that prune's remaining work, so it is refused for now.
+    for vnode in &all {
+        observer
+            .write_partial(*vnode, 1, 0, Bytes::from_static(b"again"))
+            .await
+            .unwrap();
+    }
+    assert!(!observer.epoch_complete(1, &all).await.unwrap());
+    // The next prune of that bound finishes the job, and unblocks the seal.
+    observer.prune_before(3).await.unwrap();
+    assert_eq!(observer.sealed_epochs(0).await.unwrap(), [3, 4]);
+    for vnode in &all {
+        observer
+            .write_partial(*vnode, 1, 0, Bytes::from_static(b"again"))
+            .await
+            .unwrap();
+    }
+    assert!(observer.epoch_complete(1, &all).await.unwrap());
+    assert_no_marker_without_partials(&observer, VNODES, "after the prune was finished").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prune_cut_short_leaves_no_marker_without_partials() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start(dir.path(), &[]);
+    prune_cut_short(config(&server.url(), "cut-short", 4)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prune_cut_short_leaves_no_marker_without_partials_on_a_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = tokio::task::spawn_blocking({
+        let path = dir.path().to_path_buf();
+        move || support::RedisCluster::start(&path)
+    })
+    .await
+    .unwrap();
+    let mut config = RedisConfig::from_url(&cluster.url()).unwrap();
+    config.namespace = "cut-short".into();
+    prune_cut_short(config).await;
+    drop(cluster);
+}
