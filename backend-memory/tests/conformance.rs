@@ -19,7 +19,10 @@ impl BackendFactory for MemoryFactory {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::NONE.fenced_seal().recovery_queries()
+        Capabilities::NONE
+            .fenced_seal()
+            .recovery_queries()
+            .atomic_prune()
     }
 
     async fn create_store(&self) -> Result<Box<dyn TestStore>, StateBackendError> {

@@ -123,6 +123,7 @@ impl BackendFactory for RedisFactory {
             .cross_process()
             .cross_process_reopen()
             .recovery_queries()
+            .atomic_prune()
     }
 
     async fn create_store(&self) -> Result<Box<dyn TestStore>, StateBackendError> {

@@ -42,6 +42,11 @@ pub struct Capabilities {
     /// Several processes may have the store open at once, each attaching by
     /// its locator (P6 across processes).
     pub cross_process: bool,
+    /// A prune is atomic with respect to seals: one racing a seal of the
+    /// same epoch, or cut short part-way, never leaves a sealed epoch
+    /// without its partials (P11, seals racing prunes; needs
+    /// `recovery_queries` to observe it).
+    pub atomic_prune: bool,
 }
 
 impl Capabilities {
@@ -55,6 +60,7 @@ impl Capabilities {
         corruption_detection: false,
         fenced_seal: false,
         cross_process: false,
+        atomic_prune: false,
     };
 
     /// Claim [`fencing`](Self::fencing).
@@ -110,6 +116,14 @@ impl Capabilities {
         self
     }
 
+    /// Claim [`atomic_prune`](Self::atomic_prune) (implies
+    /// `recovery_queries`, through which it is observed).
+    pub const fn atomic_prune(mut self) -> Self {
+        self.recovery_queries = true;
+        self.atomic_prune = true;
+        self
+    }
+
     /// Whether the named capability is claimed.
     pub const fn has(&self, capability: Capability) -> bool {
         match capability {
@@ -121,6 +135,7 @@ impl Capabilities {
             Capability::CorruptionDetection => self.corruption_detection,
             Capability::FencedSeal => self.fenced_seal,
             Capability::CrossProcess => self.cross_process,
+            Capability::AtomicPrune => self.atomic_prune,
         }
     }
 }
@@ -144,6 +159,8 @@ pub enum Capability {
     FencedSeal,
     /// See [`Capabilities::cross_process`].
     CrossProcess,
+    /// See [`Capabilities::atomic_prune`].
+    AtomicPrune,
 }
 
 impl Capability {
@@ -158,6 +175,7 @@ impl Capability {
             Capability::CorruptionDetection => "corruption_detection",
             Capability::FencedSeal => "fenced_seal",
             Capability::CrossProcess => "cross_process",
+            Capability::AtomicPrune => "atomic_prune",
         }
     }
 }

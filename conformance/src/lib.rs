@@ -262,6 +262,7 @@ macro_rules! conformance_tests {
                 p10_durability_reopen,
                 p10_durability_crash,
                 p11_pruning,
+                p11_prune_races_seals,
                 p12_bad_input,
                 p12_corruption,
                 p13_shared_object,

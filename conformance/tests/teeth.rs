@@ -70,6 +70,8 @@ enum Flaw {
     PersistDoesNotCarry,
     /// `sealed_epochs(after)` computes `after + 1` with wrap-around.
     RecoveryWraps,
+    /// `prune_before` deletes the partials, then the markers a moment later.
+    PruneMarkersLast,
 }
 
 impl Flaw {
@@ -400,6 +402,16 @@ impl StateBackend for Handle {
         } else {
             before
         };
+        if self.shared.flaw == Flaw::PruneMarkersLast {
+            self.shared
+                .state
+                .lock()
+                .unwrap()
+                .0
+                .partials
+                .retain(|&(e, _), _| e >= cut);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         let mut guard = self.shared.state.lock().unwrap();
         let (state, log) = &mut *guard;
         state.partials.retain(|&(e, _), _| e >= cut);
@@ -507,7 +519,8 @@ impl BackendFactory for Factory {
         let claims = Capabilities::NONE
             .fenced_seal()
             .cross_process_reopen()
-            .recovery_queries();
+            .recovery_queries()
+            .atomic_prune();
         if self.0 == Flaw::ClaimsCrossProcess {
             claims.cross_process()
         } else {
@@ -735,6 +748,11 @@ fn local_persist_is_caught_by_p6() {
 #[test]
 fn wrapping_recovery_query_is_caught_by_p12() {
     caught("p12_bad_input", Flaw::RecoveryWraps);
+}
+
+#[test]
+fn prune_deleting_markers_last_is_caught_by_p11_prune_races_seals() {
+    caught("p11_prune_races_seals", Flaw::PruneMarkersLast);
 }
 
 #[test]

@@ -20,7 +20,7 @@ pub use fence::{
     concurrent_writes_fail_alone, p04_fence_monotonic, p05_fence_enforced, p06_shared_fence,
     p07_atomic_fence, p07_cancelled_raise,
 };
-pub use pruning::p11_pruning;
+pub use pruning::{p11_prune_races_seals, p11_pruning};
 pub use recovery::p14_recovery_queries;
 
 pub(crate) use durability::run_child_if_requested;
@@ -129,6 +129,12 @@ pub const PROPERTIES: &[Property] = &[
         needs: &[],
     },
     Property {
+        id: "P11",
+        name: "p11_prune_races_seals",
+        summary: "seals racing prunes, or prunes cut short, leave no sealed epoch without partials",
+        needs: &[AtomicPrune],
+    },
+    Property {
         id: "P12",
         name: "p12_bad_input",
         summary: "bad input gets a typed error and no side effect",
@@ -188,6 +194,7 @@ pub(crate) async fn run(
         "p10_durability_reopen" => p10_durability_reopen(factory).await,
         "p10_durability_crash" => p10_durability_crash(factory, child).await,
         "p11_pruning" => p11_pruning(factory).await,
+        "p11_prune_races_seals" => p11_prune_races_seals(factory).await,
         "p12_bad_input" => p12_bad_input(factory).await,
         "p12_corruption" => p12_corruption(factory).await,
         "p13_shared_object" => p13_shared_object(factory).await,

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use laminar_state_api::StateBackendError;
 
 use crate::factory::BackendFactory;
-use crate::runner::{Checked, ensure, for_all, race_rounds};
+use crate::runner::{Checked, ensure, for_all, race_rounds, run_seed, splitmix64};
 use crate::support::{Context, describe, fresh_store, open, payload, read, unique_tag, write};
 
 /// P11: `prune_before(b)` removes every partial and commit marker with epoch
@@ -156,6 +156,126 @@ async fn prune_races_writes(factory: &dyn BackendFactory) -> Checked {
             ensure!(
                 held.as_ref() == Some(&bytes),
                 "round {round}: write (vnode {vnode}, epoch {epoch}) acknowledged during prune_before({before}) was lost"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// P11, seals racing prunes (capability `atomic_prune`): no sealed epoch
+/// ever lacks its partials. Each round writes four epochs, seals them one
+/// after the other while another handle prunes the first two, and in every
+/// other round abandons the prune after a random while (its future is
+/// dropped, as when its caller times out or its process dies). After the
+/// race, every sealed epoch has all its partials; a prune of the same bound
+/// then finishes the job (no sealed epoch below it is left), and a pruned
+/// epoch can be written and sealed afresh.
+pub async fn p11_prune_races_seals(factory: &dyn BackendFactory) -> Checked {
+    const VNODES: u32 = 4;
+    let seed = run_seed();
+    let store = fresh_store(factory).await?;
+    let tag = unique_tag("p11-seal-race");
+    let sealer = open(&*store, &format!("{tag}-sealer"), VNODES).await?;
+    let pruner = open(&*store, &format!("{tag}-pruner"), VNODES).await?;
+    let all: Vec<u32> = (0..VNODES).collect();
+    for round in 0..u64::from(race_rounds()) {
+        let first = 10 * round + 1;
+        let bound = first + 2;
+        for epoch in first..first + 4 {
+            for vnode in 0..VNODES {
+                write(
+                    &sealer,
+                    vnode,
+                    epoch,
+                    0,
+                    &payload(epoch ^ u64::from(vnode), 16),
+                )
+                .await?;
+            }
+        }
+        let seals = {
+            let (sealer, all) = (Arc::clone(&sealer), all.clone());
+            tokio::spawn(async move {
+                for epoch in first..first + 4 {
+                    sealer
+                        .epoch_complete(epoch, &all)
+                        .await
+                        .ctx(|| format!("epoch_complete({epoch})"))?;
+                }
+                Ok::<(), String>(())
+            })
+        };
+        let random = splitmix64(seed ^ round);
+        tokio::time::sleep(std::time::Duration::from_micros(random % 1_500)).await;
+        let prune = pruner.prune_before(bound);
+        let abandoned_after =
+            (round % 2 == 1).then(|| std::time::Duration::from_micros((random >> 16) % 2_000));
+        match abandoned_after {
+            Some(patience) => {
+                if let Ok(result) = tokio::time::timeout(patience, prune).await {
+                    result.ctx(|| format!("prune_before({bound})"))?;
+                }
+            }
+            None => prune.await.ctx(|| format!("prune_before({bound})"))?,
+        }
+        seals
+            .await
+            .map_err(|e| format!("the sealer panicked: {e}"))??;
+        let when = match abandoned_after {
+            Some(patience) => format!(
+                "round {round}, after a prune_before({bound}) abandoned after {patience:?} raced seals of epochs {first}..{}",
+                first + 3
+            ),
+            None => format!(
+                "round {round}, after prune_before({bound}) raced seals of epochs {first}..{}",
+                first + 3
+            ),
+        };
+        every_seal_has_its_partials(&pruner, first, VNODES, &when).await?;
+
+        pruner
+            .prune_before(bound)
+            .await
+            .ctx(|| format!("prune_before({bound}), again"))?;
+        let when = format!("round {round}, after prune_before({bound}) ran again to the end");
+        every_seal_has_its_partials(&pruner, first, VNODES, &when).await?;
+        let sealed = pruner
+            .sealed_epochs(first - 1)
+            .await
+            .ctx(|| "sealed_epochs".into())?;
+        ensure!(
+            sealed.iter().all(|&e| e >= bound),
+            "{when}: epochs {sealed:?} are sealed, some below the bound"
+        );
+        for vnode in 0..VNODES {
+            write(&pruner, vnode, first, 0, &payload(first, 16)).await?;
+        }
+        let resealed = pruner.epoch_complete(first, &all).await;
+        ensure!(
+            matches!(resealed, Ok(true)),
+            "{when}: epoch {first} was rewritten, and sealing it gave {}",
+            describe(&resealed)
+        );
+    }
+    Ok(())
+}
+
+/// Every epoch sealed from `first` on has a partial for each of `vnodes`.
+async fn every_seal_has_its_partials(
+    handle: &Arc<dyn laminar_state_api::StateBackend>,
+    first: u64,
+    vnodes: u32,
+    when: &str,
+) -> Checked {
+    let sealed = handle
+        .sealed_epochs(first - 1)
+        .await
+        .ctx(|| "sealed_epochs".into())?;
+    for epoch in sealed {
+        for vnode in 0..vnodes {
+            ensure!(
+                read(handle, vnode, epoch).await?.is_some(),
+                "{when}: epoch {epoch} is sealed but its partial for vnode {vnode} is gone"
             );
         }
     }
