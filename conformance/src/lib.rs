@@ -246,37 +246,16 @@ macro_rules! conformance_tests {
         mod $module {
             #[allow(unused_imports)]
             use super::*;
-            $crate::__conformance_tests!(
-                $factory;
-                p01_round_trip,
-                p02_idempotent_replay,
-                p03_independence,
-                p04_fence_monotonic,
-                p05_fence_enforced,
-                p06_shared_fence,
-                p06_shared_fence_across_processes,
-                p07_atomic_fence,
-                p07_cancelled_raise,
-                p08_commit_gate,
-                p09_one_committer,
-                p10_durability_reopen,
-                p10_durability_crash,
-                p11_pruning,
-                p11_prune_races_seals,
-                p12_bad_input,
-                p12_corruption,
-                p13_shared_object,
-                p14_recovery_queries,
-                p15_fenced_seal,
-            );
+            $crate::__with_properties!($crate::__conformance_tests; $factory);
         }
     };
 }
 
+/// One `#[test]` per property of the list (see `__with_properties!`).
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_tests {
-    ($factory:expr; $($name:ident,)*) => {
+    ($factory:expr; $(($id:ident, $name:ident, $kind:ident, [$($need:ident),*], $summary:literal),)*) => {
         $(
             #[test]
             fn $name() {
@@ -291,13 +270,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_macro_lists_every_property() {
-        let macro_source = include_str!("lib.rs");
+    fn every_property_is_named_once_and_found_by_name() {
+        let mut names: Vec<&str> = PROPERTIES.iter().map(|p| p.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), PROPERTIES.len(), "a property is listed twice");
         for property in PROPERTIES {
+            assert_eq!(properties::property(property.name), Some(property));
+            let number: u32 = property.id[1..].parse().expect("ids are P<number>");
             assert!(
-                macro_source.contains(&format!("                {},\n", property.name)),
-                "conformance_tests! does not generate {}",
-                property.name
+                (1..=15).contains(&number),
+                "{} is outside P1-P15",
+                property.id
+            );
+            assert!(
+                property.name.starts_with(&format!("p{number:02}_")),
+                "{} does not start with its id {}",
+                property.name,
+                property.id
             );
         }
     }
