@@ -1,0 +1,464 @@
+//! [`RedisBackend`]: a handle with its own instance id, and the
+//! [`StateBackend`] implementation, in the trait's order.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use laminar_state_api::{InputLimits, StateBackend, StateBackendError};
+use redis::Value;
+use tokio::sync::oneshot;
+
+use crate::config::RedisConfig;
+use crate::keys::{decimal, parse_decimal};
+use crate::store::RedisStore;
+use crate::writer::{DirectWrite, PendingWrite, WriteOp};
+
+/// Times a cluster gate checks the partials again because a prune began
+/// meanwhile, before it gives up with an error.
+const MAX_GATE_ATTEMPTS: usize = 8;
+
+/// Test pause point: a cluster gate has checked the partials and is about to
+/// run the seal script.
+#[doc(hidden)]
+pub const PAUSE_GATE_CHECKED: &str = "gate: partials checked";
+/// Test pause point: a prune has deleted the partials and is about to
+/// unregister.
+#[doc(hidden)]
+pub const PAUSE_PRUNE_PARTIALS_DELETED: &str = "prune: partials deleted";
+
+/// Epochs one prune script removes from a group at most.
+const PRUNE_EPOCHS_PER_CALL: u32 = 16;
+/// A handle on a [`RedisStore`], with its own instance id.
+pub struct RedisBackend {
+    pub(crate) store: RedisStore,
+    pub(crate) instance_id: String,
+    pub(crate) limits: InputLimits,
+    /// The fence this handle enforces: raised locally, and learned from the
+    /// server whenever it refuses a write.
+    pub(crate) fence: AtomicU64,
+    /// The highest fence this handle has copied to every group.
+    pub(crate) propagated: AtomicU64,
+    /// The highest version this handle was told; a handle told less than
+    /// the fence is a deposed leader and may not seal.
+    pub(crate) told: AtomicU64,
+}
+
+impl RedisBackend {
+    /// Connect with `config` and return a handle.
+    pub async fn connect(
+        config: &RedisConfig,
+        instance_id: impl Into<String>,
+        vnode_capacity: u32,
+    ) -> Result<Self, StateBackendError> {
+        RedisStore::connect(config)
+            .await?
+            .handle(instance_id, vnode_capacity)
+            .await
+    }
+
+    /// The store this handle uses.
+    pub fn store(&self) -> &RedisStore {
+        &self.store
+    }
+
+    /// Run the seal script: with the listed partials to check (standalone),
+    /// or with the prune count seen before the caller checked them itself
+    /// (cluster).
+    async fn seal_script(
+        &self,
+        epoch: u64,
+        listed: &[(u32, Vec<u32>)],
+        prunes: Option<&str>,
+    ) -> Result<Vec<Value>, StateBackendError> {
+        let keys = &self.store.shared.keys;
+        self.store
+            .call(
+                &format!("epoch_complete({epoch})"),
+                |s| &s.seal,
+                |call| {
+                    call.key(keys.markers())
+                        .key(keys.sealed())
+                        .key(keys.fence())
+                        .key(keys.pruning())
+                        .key(keys.prunes());
+                    call.arg(decimal(epoch))
+                        .arg(&self.instance_id)
+                        .arg(decimal(self.told.load(Ordering::Acquire)))
+                        .arg(self.store.touch())
+                        .arg(prunes.unwrap_or(""));
+                    for (group, vnodes) in listed {
+                        call.key(keys.epoch_partials(*group, epoch));
+                        call.arg(vnodes.len()).arg(vnodes.as_slice());
+                    }
+                },
+            )
+            .await
+    }
+
+    /// What the seal script's reply means for the caller.
+    async fn seal_outcome(
+        &self,
+        epoch: u64,
+        what: &str,
+        reply: Vec<Value>,
+    ) -> Result<bool, StateBackendError> {
+        match reply.as_slice() {
+            [Value::Int(0)] => Ok(false),
+            [Value::Int(2), fence] => {
+                let fence: String = redis::from_redis_value_ref(fence).map_err(|e| {
+                    StateBackendError::Serialization(format!("{what}: unreadable fence: {e}"))
+                })?;
+                Err(self.deposed(parse_decimal(&fence, "the fence key")?))
+            }
+            [Value::Int(1), committer] => {
+                self.store.replicate(what).await?;
+                let committer: String = redis::from_redis_value_ref(committer).map_err(|e| {
+                    StateBackendError::Serialization(format!(
+                        "the commit marker of epoch {epoch} is unreadable: {e}"
+                    ))
+                })?;
+                if committer == self.instance_id {
+                    Ok(true)
+                } else {
+                    Err(StateBackendError::SplitBrainCommit {
+                        committer,
+                        self_id: self.instance_id.clone(),
+                    })
+                }
+            }
+            other => Err(StateBackendError::Serialization(format!(
+                "{what}: unexpected reply from the seal script: {other:?}"
+            ))),
+        }
+    }
+
+    /// The refusal of a seal by a handle told less than `fence`.
+    fn deposed(&self, fence: u64) -> StateBackendError {
+        StateBackendError::StaleVersion {
+            caller: self.told.load(Ordering::Acquire),
+            authoritative: fence,
+        }
+    }
+
+    /// Cluster gate, phase one: every listed vnode has a partial, asked of
+    /// each group in parallel.
+    async fn all_present(
+        &self,
+        epoch: u64,
+        listed: &[(u32, Vec<u32>)],
+    ) -> Result<bool, StateBackendError> {
+        let mut checks = tokio::task::JoinSet::new();
+        for (group, vnodes) in listed {
+            let (store, group, vnodes) = (self.store.clone(), *group, vnodes.clone());
+            checks.spawn(async move {
+                let keys = &store.shared.keys;
+                let present: u8 = store
+                    .call(
+                        &format!("epoch_complete({epoch})"),
+                        |s| &s.present,
+                        |call| {
+                            call.key(keys.epoch_partials(group, epoch))
+                                .arg(vnodes.as_slice());
+                        },
+                    )
+                    .await?;
+                Ok::<bool, StateBackendError>(present == 1)
+            });
+        }
+        let mut all = true;
+        while let Some(check) = checks.join_next().await {
+            all &=
+                check.map_err(|e| StateBackendError::Io(format!("a gate task failed: {e}")))??;
+        }
+        Ok(all)
+    }
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("server", &self.store.shared.server)
+            .field("namespace", &self.store.shared.namespace)
+            .field("instance_id", &self.instance_id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl StateBackend for RedisBackend {
+    async fn write_partial(
+        &self,
+        vnode: u32,
+        epoch: u64,
+        assignment_version: u64,
+        bytes: Bytes,
+    ) -> Result<(), StateBackendError> {
+        self.limits.check_write(vnode, &bytes)?;
+        // The server decides, after any pending raise of this handle has
+        // reached it, so a refusal always names the fence actually in force.
+        let carried = self.carry_fence().await?;
+        let shared = &self.store.shared;
+        let group = shared.keys.group_of(vnode);
+        let op = WriteOp {
+            vnode,
+            epoch,
+            version: assignment_version,
+            carried,
+            bytes,
+        };
+        let in_flight = &shared.direct_writes[group as usize];
+        let outcome = if in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
+            let _direct = DirectWrite(in_flight);
+            self.store.write_one(group, &op).await?
+        } else {
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+            let (reply, answer) = oneshot::channel();
+            let stopped = || {
+                StateBackendError::Io(format!(
+                    "redis write_partial({vnode}, {epoch}): the group's writer task stopped"
+                ))
+            };
+            shared.writers[group as usize]
+                .send(PendingWrite { op, reply })
+                .map_err(|_| stopped())?;
+            answer.await.map_err(|_| stopped())??
+        };
+        match outcome {
+            None => Ok(()),
+            Some(fence) => {
+                self.fence.fetch_max(fence, Ordering::AcqRel);
+                Err(StateBackendError::StaleVersion {
+                    caller: assignment_version,
+                    authoritative: fence,
+                })
+            }
+        }
+    }
+
+    async fn read_partial(
+        &self,
+        vnode: u32,
+        epoch: u64,
+    ) -> Result<Option<Bytes>, StateBackendError> {
+        self.limits.check_vnode(vnode)?;
+        let keys = &self.store.shared.keys;
+        let hash = keys.epoch_partials(keys.group_of(vnode), epoch);
+        let value: Option<Vec<u8>> = self
+            .store
+            .query(
+                &format!("read_partial({vnode}, {epoch})"),
+                redis::cmd("HGET").arg(hash).arg(vnode).clone(),
+            )
+            .await?;
+        Ok(value.map(Bytes::from))
+    }
+
+    async fn epoch_complete(&self, epoch: u64, vnodes: &[u32]) -> Result<bool, StateBackendError> {
+        self.limits.check_gate(epoch, vnodes)?;
+        self.carry_fence().await?;
+        let keys = &self.store.shared.keys;
+        let mut by_group: Vec<Vec<u32>> = vec![Vec::new(); keys.groups as usize];
+        for &vnode in vnodes {
+            by_group[keys.group_of(vnode) as usize].push(vnode);
+        }
+        let what = format!("epoch_complete({epoch})");
+        let listed: Vec<(u32, Vec<u32>)> = by_group
+            .into_iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(g, v)| (g as u32, v))
+            .collect();
+        if !self.store.shared.cluster {
+            // One script checks the partials and seals, atomically.
+            let reply = self.seal_script(epoch, &listed, None).await?;
+            return self.seal_outcome(epoch, &what, reply).await;
+        }
+        // Cluster: the partials live in other slots than the marker, so
+        // they are checked first, then the seal script makes sure no prune
+        // began in between (else it checks again).
+        for _ in 0..MAX_GATE_ATTEMPTS {
+            let (fence, prunes): (Option<String>, Option<String>) = self
+                .store
+                .query(
+                    &what,
+                    redis::cmd("MGET")
+                        .arg(keys.fence())
+                        .arg(keys.prunes())
+                        .clone(),
+                )
+                .await?;
+            let fence = fence
+                .map(|f| parse_decimal(&f, "the fence key"))
+                .transpose()?
+                .unwrap_or(0);
+            let told = self.told.load(Ordering::Acquire);
+            if told > 0 && told < fence {
+                return Err(self.deposed(fence));
+            }
+            if !self.all_present(epoch, &listed).await? {
+                return Ok(false);
+            }
+            self.store.shared.pauses.at(PAUSE_GATE_CHECKED).await;
+            let prunes = prunes.unwrap_or_else(|| "0".to_owned());
+            let reply = self.seal_script(epoch, &[], Some(&prunes)).await?;
+            if !matches!(reply.as_slice(), [Value::Int(3)]) {
+                return self.seal_outcome(epoch, &what, reply).await;
+            }
+        }
+        Err(StateBackendError::Io(format!(
+            "redis {what} at {}: prunes kept beginning while the gate checked the partials \
+             ({MAX_GATE_ATTEMPTS} attempts)",
+            self.store.shared.server
+        )))
+    }
+
+    async fn prune_before(&self, before: u64) -> Result<(), StateBackendError> {
+        if before == 0 {
+            return Ok(());
+        }
+        let store = &self.store;
+        let keys = &store.shared.keys;
+        let what = format!("prune_before({before})");
+        // Registered first, so that no seal below the bound can land while
+        // this prune runs; then markers, then partials, so that a prune cut
+        // short anywhere never leaves a marker without its partials.
+        let id = prune_id();
+        let older: Vec<String> = store
+            .call(
+                &what,
+                |s| &s.prune_begin,
+                |call| {
+                    call.key(keys.pruning())
+                        .key(keys.prunes())
+                        .arg(&id)
+                        .arg(decimal(before));
+                },
+            )
+            .await?;
+        loop {
+            let removed: u32 = store
+                .call(
+                    &what,
+                    |s| &s.prune_markers,
+                    |call| {
+                        call.key(keys.markers())
+                            .key(keys.sealed())
+                            .arg(decimal(before))
+                            .arg(1024);
+                    },
+                )
+                .await?;
+            if removed < 1024 {
+                break;
+            }
+        }
+        let mut groups = tokio::task::JoinSet::new();
+        for group in 0..keys.groups {
+            let (store, what) = (store.clone(), what.clone());
+            groups.spawn(async move {
+                let keys = &store.shared.keys;
+                loop {
+                    let removed: u32 = store
+                        .call(
+                            &what,
+                            |s| &s.prune_group,
+                            |call| {
+                                call.key(keys.group_epochs(group))
+                                    .arg(decimal(before))
+                                    .arg(PRUNE_EPOCHS_PER_CALL)
+                                    .arg(keys.group_prefix(group));
+                            },
+                        )
+                        .await?;
+                    if removed < PRUNE_EPOCHS_PER_CALL {
+                        return Ok::<(), StateBackendError>(());
+                    }
+                }
+            });
+        }
+        while let Some(pruned) = groups.join_next().await {
+            pruned.map_err(|e| StateBackendError::Io(format!("a prune task failed: {e}")))??;
+        }
+        store.shared.pauses.at(PAUSE_PRUNE_PARTIALS_DELETED).await;
+        let _: i64 = store
+            .call(
+                &what,
+                |s| &s.prune_end,
+                |call| {
+                    call.key(keys.pruning())
+                        .arg(&id)
+                        .arg(decimal(before))
+                        .arg(older.as_slice());
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    fn set_authoritative_version(&self, version: u64) {
+        self.told.fetch_max(version, Ordering::AcqRel);
+        self.fence.fetch_max(version, Ordering::AcqRel);
+    }
+
+    fn authoritative_version(&self) -> u64 {
+        self.fence.load(Ordering::Acquire)
+    }
+
+    async fn latest_committed_epoch(&self) -> Result<Option<u64>, StateBackendError> {
+        let latest: Vec<String> = self
+            .store
+            .query(
+                "latest_committed_epoch()",
+                redis::cmd("ZREVRANGEBYLEX")
+                    .arg(self.store.shared.keys.sealed())
+                    .arg("+")
+                    .arg("-")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(1)
+                    .clone(),
+            )
+            .await?;
+        latest
+            .first()
+            .map(|e| parse_decimal(e, "the sealed index"))
+            .transpose()
+    }
+
+    async fn sealed_epochs(&self, after: u64) -> Result<Vec<u64>, StateBackendError> {
+        let sealed: Vec<String> = self
+            .store
+            .query(
+                &format!("sealed_epochs({after})"),
+                redis::cmd("ZRANGEBYLEX")
+                    .arg(self.store.shared.keys.sealed())
+                    .arg(format!("({}", decimal(after)))
+                    .arg("+")
+                    .clone(),
+            )
+            .await?;
+        sealed
+            .iter()
+            .map(|e| parse_decimal(e, "the sealed index"))
+            .collect()
+    }
+
+    async fn persist_authoritative_version(&self, version: u64) -> Result<(), StateBackendError> {
+        self.set_authoritative_version(version);
+        self.carry_fence().await.map(drop)
+    }
+}
+
+/// An id for one prune, unique across processes and time.
+fn prune_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{}.{nanos}.{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}

@@ -1,0 +1,407 @@
+//! [`RedisStore`]: one namespace on one server or cluster, its connection,
+//! and the one place redis errors become [`StateBackendError`]s.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use laminar_state_api::{InputLimits, StateBackendError};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
+use tokio::sync::mpsc;
+
+use crate::backend::RedisBackend;
+use crate::config::{DEFAULT_CLUSTER_GROUPS, DEFAULT_STANDALONE_GROUPS, RedisConfig};
+use crate::keys::{Keys, parse_decimal};
+use crate::pauses::Pauses;
+use crate::scripts::Scripts;
+use crate::writer::{PendingWrite, group_writer};
+
+/// A multiplexed, self-reconnecting connection to a server or a cluster.
+#[derive(Clone)]
+pub(crate) enum Connection {
+    Standalone(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Standalone(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Standalone(c) => c.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Standalone(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// One namespace on one server or cluster: shared by the handles opened
+/// from it (they share its connection).
+#[derive(Clone)]
+pub struct RedisStore {
+    pub(crate) shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    /// One queue per vnode group, drained by that group's writer task.
+    pub(crate) writers: Vec<mpsc::UnboundedSender<PendingWrite>>,
+    /// Per vnode group: direct writes in flight (see [`group_writer`]).
+    pub(crate) direct_writes: Vec<AtomicU64>,
+    pub(crate) connection: Connection,
+    /// The namespace as the user named it.
+    pub(crate) namespace: String,
+    pub(crate) keys: Keys,
+    pub(crate) cluster: bool,
+    pub(crate) scripts: Scripts,
+    pub(crate) timeout: Duration,
+    pub(crate) max_payload_len: usize,
+    pub(crate) server: String,
+    pub(crate) replicas: u32,
+    pub(crate) replica_timeout: Duration,
+    pub(crate) replicate_writes: bool,
+    /// The `maxmemory-policy` of every primary, as found at connect.
+    pub(crate) eviction_policies: Vec<String>,
+    pub(crate) pauses: Pauses,
+}
+
+impl RedisStore {
+    /// Connect and check (or record) the namespace's layout.
+    ///
+    /// Spawns one writer task per vnode group on the current tokio runtime
+    /// (they batch concurrent writes and end when the store is dropped), so
+    /// use the store on the runtime that created it.
+    pub async fn connect(config: &RedisConfig) -> Result<Self, StateBackendError> {
+        let server = config
+            .url
+            .split('@')
+            .next_back()
+            .unwrap_or(&config.url)
+            .to_owned();
+        let connect_error = |e: RedisError| {
+            StateBackendError::Io(format!("cannot connect to redis at {server}: {e}"))
+        };
+        let connection = if config.cluster {
+            let nodes: Vec<&str> = std::iter::once(config.url.as_str())
+                .chain(config.extra_nodes.iter().map(String::as_str))
+                .collect();
+            let client = redis::cluster::ClusterClient::builder(nodes)
+                .connection_timeout(config.operation_timeout)
+                .response_timeout(config.operation_timeout)
+                .retries(3)
+                .build()
+                .map_err(connect_error)?;
+            let connection =
+                tokio::time::timeout(config.operation_timeout, client.get_async_connection())
+                    .await
+                    .map_err(|_| {
+                        StateBackendError::Io(format!(
+                            "connecting to redis cluster at {server} timed out"
+                        ))
+                    })?
+                    .map_err(connect_error)?;
+            Connection::Cluster(connection)
+        } else {
+            let client = redis::Client::open(config.url.as_str()).map_err(connect_error)?;
+            let manager_config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(config.operation_timeout))
+                .set_response_timeout(Some(config.operation_timeout))
+                .set_number_of_retries(3)
+                .set_max_delay(Duration::from_millis(500));
+            let connection = tokio::time::timeout(
+                config.operation_timeout,
+                ConnectionManager::new_with_config(client, manager_config),
+            )
+            .await
+            .map_err(|_| {
+                StateBackendError::Io(format!("connecting to redis at {server} timed out"))
+            })?
+            .map_err(connect_error)?;
+            Connection::Standalone(connection)
+        };
+        let wanted = config.groups.unwrap_or(if config.cluster {
+            DEFAULT_CLUSTER_GROUPS
+        } else {
+            DEFAULT_STANDALONE_GROUPS
+        });
+        let mut store = Self {
+            shared: Arc::new(Shared {
+                connection,
+                keys: Keys::new(&config.namespace, wanted),
+                namespace: config.namespace.clone(),
+                cluster: config.cluster,
+                scripts: Scripts::new(),
+                timeout: config.operation_timeout,
+                max_payload_len: config.max_payload_len,
+                server: server.clone(),
+                replicas: config.replicas,
+                replica_timeout: config.replica_timeout.max(Duration::from_millis(1)),
+                replicate_writes: config.replicate_writes,
+                eviction_policies: Vec::new(),
+                pauses: Pauses::default(),
+                writers: Vec::new(),
+                direct_writes: Vec::new(),
+            }),
+        };
+        let policies = store.eviction_policies().await?;
+        if let Some(policy) = policies.iter().find(|p| p.starts_with("allkeys-")) {
+            let why = format!(
+                "redis at {server} runs with maxmemory-policy {policy}, which can evict any key: \
+                 this store's fences, commit markers and partials could vanish silently"
+            );
+            if !config.allow_eviction {
+                return Err(StateBackendError::Io(format!(
+                    "{why}; use noeviction (or a volatile-* policy: this store sets no TTL), \
+                     or open anyway with allow_eviction=true"
+                )));
+            }
+            tracing::warn!(server = %server, policy = %policy, "{why}; opened anyway (allow_eviction)");
+        }
+        if let Some(shared) = Arc::get_mut(&mut store.shared) {
+            shared.eviction_policies = policies;
+        }
+        let keys_layout = store.shared.keys.layout();
+        let recorded: String = store
+            .call(
+                "open",
+                |s| &s.layout,
+                |call| {
+                    call.key(keys_layout).arg(wanted);
+                },
+            )
+            .await?;
+        let groups = u32::try_from(parse_decimal(&recorded, "the layout key")?)
+            .ok()
+            .filter(|&g| g > 0)
+            .ok_or_else(|| {
+                StateBackendError::Serialization(format!(
+                    "namespace {:?} records {recorded} vnode groups",
+                    config.namespace
+                ))
+            })?;
+        if groups != wanted {
+            if config.groups.is_some() {
+                return Err(StateBackendError::Serialization(format!(
+                    "namespace {:?} was created with {groups} vnode groups, not {wanted}",
+                    config.namespace
+                )));
+            }
+            if let Some(shared) = Arc::get_mut(&mut store.shared) {
+                shared.keys.groups = groups;
+            }
+        }
+        let mut queues = Vec::new();
+        if let Some(shared) = Arc::get_mut(&mut store.shared) {
+            for _ in 0..shared.keys.groups {
+                let (sender, queue) = mpsc::unbounded_channel();
+                shared.writers.push(sender);
+                shared.direct_writes.push(AtomicU64::new(0));
+                queues.push(queue);
+            }
+        }
+        for (group, queue) in queues.into_iter().enumerate() {
+            tokio::spawn(group_writer(
+                Arc::downgrade(&store.shared),
+                group as u32,
+                queue,
+            ));
+        }
+        Ok(store)
+    }
+
+    /// A handle on this namespace for `instance_id`, serving vnodes
+    /// `0..vnode_capacity`. It starts with the namespace's current fence.
+    pub async fn handle(
+        &self,
+        instance_id: impl Into<String>,
+        vnode_capacity: u32,
+    ) -> Result<RedisBackend, StateBackendError> {
+        let fence: Option<String> = self
+            .query(
+                "open",
+                redis::cmd("GET").arg(self.shared.keys.fence()).clone(),
+            )
+            .await?;
+        let fence = fence
+            .map(|f| parse_decimal(&f, "the fence key"))
+            .transpose()?
+            .unwrap_or(0);
+        Ok(RedisBackend {
+            store: self.clone(),
+            instance_id: instance_id.into(),
+            limits: InputLimits::new(vnode_capacity, self.shared.max_payload_len),
+            fence: AtomicU64::new(fence),
+            // The namespace key is raised only after every group (see
+            // `propagate_fence`), so a fence read there is already in every
+            // group. Unless replicas must confirm a raise: this handle has
+            // not seen it confirmed, so its first raise copies it again.
+            propagated: AtomicU64::new(if self.shared.replicas > 0 { 0 } else { fence }),
+            told: AtomicU64::new(0),
+        })
+    }
+
+    /// Run one command, bounded by the operation timeout.
+    pub(crate) async fn query<T: redis::FromRedisValue>(
+        &self,
+        what: &str,
+        cmd: Cmd,
+    ) -> Result<T, StateBackendError> {
+        let mut connection = self.shared.connection.clone();
+        let result =
+            tokio::time::timeout(self.shared.timeout, cmd.query_async(&mut connection)).await;
+        self.finish(what, result)
+    }
+
+    /// Run one script, by SHA (loading it on first use), with the keys and
+    /// arguments `build` adds, bounded by the operation timeout.
+    pub(crate) async fn call<T: redis::FromRedisValue>(
+        &self,
+        what: &str,
+        script: fn(&Scripts) -> &Script,
+        build: impl FnOnce(&mut redis::ScriptInvocation<'_>),
+    ) -> Result<T, StateBackendError> {
+        let mut connection = self.shared.connection.clone();
+        let mut invocation = script(&self.shared.scripts).prepare_invoke();
+        build(&mut invocation);
+        let result = tokio::time::timeout(
+            self.shared.timeout,
+            invocation.invoke_async(&mut connection),
+        )
+        .await;
+        self.finish(what, result)
+    }
+
+    pub(crate) fn finish<T>(
+        &self,
+        what: &str,
+        result: Result<Result<T, RedisError>, tokio::time::error::Elapsed>,
+    ) -> Result<T, StateBackendError> {
+        match result {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(redis_error(what, &self.shared.server, &error)),
+            Err(_) => Err(StateBackendError::Io(format!(
+                "redis {what} at {}: no answer within {:?}",
+                self.shared.server, self.shared.timeout
+            ))),
+        }
+    }
+
+    /// The `maxmemory-policy` of every primary (a cluster's `INFO` goes to
+    /// all of them).
+    pub(crate) async fn eviction_policies(&self) -> Result<Vec<String>, StateBackendError> {
+        let info: Value = self
+            .query("open", redis::cmd("INFO").arg("memory").clone())
+            .await?;
+        let mut texts = Vec::new();
+        collect_texts(&info, &mut texts);
+        let policies: Vec<String> = texts
+            .iter()
+            .flat_map(|text| text.lines())
+            .filter_map(|line| line.trim().strip_prefix("maxmemory_policy:"))
+            .map(str::to_owned)
+            .collect();
+        if policies.is_empty() {
+            return Err(StateBackendError::Io(format!(
+                "redis at {}: INFO memory names no maxmemory_policy, so this store cannot \
+                 check that its keys are safe from eviction",
+                self.shared.server
+            )));
+        }
+        Ok(policies)
+    }
+
+    /// Test-only pause points (see [`Pauses`]).
+    #[doc(hidden)]
+    pub fn pauses(&self) -> &Pauses {
+        &self.shared.pauses
+    }
+
+    /// The `maxmemory-policy` of every primary, as found at connect.
+    pub fn maxmemory_policies(&self) -> &[String] {
+        &self.shared.eviction_policies
+    }
+
+    /// With [`RedisConfig::replicas`] set, wait until that many replicas
+    /// hold everything this connection has written (so the step `what`
+    /// just applied); a refusal otherwise. On a cluster, `WAIT` goes to
+    /// every primary and the smallest count counts.
+    pub(crate) async fn replicate(&self, what: &str) -> Result<(), StateBackendError> {
+        let wanted = self.shared.replicas;
+        if wanted == 0 {
+            return Ok(());
+        }
+        let wait = self.shared.replica_timeout;
+        let mut connection = self.shared.connection.clone();
+        let cmd = redis::cmd("WAIT")
+            .arg(wanted)
+            .arg(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX))
+            .clone();
+        let result = tokio::time::timeout(
+            self.shared.timeout + wait,
+            cmd.query_async::<i64>(&mut connection),
+        )
+        .await;
+        let acknowledged = self.finish(what, result)?;
+        if acknowledged < i64::from(wanted) {
+            return Err(StateBackendError::Io(format!(
+                "redis {what} at {}: applied on the primary, but only {acknowledged} of \
+                 {wanted} replicas confirmed it within {wait:?}; not acknowledged (a retry \
+                 settles the outcome)",
+                self.shared.server
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether steps that found nothing to change must still write, so that
+    /// a `WAIT` after them covers what an earlier, unconfirmed attempt
+    /// wrote (possibly through another connection).
+    pub(crate) fn touch(&self) -> &'static str {
+        if self.shared.replicas > 0 { "1" } else { "0" }
+    }
+}
+
+/// Every text in a reply (a cluster answers `INFO` with one per node).
+fn collect_texts(value: &Value, texts: &mut Vec<String>) {
+    match value {
+        Value::BulkString(bytes) => texts.push(String::from_utf8_lossy(bytes).into_owned()),
+        Value::SimpleString(text) => texts.push(text.clone()),
+        Value::VerbatimString { text, .. } => texts.push(text.clone()),
+        Value::Array(items) | Value::Set(items) => {
+            items.iter().for_each(|item| collect_texts(item, texts))
+        }
+        Value::Map(pairs) => pairs
+            .iter()
+            .for_each(|(_, item)| collect_texts(item, texts)),
+        _ => {}
+    }
+}
+
+/// Map a redis error once: what failed, where, and why. A full server
+/// (`maxmemory` reached) is called out, since retrying will not help.
+pub(crate) fn redis_error(what: &str, server: &str, error: &RedisError) -> StateBackendError {
+    let text = error.to_string();
+    if text.contains("OOM") {
+        return StateBackendError::Io(format!(
+            "redis {what} at {server}: the server is full (maxmemory reached): {text}"
+        ));
+    }
+    StateBackendError::Io(format!("redis {what} at {server}: {text}"))
+}
