@@ -16,10 +16,11 @@
 //!
 //! | key | holds |
 //! |---|---|
-//! | `P/fence` | the fence `F` and the fence before it (in its metadata, so a HEAD reads them), replaced by compare-and-swap |
+//! | `P/fence` | the fence `F` and the fence before it (in its metadata, so a HEAD reads them), replaced by compare-and-swap; created at 0 by the first connect |
 //! | `P/snapshots/F` | written once per raise: the partials older than fence `F` that stay visible |
 //! | `P/p/EPOCH/VNODE.PERIOD.STAMP` | one object per acknowledged write: the partial's bytes |
 //! | `P/m/EPOCH` | the commit marker: the committer's instance id, created only if absent |
+//! | `P/conditional-write-probe.STAMP` | for a moment at connect: the probe of conditional writes (see "What the store must do") |
 //!
 //! Every object is framed: a kind byte, a format byte and a CRC-32 of the
 //! body, so damaged or foreign bytes are reported as
@@ -31,41 +32,134 @@
 //! S3's conditions apply to the object being written, not to another. So a
 //! writer that checked the fence just before a raise can still land its
 //! object just after it. This crate makes such a late object *invisible*
-//! instead of trying to prevent it:
+//! instead of trying to prevent it, and tells its writer exactly what
+//! readers will see:
 //!
 //! 1. Partials are immutable. Every write creates a new object whose key
-//!    carries its *period* (the fence the writer's store knew when it
-//!    wrote) and a stamp, so a late write can never destroy an earlier one,
-//!    and the newest visible object of a `(vnode, epoch)` is the last one in
-//!    key order: a later period first, then a later stamp.
-//! 2. A write is acknowledged only after its object landed *and* a fence
-//!    read that started after the landing found the fence at or below the
-//!    writer's version and equal to the object's period. Otherwise it is
-//!    refused with [`StateBackendError::StaleVersion`] (and its object
-//!    deleted), or rewritten in the new period when the writer's version is
-//!    still high enough.
-//! 3. A raise from `F` to `V` swaps the fence object (`If-Match`), then
+//!    carries its *period* (the fence the writer's store last read, never
+//!    above the writer's version) and a stamp, so a late write can never
+//!    destroy an earlier one, and the newest visible object of a
+//!    `(vnode, epoch)` is the last one in key order: a later period first,
+//!    then a later stamp.
+//! 2. A raise from `F` to `V` swaps the fence object (`If-Match`), then
 //!    lists the partials and writes `snapshots/V`: every object of a period
-//!    below `V` that was visible at that moment. An object of a period
-//!    below the fence is visible only if the latest snapshot names it (key
-//!    and ETag); an object of the current period always is.
+//!    below `V` that was visible under `F` when the listing was answered.
+//!    Under fence `V`, an object of a period below `V` is visible if and
+//!    only if `snapshots/V` names it (key and ETag); an object of period
+//!    `V` or above always is.
+//! 3. Snapshots are cumulative and never resurrect: `snapshots/V` names
+//!    only objects visible under `F` (period at least `F`, or named by
+//!    `snapshots/F`), so an object a snapshot leaves out is left out by
+//!    every later one, and an object a snapshot names is named by every
+//!    later one for as long as it exists. An object's visibility therefore
+//!    never changes once it has landed (until its epoch is pruned): of
+//!    period `P`, it is visible if and only
+//!    if it landed before the swap past `P`, or after it but before the
+//!    listing of the snapshot that was stored for that fence (concurrent
+//!    builders race with `If-None-Match`; everyone uses the stored one).
+//!    Every reader judges it that way, since its fence read follows its
+//!    listing (below).
+//! 4. After its object landed, a write reads the fence (a read that
+//!    started after the landing). If the fence is at most the object's
+//!    period, the write is acknowledged: it is visible now, and it landed
+//!    before any later swap, so that raise's listing names it. If the fence
+//!    `G` is above the period, the writer consults `snapshots/G` (building
+//!    it if the raise did not get to, as readers do): if it names the
+//!    object, the write took effect before the raise and is acknowledged,
+//!    whatever the writer's version (it is visible, and stays so by 3);
+//!    if not, the object is invisible for good by 3, so the write answers
+//!    [`StateBackendError::StaleVersion`] when the writer's version is below
+//!    `G`, or is written again in period `G` when it is not. Either way the
+//!    object left behind is then deleted, but only as garbage collection:
+//!    the answer is true whether or not that delete succeeds.
 //!
-//! A write acknowledged before the raise landed before the swap (its fence
-//! read saw the old fence after its object landed), so the listing that
-//! follows the swap finds it and the snapshot keeps it visible. A zombie
-//! write that lands after the listing is in no snapshot: readers and the
-//! commit gate skip it, whatever its writer was told. A write that lands
-//! between the swap and the listing is refused by its own fence read; it
-//! may be captured by the snapshot (like a write that timed out, its
-//! outcome was uncertain to the caller) and its writer deletes it. The
-//! raise is acknowledged once the snapshot exists; until then any handle
+//! A raise is acknowledged once its snapshot exists; until then any handle
 //! that needs it builds it the same way (the first `If-None-Match` write
-//! wins, so all agree), so a raiser that crashed mid-way blocks nobody.
+//! wins, so all agree), so a raiser that crashed mid-way blocks nobody. The
+//! listing of the snapshot, not the swap, is therefore the moment the raise
+//! takes effect for writes in flight: a write acknowledged before the raise
+//! is named by it, a write whose object lands after it is refused (or
+//! rewritten) and never visible, and a write whose object lands between the
+//! swap and the listing is concurrent with the unacknowledged raise: it is
+//! named, visible and acknowledged `Ok`, even if its writer's version is
+//! below the new fence.
+//!
+//! A write whose writer died before any answer (or whose answer was lost:
+//! a timeout, an [`StateBackendError::Io`]) was concurrent with the raise
+//! and goes one way or the other, never both and never later: if its object
+//! landed before the listing of the stored snapshot of the first fence above
+//! its period (or no fence rose above its period), it counts as written
+//! (read, counted by the gate, kept by every later snapshot); otherwise as
+//! never written. Why: visibility is decided by the snapshot alone, never
+//! by what the writer does or fails to do after landing its object, so a
+//! writer's death cannot change it (3); either outcome is a valid order for
+//! a write concurrent with the raise. Pruning its epoch removes the object.
+//!
+//! # Reads judge a listing under a later fence read
+//!
+//! `read_partial` and `epoch_complete` list the partials first and read the
+//! fence after the listing was answered (a fence read that starts later;
+//! concurrent operations of the store share it). Every listed object landed
+//! before that read, so if the read shows fence `F`, no raise past `F` had
+//! swapped the fence when the object landed, and judging it under `F` (and
+//! the snapshot of `F`) is what every later snapshot agrees with (3). A
+//! fence read answered before the listing would not do: an object landing
+//! after a raise, in the older period, would be judged under the older
+//! fence and shown. `read_partial` fetches the newest listed object while
+//! the fence is read; if that object turns out invisible it fetches the
+//! newest visible one.
 //!
 //! Within one period, writes to the same key are ordered by their stamps:
 //! exact within a process, by the writers' clocks across machines. Fencing
 //! is what orders different writers: a new leader raises the fence, and
 //! its period sorts after every earlier one.
+//!
+//! # Sealing and the fence (P15 is not claimed)
+//!
+//! The commit gate refuses a handle told a version below the fence it reads
+//! ([`StateBackendError::StaleVersion`]), but only as a best effort: that
+//! takes a fence read and the marker's `If-None-Match` PUT, two requests on
+//! two objects, and S3 cannot make one conditional on the other. A raise
+//! acknowledged after the gate's fence read and before its marker PUT lands
+//! cannot stop the seal (tested: `a_deposed_leader_can_seal_while_its_marker_is_in_flight`),
+//! so `fenced_seal` is not claimed: a deposed leader whose gate read the
+//! fence before the raise can still seal, until another instance seals the
+//! epoch first. What holds is P9: one committer
+//! per epoch, named by the marker, so the new leader's gate answers
+//! [`StateBackendError::SplitBrainCommit`] naming the deposed leader, and
+//! the deposed leader's writes are refused as ever (P7). An engine that
+//! needs a deposed leader never to seal must stop the old leader before
+//! the new one seals. The partials the seal counted are unaffected: they
+//! were visible before the raise and stay so.
+//!
+//! # What the store must do
+//!
+//! Checked, not assumed; each failure is a typed error at connect or on
+//! the operation that meets it:
+//!
+//! - Conditional writes: `If-None-Match: *` (create only) and `If-Match`
+//!   (replace only that version), atomically. [`S3Store::connect`] probes
+//!   them once per process for each endpoint and bucket, on an object of
+//!   its own under the prefix (created, created again, replaced with a
+//!   wrong ETag: both repeats must fail their condition; then deleted),
+//!   and refuses a store that ignores either with
+//!   [`StateBackendError::Io`] naming the header. A store that honours them
+//!   only sometimes (racing them) cannot be detected by a probe. Tested
+//!   against SeaweedFS; AWS S3 supports both since 2024.
+//! - Ordered listings with `StartAfter`: directory buckets (S3 Express One
+//!   Zone, names ending in `--x-s3`) list in no particular order and
+//!   ignore `StartAfter`, which `latest_committed_epoch`, `sealed_epochs`
+//!   and `prune_before` rely on: connect refuses them
+//!   ([`StateBackendError::Io`]) before sending any request.
+//! - No expiry of the fence or the snapshots: a lifecycle rule that
+//!   deletes `P/fence` would turn fence `N` into "no fence". Connect
+//!   creates the fence object (at 0) on a new store, so from then on a
+//!   missing fence object is damage: every fence read that finds none, and
+//!   a connect that finds snapshots but no fence, fail with
+//!   [`StateBackendError::Serialization`] naming the fence object. (A rule
+//!   that deleted the fence *and* every snapshot leaves nothing to detect
+//!   it by.) Lifecycle rules may expire partials and markers only as
+//!   `prune_before` would: whole epochs, oldest first.
 //!
 //! # Requests per operation
 //!
@@ -73,16 +167,17 @@
 //!
 //! | operation | requests | round trips |
 //! |---|---|---|
-//! | `write_partial` | 1 PUT + 1 fence HEAD, the HEAD shared by concurrent writes of the store | 2 |
-//! | `read_partial` | 1 LIST + 1 fence HEAD (shared) + 1 GET | 2 |
-//! | `epoch_complete`, any vnode count | ceil(L/1000) LIST + 1 fence HEAD (shared) + 1 marker PUT; + 1 GET if the epoch was already sealed | 2 + |
+//! | `write_partial` | 1 PUT + 1 fence HEAD, the HEAD shared by concurrent writes of the store; + 1 snapshot GET (cached) when the fence rose past the store's last read | 2 |
+//! | `read_partial` | 1 LIST, then 1 fence HEAD (shared) and 1 GET at once; the LIST alone when nothing is listed; + 1 GET if the newest listed object is invisible | 2 |
+//! | `epoch_complete`, any vnode count | ceil(L/1000) LIST, then 1 fence HEAD (shared), then 1 marker PUT; + 1 GET if the epoch was already sealed (and all again if that marker was pruned meanwhile) | 3 + |
 //! | `prune_before` | ceil(K/1000) LIST + ceil(K/1000) DeleteObjects, for markers and for partials | pages |
 //! | `latest_committed_epoch`, `sealed_epochs` | 1 LIST per 1000 markers | 1 |
 //! | a fence raise | 1 HEAD + 1 PUT `If-Match` + ceil(all partials/1000) LIST + 1 snapshot PUT | 3 + pages |
+//! | [`S3Store::connect`] | 1 HeadBucket + 1 fence HEAD; on a new store + 1 LIST + 1 fence PUT; once per process per endpoint and bucket, the probe: 3 PUT + 1 DELETE | 2 to 8 |
 //!
 //! A fence HEAD is shared: a write needs a fence read that *started after its
 //! object landed*; all writes of the store waiting for one are answered by
-//! the same GET, so many concurrent writers cost about one PUT each. After
+//! the same HEAD, so many concurrent writers cost about one PUT each. After
 //! a raise, a reader that meets objects older than the fence also fetches
 //! the snapshot once (it is immutable and cached).
 //!
@@ -92,10 +187,25 @@
 //!   about 100 bytes per partial older than the new fence; raises happen on
 //!   failover, and pruning keeps the store small.
 //! - Every write is a new object; rewrites of a `(vnode, epoch)` (replays)
-//!   keep their older objects until the epoch is pruned.
-//! - A store that does not honour `If-None-Match: *` and `If-Match`
-//!   atomically cannot carry the fence or the markers. Tested against
-//!   SeaweedFS; AWS S3 supports both since 2024.
+//!   keep their older objects until the epoch is pruned. Objects of refused
+//!   writes whose clean-up failed stay (invisible) until then too.
+//!
+//! # Known limit: a seal racing a prune
+//!
+//! `prune_before(b)` deletes the markers below `b`, then the partials below
+//! `b`; the gate lists an epoch's partials, reads the fence, then creates
+//! the marker. Nothing orders a gate against a prune of its own epoch: if
+//! the prune deletes the epoch's partials after the gate's listing and
+//! before its marker PUT lands (the prune's marker pass having found no
+//! marker yet), the gate answers `Ok(true)` and its marker outlives the
+//! partials it counted, below the prune's bound: `latest_committed_epoch`
+//! and `sealed_epochs` then name an epoch `read_partial` has no data for,
+//! until a later prune removes the marker. This does not hold P11 for a
+//! gate concurrent with a prune of its epoch. (A gate whose marker PUT met
+//! 412 and whose marker was pruned before it could read it lists the
+//! partials again, and answers `Ok(false)` once they are gone: it never
+//! creates the marker again unchecked.) Engines prune only epochs below the
+//! one they recover from, so they do not seal an epoch they are pruning.
 //!
 //! # Retries, timeouts and checksums
 //!
@@ -116,7 +226,7 @@
 //! durable as the bucket. The fence and the markers live in the bucket too:
 //! every process that opens the prefix shares them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -146,6 +256,13 @@ pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
 pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
 /// The default bound on opening a connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Directory buckets (S3 Express One Zone) end their names with this.
+const DIRECTORY_BUCKET_SUFFIX: &str = "--x-s3";
+
+/// The endpoints and buckets (`"ENDPOINT BUCKET"`) whose conditional writes
+/// this process has probed successfully.
+static PROBED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
 /// Keys one LIST page or one DeleteObjects request carries at most (S3's
 /// limit).
@@ -675,11 +792,27 @@ fn copy_error(error: &StateBackendError) -> StateBackendError {
 }
 
 impl S3Store {
-    /// Build the client from `config` and check that the bucket answers.
+    /// Build the client from `config` and check what the backend relies on
+    /// (see "What the store must do" in the crate docs): the bucket answers
+    /// and is not a directory bucket; the store honours `If-None-Match: *`
+    /// and `If-Match` (probed once per process for each endpoint and
+    /// bucket); the fence object exists, or the store is new (no snapshots)
+    /// and the fence object is created. Each failed check is a
+    /// [`StateBackendError::Io`] naming what is missing, or a
+    /// [`StateBackendError::Serialization`] for a damaged fence history.
     ///
     /// The HTTP client is hyper with rustls (ring): the workspace's one TLS
     /// stack.
     pub async fn connect(config: &S3Config) -> Result<Self, StateBackendError> {
+        if config.bucket.ends_with(DIRECTORY_BUCKET_SUFFIX) {
+            return Err(StateBackendError::Io(format!(
+                "s3 bucket {:?} is a directory bucket (S3 Express One Zone, name ending in \
+                 {DIRECTORY_BUCKET_SUFFIX:?}): its listings are not in key order and ignore \
+                 StartAfter, which the commit markers' queries and prune rely on; use a general \
+                 purpose bucket",
+                config.bucket
+            )));
+        }
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(tls::Provider::Rustls(
                 tls::rustls_provider::CryptoMode::Ring,
@@ -752,6 +885,16 @@ impl S3Store {
                     DisplayErrorContext(&e)
                 ))
             })?;
+        let probed = format!(
+            "{} {}",
+            config.endpoint.as_deref().unwrap_or("AWS"),
+            config.bucket
+        );
+        if !PROBED.lock().expect("probe cache lock").contains(&probed) {
+            store.shared.probe_conditions().await?;
+            PROBED.lock().expect("probe cache lock").insert(probed);
+        }
+        store.shared.check_fence().await?;
         Ok(store)
     }
 
@@ -791,11 +934,12 @@ impl Shared {
         key: &str,
         body: Bytes,
         condition: Condition<'_>,
-    ) -> Result<(), Failure> {
+    ) -> Result<Option<String>, Failure> {
         self.put_with_fence(what, key, body, condition, None).await
     }
 
-    /// A PUT that may also carry the fence metadata (see [`FENCE_METADATA`]).
+    /// A PUT that may also carry the fence metadata (see [`FENCE_METADATA`]);
+    /// the stored object's ETag, if the store answered one.
     async fn put_with_fence(
         &self,
         what: &str,
@@ -803,7 +947,7 @@ impl Shared {
         body: Bytes,
         condition: Condition<'_>,
         fence: Option<String>,
-    ) -> Result<(), Failure> {
+    ) -> Result<Option<String>, Failure> {
         let request = self
             .client
             .put_object()
@@ -819,7 +963,7 @@ impl Shared {
         request
             .send()
             .await
-            .map(drop)
+            .map(|out| out.e_tag().map(str::to_owned))
             .map_err(|e| classify(what, key, e))
     }
 
@@ -967,11 +1111,125 @@ impl Shared {
                     etag: object.e_tag().map(str::to_owned),
                 }
             }
-            Err(Failure::Missing(_)) => FenceState::default(),
+            // Connecting made sure it exists (see `check_fence`): gone
+            // since, it was deleted, and the fence it held is unknown.
+            Err(Failure::Missing(_)) => return Err(self.fence_missing("")),
             Err(other) => return Err(other.into()),
         };
         self.seen.fetch_max(state.value, Ordering::AcqRel);
         Ok(state)
+    }
+
+    fn fence_missing(&self, why: &str) -> StateBackendError {
+        StateBackendError::Serialization(format!(
+            "the fence object {:?} is missing{why}: it exists from the first connect on, so it \
+             was deleted (a lifecycle rule or a clean-up?) and the fence it held is unknown; \
+             refusing to treat it as fence 0",
+            self.layout.fence()
+        ))
+    }
+
+    /// At connect: the fence object exists, or the store is new (no
+    /// snapshot was ever written) and the fence object is created at 0, so
+    /// that from then on a missing fence object is known damage. A missing
+    /// fence with snapshots is damage now. The value read is not recorded:
+    /// a handle learns the fence from its operations.
+    async fn check_fence(&self) -> Result<(), StateBackendError> {
+        let key = self.layout.fence();
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+            .map_err(|e| classify("fence check", &key, e))
+        {
+            Ok(_) => return Ok(()),
+            Err(Failure::Missing(_)) => {}
+            Err(other) => return Err(other.into()),
+        }
+        let snapshots = format!("{}snapshots/", self.layout.prefix);
+        let page = self
+            .list_page("fence check", &snapshots, None, None)
+            .await?;
+        if let Some(first) = page.objects.first() {
+            return Err(self.fence_missing(&format!(" while snapshot {:?} exists", first.key)));
+        }
+        let fence = render_fence(0, 0);
+        match self
+            .put_with_fence(
+                "fence creation",
+                &key,
+                frame(Kind::Fence, fence.as_bytes()),
+                Condition::Absent,
+                Some(fence),
+            )
+            .await
+        {
+            // Created, or another process created it first.
+            Ok(_) | Err(Failure::Precondition(_)) => Ok(()),
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    /// Check that the store honours conditional writes, on a probe object
+    /// of its own (deleted afterwards): a second `If-None-Match: *` create
+    /// and an `If-Match` with a wrong ETag must both fail their condition.
+    async fn probe_conditions(&self) -> Result<(), StateBackendError> {
+        let key = format!("{}conditional-write-probe.{}", self.layout.prefix, stamp());
+        let body = || Bytes::from_static(b"laminar-state probe");
+        let outcome = async {
+            match self
+                .put("conditional write probe", &key, body(), Condition::Absent)
+                .await
+            {
+                // Created; a 412 can only be this very PUT, retried after
+                // it landed (the key is unique to this probe).
+                Ok(_) | Err(Failure::Precondition(_)) => {}
+                Err(other) => return Err(other.into()),
+            }
+            let checks = [
+                (
+                    Condition::Absent,
+                    "If-None-Match: * (a second create of the same key succeeded)",
+                ),
+                (
+                    Condition::Matches("\"00000000000000000000000000000000\""),
+                    "If-Match (a replace with a wrong ETag succeeded)",
+                ),
+            ];
+            for (condition, missing) in checks {
+                match self
+                    .put("conditional write probe", &key, body(), condition)
+                    .await
+                {
+                    Err(Failure::Precondition(_)) => {}
+                    Ok(_) => {
+                        return Err(StateBackendError::Io(format!(
+                            "s3 bucket {:?}: the store ignores {missing}; the fence and the \
+                             commit markers need conditional writes, refusing to run on it",
+                            self.bucket
+                        )));
+                    }
+                    Err(
+                        Failure::Missing(message) | Failure::Error(StateBackendError::Io(message)),
+                    ) => {
+                        return Err(StateBackendError::Io(format!(
+                            "s3 bucket {:?}: probing {missing}: {message}; the fence and the \
+                             commit markers need conditional writes",
+                            self.bucket
+                        )));
+                    }
+                    Err(Failure::Error(other)) => return Err(other),
+                }
+            }
+            Ok(())
+        }
+        .await;
+        // Deleted whatever happened; a probe object left behind is inert.
+        self.discard(&key).await;
+        outcome
     }
 
     /// The fence, read by a request that started after this call: what a
@@ -1040,7 +1298,7 @@ impl Shared {
                 )
                 .await
             {
-                Ok(()) => {
+                Ok(_) => {
                     self.seen.fetch_max(version, Ordering::AcqRel);
                     let raised = FenceState {
                         value: version,
@@ -1110,7 +1368,7 @@ impl Shared {
             .put("snapshot write", &key, framed, Condition::Absent)
             .await
         {
-            Ok(()) => {
+            Ok(_) => {
                 let snapshot = Arc::new(snapshot);
                 self.cache_snapshot(fence.value, Arc::clone(&snapshot));
                 Ok(Some(snapshot))
@@ -1170,6 +1428,37 @@ impl Shared {
             cache.remove(&oldest);
         }
         cache.insert(fence, snapshot);
+    }
+
+    /// Whether the snapshot of `fence` (built if the raise did not get to
+    /// it) names the partial `key` with ETag `etag` (the key alone when the
+    /// store answered no ETag: keys are unique to a write, and a retried PUT
+    /// stores the same bytes).
+    async fn names(
+        &self,
+        fence: &FenceState,
+        key: &str,
+        etag: Option<&str>,
+    ) -> Result<bool, StateBackendError> {
+        let Some(snapshot) = self.snapshot(fence).await? else {
+            return Ok(false);
+        };
+        let relative = &key[self.layout.prefix.len()..];
+        Ok(snapshot.visible.get(relative).is_some_and(|named| {
+            etag.is_none_or(|etag| named.trim_matches('"') == etag.trim_matches('"'))
+        }))
+    }
+
+    /// Delete an invisible object: garbage collection, best effort (an
+    /// object left behind stays invisible; prune removes it with its epoch).
+    async fn discard(&self, key: &str) {
+        let _ = self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await;
     }
 
     /// The listed partials that are visible under `fence`, by vnode, each
@@ -1283,7 +1572,11 @@ impl StateBackend for S3Backend {
         self.carry_fence().await?;
         let shared = &self.store.shared;
         let version = assignment_version;
-        if version < self.authoritative_version() {
+        // The period is the fence this store last read; a write never
+        // carries a period above its own version.
+        let mut period = shared.seen.load(Ordering::Acquire);
+        let told = self.told.load(Ordering::Acquire);
+        if version < told.max(period) {
             // Refused without writing; the refusal names the fence in force
             // now, which may be higher than this handle last saw.
             let fence = shared.fresh_fence().await?.value;
@@ -1293,35 +1586,39 @@ impl StateBackend for S3Backend {
             ));
         }
         let body = frame(Kind::Partial, &bytes);
-        let mut period = shared.seen.load(Ordering::Acquire);
         let what = format!("write_partial({vnode}, {epoch})");
         for _ in 0..MAX_RESTARTS {
             let key = shared.layout.partial(epoch, vnode, period);
-            shared
+            let etag = shared
                 .put(&what, &key, body.clone(), Condition::None)
                 .await
                 .map_err(StateBackendError::from)?;
-            let fence = shared.fresh_fence().await?.value;
-            if version < fence {
-                // Invisible already (no snapshot names an object that
-                // landed after the raise); deleting it keeps the bucket
-                // clean and makes "refused" mean "not stored".
-                let _ = shared
-                    .client
-                    .delete_object()
-                    .bucket(&shared.bucket)
-                    .key(&key)
-                    .send()
-                    .await;
-                return Err(Self::stale(version, fence));
-            }
-            if period >= fence {
+            // A fence read that started after the object landed.
+            let fence = shared.fresh_fence().await?;
+            if period >= fence.value {
+                // Its period is current (and `version >= period`): visible
+                // now, and named by the next raise's snapshot, whose listing
+                // follows the swap.
                 return Ok(());
             }
-            // The fence rose to a value this write still satisfies, but the
-            // object may have landed after the raise's snapshot: write it
-            // again in the new period.
-            period = fence;
+            // The fence rose past the period: the object is visible if and
+            // only if the snapshot of that fence names it (readers judge it
+            // the same way, and every later snapshot keeps what this one
+            // shows). Named: it landed before the raise's listing, so the
+            // write took effect before the raise.
+            if shared.names(&fence, &key, etag.as_deref()).await? {
+                return Ok(());
+            }
+            // Not named: invisible now and under every later fence, so the
+            // answer below is true whether or not this delete succeeds; it
+            // only keeps the bucket clean.
+            shared.discard(&key).await;
+            if version < fence.value {
+                return Err(Self::stale(version, fence.value));
+            }
+            // The writer's version still satisfies the fence: write again in
+            // the new period.
+            period = fence.value;
         }
         Err(StateBackendError::Io(format!(
             "s3 {what}: the fence kept rising during the write"
@@ -1338,14 +1635,29 @@ impl StateBackend for S3Backend {
         let what = format!("read_partial({vnode}, {epoch})");
         let prefix = shared.layout.vnode_partials(epoch, vnode);
         for _ in 0..MAX_RESTARTS {
-            let (listed, fence) =
-                tokio::join!(shared.list(&what, &prefix, None), shared.fresh_fence());
-            let mut visible = shared.visible(listed?, &fence?).await?;
-            let Some(newest) = visible.remove(&vnode).and_then(|mut v| v.pop()) else {
+            let listed = shared.list(&what, &prefix, None).await?;
+            // Nothing listed: nothing was stored when the listing was
+            // answered, whatever the fence.
+            let Some(newest) = listed.last().map(|o| o.key.clone()) else {
                 return Ok(None);
             };
-            match shared.get(&what, &newest.key).await {
-                Ok((framed, _)) => return unframe(Kind::Partial, &newest.key, framed).map(Some),
+            // The listed objects are judged under a fence read that starts
+            // after the listing was answered (an object listed then landed
+            // before that read, so a raise the read does not show had not
+            // swapped the fence when it landed). Meanwhile the newest
+            // listed object, usually the answer, is fetched.
+            let (fence, fetched) = tokio::join!(shared.fresh_fence(), shared.get(&what, &newest));
+            let mut visible = shared.visible(listed, &fence?).await?;
+            let Some(chosen) = visible.remove(&vnode).and_then(|mut v| v.pop()) else {
+                return Ok(None);
+            };
+            let fetched = if chosen.key == newest {
+                fetched
+            } else {
+                shared.get(&what, &chosen.key).await
+            };
+            match fetched {
+                Ok((framed, _)) => return unframe(Kind::Partial, &chosen.key, framed).map(Some),
                 // Pruned, or a refused write deleted, since the listing.
                 Err(Failure::Missing(_)) => continue,
                 Err(other) => return Err(other.into()),
@@ -1362,24 +1674,28 @@ impl StateBackend for S3Backend {
         let shared = &self.store.shared;
         let what = format!("epoch_complete({epoch})");
         let prefix = shared.layout.epoch_partials(epoch);
-        let (listed, fence) = tokio::join!(shared.list(&what, &prefix, None), shared.fresh_fence());
-        let fence = fence?;
-        let told = self.told.load(Ordering::Acquire);
-        if told > 0 && told < fence.value {
-            return Err(Self::stale(told, fence.value));
-        }
-        let present = shared.visible(listed?, &fence).await?;
-        if !vnodes.iter().all(|v| present.contains_key(v)) {
-            return Ok(false);
-        }
         let key = shared.layout.marker(epoch);
         let body = frame(Kind::Marker, self.instance_id.as_bytes());
         for _ in 0..MAX_RESTARTS {
+            let listed = shared.list(&what, &prefix, None).await?;
+            // Judged under a fence read that starts after the listing was
+            // answered (see `read_partial`). A deposed leader is refused on
+            // that read, as a best effort: the check cannot be atomic with
+            // the marker PUT (see "Sealing and the fence" in the crate docs).
+            let fence = shared.fresh_fence().await?;
+            let told = self.told.load(Ordering::Acquire);
+            if told > 0 && told < fence.value {
+                return Err(Self::stale(told, fence.value));
+            }
+            let present = shared.visible(listed, &fence).await?;
+            if !vnodes.iter().all(|v| present.contains_key(v)) {
+                return Ok(false);
+            }
             match shared
                 .put(&what, &key, body.clone(), Condition::Absent)
                 .await
             {
-                Ok(()) => return Ok(true),
+                Ok(_) => return Ok(true),
                 Err(Failure::Precondition(_)) => {}
                 Err(other) => return Err(other.into()),
             }
@@ -1397,7 +1713,9 @@ impl StateBackend for S3Backend {
                         })
                     };
                 }
-                // Pruned between the two requests: try to create it again.
+                // Pruned between the two requests, and the partials with it
+                // (prune deletes markers first): start over from the
+                // listing, never create the marker again unchecked.
                 Err(Failure::Missing(_)) => continue,
                 Err(other) => return Err(other.into()),
             }

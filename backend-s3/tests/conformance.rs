@@ -69,9 +69,12 @@ impl BackendFactory for S3Factory {
         "s3".into()
     }
 
+    /// Not `fenced_seal`: the gate's fence check and its marker PUT are two
+    /// requests, so a raise acknowledged between them does not stop a
+    /// deposed leader's seal (see the crate docs, "Sealing and the fence").
     fn capabilities(&self) -> Capabilities {
         Capabilities::NONE
-            .fenced_seal()
+            .shared_fence()
             .cross_process()
             .cross_process_reopen()
             .recovery_queries()

@@ -15,6 +15,10 @@ fn kind(request: &Seen) -> String {
     let target = request.target.as_str();
     let path = target.split('?').next().unwrap_or_default();
     let what = match request.method.as_str() {
+        "PUT" if path.contains("conditional-write-probe") => "put-probe",
+        "DELETE" if path.contains("conditional-write-probe") => "delete-probe",
+        "HEAD" if path.trim_end_matches('/') == format!("/{}", support::BUCKET) => "head-bucket",
+        "PUT" if path.ends_with("/fence") => "put-fence",
         "PUT" if path.contains("/p/") => "put-partial",
         "PUT" if path.contains("/m/") => "put-marker",
         "GET" if target.contains("list-type=2") => "list",
@@ -82,7 +86,29 @@ async fn single_operations_cost_what_the_docs_say() {
     );
     let (read, requests) = cost(&proxy, backend.read_partial(4, 1)).await;
     assert!(read.unwrap().is_none());
-    assert_eq!(requests, "head-fence x1, list x1", "read_partial, missing");
+    // Nothing listed: no fence read is needed.
+    assert_eq!(requests, "list x1", "read_partial, missing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_probes_once_and_creates_the_fence_on_a_new_store() {
+    let server = TestServer::start();
+    let proxy = FaultProxy::start(&server.address()).await;
+    let config = config(&proxy.endpoint(), &fresh_prefix("connect"));
+    // A new store, first connect of this process to this endpoint and
+    // bucket: the probe, then the fence check finds no fence and no
+    // snapshot, and creates the fence.
+    let (connected, requests) = cost(&proxy, laminar_state_s3::S3Store::connect(&config)).await;
+    connected.expect("connect");
+    assert_eq!(
+        requests,
+        "delete-probe x1, head-bucket x1, head-fence x1, list x1, put-fence x1, put-probe x3",
+        "the first connect"
+    );
+    // Again: probed already, the fence exists.
+    let (connected, requests) = cost(&proxy, laminar_state_s3::S3Store::connect(&config)).await;
+    connected.expect("connect");
+    assert_eq!(requests, "head-bucket x1, head-fence x1", "a later connect");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,9 @@
 //! An HTTP/1.1 proxy between the S3 client and the real server, which logs
 //! every request and injects faults on the ones a rule matches: an error
 //! status without forwarding, a stall, or forwarding and then dropping the
-//! answer (so the request landed but the client must retry).
+//! answer (so the request landed but the client must retry). It can also
+//! strip the conditional headers (`If-Match`, `If-None-Match`) from every
+//! request, so the server behaves like a store that ignores them.
 
 use std::sync::{Arc, Mutex};
 
@@ -47,6 +49,8 @@ pub struct Seen {
 struct State {
     rules: Vec<Rule>,
     seen: Vec<Seen>,
+    /// The requests whose answer reached the client, in that order.
+    answered: Vec<Seen>,
 }
 
 /// A running proxy; it stops with the test's runtime.
@@ -55,6 +59,7 @@ pub struct FaultProxy {
     pub port: u16,
     state: Arc<Mutex<State>>,
     held: Arc<Semaphore>,
+    strip: Arc<Mutex<Vec<String>>>,
 }
 
 impl FaultProxy {
@@ -67,6 +72,7 @@ impl FaultProxy {
             port,
             state,
             held: Arc::new(Semaphore::new(0)),
+            strip: Arc::new(Mutex::new(Vec::new())),
         };
         let (accepting, upstream) = (proxy.clone(), upstream.to_owned());
         tokio::spawn(async move {
@@ -97,9 +103,25 @@ impl FaultProxy {
         self.state.lock().unwrap().rules.clear();
     }
 
-    /// Forget the requests seen so far.
+    /// Forget the requests seen (and answered) so far.
     pub fn reset_log(&self) {
-        self.state.lock().unwrap().seen.clear();
+        let mut state = self.state.lock().unwrap();
+        state.seen.clear();
+        state.answered.clear();
+    }
+
+    /// The requests whose answer the client received since the last reset,
+    /// in the order the answers were sent.
+    pub fn answered(&self) -> Vec<Seen> {
+        self.state.lock().unwrap().answered.clone()
+    }
+
+    /// Drop the headers named `names` (case-insensitive, e.g. `If-Match`,
+    /// `If-None-Match`) from every forwarded request, so the server sees
+    /// unconditional requests: a store that ignores those conditions. An
+    /// empty list forwards headers untouched again.
+    pub fn strip_headers(&self, names: &[&str]) {
+        *self.strip.lock().unwrap() = names.iter().map(|n| n.to_ascii_lowercase()).collect();
     }
 
     /// The requests seen since the last reset.
@@ -152,7 +174,13 @@ impl FaultProxy {
                 write.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
             }
             let body = read_body(&mut client_in, &head, false).await?;
-            match self.decide(&method, &target) {
+            let decided = self.decide(&method, &target);
+            let seen = Seen {
+                method: method.clone(),
+                target: target.clone(),
+                fault: decided,
+            };
+            match decided {
                 Some(Action::Status(status)) => {
                     let xml = format!(
                         "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{}</Code><Message>injected by the test proxy</Message></Error>",
@@ -167,6 +195,7 @@ impl FaultProxy {
                         xml.len()
                     );
                     write.write_all(answer.as_bytes()).await?;
+                    self.state.lock().unwrap().answered.push(seen);
                     continue;
                 }
                 Some(Action::Stall) => {
@@ -185,9 +214,12 @@ impl FaultProxy {
                         server = Some((BufReader::new(r), w));
                     }
                     let (server_in, server_out) = server.as_mut().expect("connected");
+                    let strip = self.strip.lock().unwrap().clone();
                     let mut request = Vec::new();
-                    for line in &head.lines {
-                        if line.to_ascii_lowercase().starts_with("expect:") {
+                    for (i, line) in head.lines.iter().enumerate() {
+                        let name = line.split(':').next().unwrap_or_default();
+                        let name = name.trim().to_ascii_lowercase();
+                        if i > 0 && (name == "expect" || strip.contains(&name)) {
                             continue;
                         }
                         request.extend_from_slice(line.as_bytes());
@@ -216,6 +248,7 @@ impl FaultProxy {
                     answer.extend_from_slice(b"\r\n");
                     answer.extend_from_slice(&body);
                     write.write_all(&answer).await?;
+                    self.state.lock().unwrap().answered.push(seen);
                 }
             }
         }
