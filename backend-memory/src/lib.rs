@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, Rw
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use laminar_state_api::{InputLimits, StateBackend, StateBackendError};
+use laminar_state_api::{InputLimits, StateBackend, StateBackendError, seal_outcome};
 
 /// The number of partial shards in a store.
 pub const SHARD_COUNT: usize = 64;
@@ -191,14 +191,7 @@ impl StateBackend for MemoryBackend {
         let committer = markers
             .entry(epoch)
             .or_insert_with(|| Arc::from(self.instance_id.as_str()));
-        if **committer == *self.instance_id {
-            Ok(true)
-        } else {
-            Err(StateBackendError::SplitBrainCommit {
-                committer: committer.to_string(),
-                self_id: self.instance_id.clone(),
-            })
-        }
+        seal_outcome(committer, &self.instance_id)
     }
 
     async fn prune_before(&self, before: u64) -> Result<(), StateBackendError> {

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use laminar_state_api::{InputLimits, StateBackend, StateBackendError};
+use laminar_state_api::{InputLimits, StateBackend, StateBackendError, seal_outcome};
 use redis::Value;
 use tokio::sync::oneshot;
 
@@ -118,14 +118,7 @@ impl RedisBackend {
                         "the commit marker of epoch {epoch} is unreadable: {e}"
                     ))
                 })?;
-                if committer == self.instance_id {
-                    Ok(true)
-                } else {
-                    Err(StateBackendError::SplitBrainCommit {
-                        committer,
-                        self_id: self.instance_id.clone(),
-                    })
-                }
+                seal_outcome(&committer, &self.instance_id)
             }
             other => Err(StateBackendError::Serialization(format!(
                 "{what}: unexpected reply from the seal script: {other:?}"

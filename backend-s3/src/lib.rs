@@ -243,7 +243,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use aws_smithy_http_client::tls;
 use bytes::{BufMut, Bytes, BytesMut};
-use laminar_state_api::{InputLimits, StateBackend, StateBackendError};
+use laminar_state_api::{InputLimits, StateBackend, StateBackendError, seal_outcome};
 use tokio::sync::oneshot;
 
 /// The default largest partial: 64 MiB.
@@ -1704,14 +1704,7 @@ impl StateBackend for S3Backend {
             match shared.get(&what, &key).await {
                 Ok((framed, _)) => {
                     let committer = utf8(&key, &unframe(Kind::Marker, &key, framed)?)?;
-                    return if committer == self.instance_id {
-                        Ok(true)
-                    } else {
-                        Err(StateBackendError::SplitBrainCommit {
-                            committer,
-                            self_id: self.instance_id.clone(),
-                        })
-                    };
+                    return seal_outcome(&committer, &self.instance_id);
                 }
                 // Pruned between the two requests, and the partials with it
                 // (prune deletes markers first): start over from the

@@ -215,6 +215,22 @@ pub trait StateBackend: Send + Sync + 'static {
 // The engine stores backends as trait objects: keep the trait object-safe.
 const _: Option<&dyn StateBackend> = None;
 
+/// The commit gate's answer once the epoch's marker names `committer`:
+/// `Ok(true)` when that is the asking instance `self_id` (it sealed the
+/// epoch, now or on an earlier call whose answer it may never have seen),
+/// [`StateBackendError::SplitBrainCommit`] naming both otherwise. Every
+/// backend decides with this, so the rule is written once.
+pub fn seal_outcome(committer: &str, self_id: &str) -> Result<bool, StateBackendError> {
+    if committer == self_id {
+        Ok(true)
+    } else {
+        Err(StateBackendError::SplitBrainCommit {
+            committer: committer.to_owned(),
+            self_id: self_id.to_owned(),
+        })
+    }
+}
+
 /// The input limits of one backend handle, and the errors for input beyond
 /// them, worded the same way by every backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -276,6 +292,16 @@ impl InputLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_seal_is_won_only_by_its_committer() {
+        assert!(matches!(seal_outcome("a", "a"), Ok(true)));
+        assert!(matches!(
+            seal_outcome("a", "b"),
+            Err(StateBackendError::SplitBrainCommit { committer, self_id })
+                if committer == "a" && self_id == "b"
+        ));
+    }
 
     #[test]
     fn limits_name_the_offending_value() {
