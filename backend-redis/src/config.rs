@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use laminar_state_api::StateBackendError;
+use laminar_state_api::{StateBackendError, redact_url};
 
 /// The default largest partial: 64 MiB.
 pub const DEFAULT_MAX_PAYLOAD_LEN: usize = 64 << 20;
@@ -17,7 +17,7 @@ pub const DEFAULT_STANDALONE_GROUPS: u32 = 1;
 pub const DEFAULT_CLUSTER_GROUPS: u32 = 16;
 
 /// How to reach the server and which namespace to use.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct RedisConfig {
     /// `redis://[user:password@]host:port[/db]` or `rediss://...` (TLS).
     pub url: String,
@@ -54,6 +54,26 @@ pub struct RedisConfig {
     pub allow_eviction: bool,
 }
 
+/// Shows the URLs without their passwords.
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let nodes: Vec<String> = self.extra_nodes.iter().map(|n| redact_url(n)).collect();
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_url(&self.url))
+            .field("cluster", &self.cluster)
+            .field("extra_nodes", &nodes)
+            .field("namespace", &self.namespace)
+            .field("groups", &self.groups)
+            .field("operation_timeout", &self.operation_timeout)
+            .field("max_payload_len", &self.max_payload_len)
+            .field("replicas", &self.replicas)
+            .field("replica_timeout", &self.replica_timeout)
+            .field("replicate_writes", &self.replicate_writes)
+            .field("allow_eviction", &self.allow_eviction)
+            .finish()
+    }
+}
+
 impl RedisConfig {
     /// Defaults for a standalone server at `url`, namespace `namespace`.
     pub fn new(url: impl Into<String>, namespace: impl Into<String>) -> Self {
@@ -79,8 +99,9 @@ impl RedisConfig {
     /// `allow_eviction=true`. Other query settings are passed to the redis
     /// client.
     pub fn from_url(url: &str) -> Result<Self, StateBackendError> {
-        let bad =
-            |why: String| StateBackendError::Serialization(format!("bad redis URL {url:?}: {why}"));
+        let bad = |why: String| {
+            StateBackendError::Serialization(format!("bad redis URL {:?}: {why}", redact_url(url)))
+        };
         let (base, query) = url.split_once('?').unwrap_or((url, ""));
         let scheme = base.split_once("://").map_or("", |(s, _)| s);
         if scheme != "redis" && scheme != "rediss" {

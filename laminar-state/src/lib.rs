@@ -32,6 +32,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use laminar_state_api::redact_url;
 pub use laminar_state_api::{InputLimits, StateBackend, StateBackendError};
 
 /// The in-process backend.
@@ -116,7 +117,8 @@ pub enum BackendConfig {
         /// `RedisConfig::from_url` in its query (`namespace`, `cluster`,
         /// `nodes`, `groups`, `timeout_ms`, `max_payload_len`, `replicas`,
         /// `replica_timeout_ms`, `replicate_writes`, `allow_eviction`).
-        url: String,
+        /// Its password is never shown by `Debug`.
+        url: SecretUrl,
     },
     /// Amazon S3 or an S3-compatible store. Unset fields take the S3
     /// backend's defaults; credentials come from AWS's default chain unless
@@ -181,6 +183,30 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// A connection URL that may carry a password: deserializes from a plain
+/// string; `Debug` shows it without the password.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    /// Wrap a URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The URL itself, password included.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", redact_url(&self.0))
+    }
+}
+
 /// A whole backend configuration: the backend, and who this handle is.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct Config {
@@ -199,7 +225,7 @@ impl BackendConfig {
     /// `max_payload_len=BYTES` (both), `verify_on_open=false` (redb).
     pub fn from_url(url: &str) -> Result<Self, ConfigError> {
         let invalid = |reason: &str| ConfigError::Invalid {
-            input: url.to_owned(),
+            input: redact_url(url),
             reason: reason.to_owned(),
         };
         let (scheme, rest) = url
@@ -207,7 +233,7 @@ impl BackendConfig {
             .ok_or_else(|| invalid("expected SCHEME://..."))?;
         if scheme == "redis" || scheme == "rediss" {
             return Ok(BackendConfig::Redis {
-                url: url.to_owned(),
+                url: SecretUrl::new(url),
             });
         }
         if scheme == "s3" {
@@ -278,7 +304,9 @@ impl BackendConfig {
                 )
                 .await
             }
-            BackendConfig::Redis { url } => open_redis(url, instance_id, vnode_capacity).await,
+            BackendConfig::Redis { url } => {
+                open_redis(url.expose(), instance_id, vnode_capacity).await
+            }
             BackendConfig::S3 { .. } => open_s3(self, instance_id, vnode_capacity).await,
         }
     }
@@ -409,7 +437,7 @@ async fn open_redis(_: &str, _: &str, _: u32) -> Result<Arc<dyn StateBackend>, C
 #[cfg(feature = "s3")]
 fn s3_from_url(url: &str) -> Result<BackendConfig, ConfigError> {
     let config = laminar_state_s3::S3Config::from_url(url).map_err(|e| ConfigError::Invalid {
-        input: url.to_owned(),
+        input: redact_url(url),
         reason: e.to_string(),
     })?;
     let (access_key_id, secret_access_key) = config

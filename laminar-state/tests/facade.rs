@@ -234,3 +234,45 @@ async fn s3_urls_and_configs_become_s3_settings() {
         );
     }
 }
+
+/// No `Debug` or error text of a config, a bad URL or a failed connect
+/// holds a password or secret key given in the URL.
+#[cfg(all(feature = "redis", feature = "s3"))]
+#[tokio::test]
+async fn credentials_never_leave_the_url() {
+    use laminar_state::{BackendConfig, Config};
+
+    let secret = "hunter2-ZQX";
+    let url = format!("redis://user:{secret}@127.0.0.1:1/?namespace=n&timeout_ms=200");
+    let config = BackendConfig::from_url(&url).unwrap();
+    let full = Config {
+        instance_id: "a".into(),
+        vnode_capacity: 4,
+        backend: config.clone(),
+    };
+    let redis_config = laminar_state::redis::RedisConfig::from_url(&url).unwrap();
+    let mut shown = vec![
+        format!("{config:?}"),
+        format!("{full:?}"),
+        format!("{redis_config:?}"),
+    ];
+    match config.open("a", 4).await {
+        Ok(_) => panic!("nothing listens on port 1"),
+        Err(error) => shown.push(format!("{error} / {error:?}")),
+    }
+    for bad in [
+        format!("redis://user:{secret}@127.0.0.1:1/?groups=many"),
+        format!("rediss://:{secret}@h:1/?timeout_ms=x"),
+        format!("s3://bucket/p?secret_access_key={secret}&access_key_id=id&max_attempts=x"),
+        format!("redb://user:{secret}@h/?x=1"),
+    ] {
+        let error = match BackendConfig::from_url(&bad) {
+            Ok(config) => config.open("a", 4).await.err().expect("a bad URL opened"),
+            Err(error) => error,
+        };
+        shown.push(format!("{error} / {error:?}"));
+    }
+    for text in shown {
+        assert!(!text.contains(secret), "a secret was shown: {text}");
+    }
+}
