@@ -31,6 +31,7 @@
 //! [`StateBackend`]: laminar_state_api::StateBackend
 
 mod factory;
+pub mod faults;
 mod model;
 pub mod properties;
 mod runner;

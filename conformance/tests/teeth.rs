@@ -72,6 +72,9 @@ enum Flaw {
     RecoveryWraps,
     /// `prune_before` deletes the partials, then the markers a moment later.
     PruneMarkersLast,
+    /// A seal asked again by its own committer (a retry after a lost
+    /// answer) reports split-brain naming itself.
+    SealRetryNotWon,
 }
 
 impl Flaw {
@@ -377,6 +380,7 @@ impl StateBackend for Handle {
         }
         let mut guard = self.shared.state.lock().unwrap();
         let (state, log) = &mut *guard;
+        let existed = state.markers.contains_key(&epoch);
         let committer = match state.markers.get(&epoch) {
             Some(committer) => committer.clone(),
             None => {
@@ -386,7 +390,7 @@ impl StateBackend for Handle {
                 self.id.clone()
             }
         };
-        if committer == self.id {
+        if committer == self.id && !(existed && self.shared.flaw == Flaw::SealRetryNotWon) {
             Ok(true)
         } else {
             Err(StateBackendError::SplitBrainCommit {
@@ -753,6 +757,11 @@ fn wrapping_recovery_query_is_caught_by_p12() {
 #[test]
 fn prune_deleting_markers_last_is_caught_by_p11_prune_races_seals() {
     caught("p11_prune_races_seals", Flaw::PruneMarkersLast);
+}
+
+#[test]
+fn seal_retry_reported_as_split_brain_is_caught_by_p2_lost_answers() {
+    caught("p02_lost_answers", Flaw::SealRetryNotWon);
 }
 
 #[test]

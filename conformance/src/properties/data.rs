@@ -4,13 +4,16 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use laminar_state_api::StateBackend;
+use laminar_state_api::{StateBackend, StateBackendError};
 use proptest::prelude::*;
 
 use crate::factory::BackendFactory;
+use crate::faults::LostAnswers;
 use crate::model::{self, op_strategy};
-use crate::runner::{Checked, ensure, for_all};
-use crate::support::{Context, fresh_store, open, payload, read, unique_tag, write};
+use crate::runner::{Checked, ensure, for_all, run_seed};
+use crate::support::{
+    Context, describe, fresh_store, is_stale, open, payload, read, unique_tag, write,
+};
 
 /// The largest payload P1 tries, whatever the backend's limit.
 const ROUND_TRIP_MAX_LEN: usize = 256 << 10;
@@ -193,4 +196,125 @@ pub async fn p13_shared_object(factory: &dyn BackendFactory) -> Checked {
         }
     }
     Ok(())
+}
+
+/// P2, lost answers: a checkpoint loop (write every vnode, seal, now and
+/// then raise the fence, prune what is two epochs old) through a
+/// [`LostAnswers`] wrapper that loses one answer in three after the store
+/// applied the call; the caller retries each call until it gets an answer.
+/// A retried write succeeds, a retried seal comes back won (`Ok(true)`,
+/// never `SplitBrainCommit` naming the caller itself), a retried raise and
+/// prune succeed. Afterwards a fault-free handle reads exactly what the loop
+/// wrote and kept, finds each kept epoch sealed by the loop's instance, and
+/// (with `fencing`) is refused below the last raise.
+pub async fn p02_lost_answers(factory: &dyn BackendFactory) -> Checked {
+    const VNODES: u32 = 4;
+    const EPOCHS: u64 = 12;
+    let store = fresh_store(factory).await?;
+    let tag = unique_tag("p02-lost");
+    let id = format!("{tag}-leader");
+    let inner = open(&*store, &id, VNODES).await?;
+    let faulty = LostAnswers::new(Arc::clone(&inner), run_seed(), 3);
+    let fencing = factory.capabilities().fencing;
+    let all: Vec<u32> = (0..VNODES).collect();
+    let bytes = |epoch: u64, vnode: u32| payload(epoch << 8 | u64::from(vnode), 32);
+    let mut version = 1;
+    if fencing {
+        retried("persist_authoritative_version(1)", || {
+            faulty.persist_authoritative_version(1)
+        })
+        .await?;
+    }
+    for epoch in 1..=EPOCHS {
+        for vnode in 0..VNODES {
+            retried(&format!("write_partial({vnode}, {epoch})"), || {
+                faulty.write_partial(vnode, epoch, version, bytes(epoch, vnode))
+            })
+            .await?;
+        }
+        let sealed = retried(&format!("epoch_complete({epoch})"), || {
+            faulty.epoch_complete(epoch, &all)
+        })
+        .await?;
+        ensure!(
+            sealed,
+            "epoch {epoch}: every partial was written, yet the retried seal gave Ok(false)"
+        );
+        if fencing && epoch % 4 == 0 {
+            version += 1;
+            retried(&format!("persist_authoritative_version({version})"), || {
+                faulty.persist_authoritative_version(version)
+            })
+            .await?;
+        }
+        if epoch > 2 {
+            retried(&format!("prune_before({})", epoch - 2), || {
+                faulty.prune_before(epoch - 2)
+            })
+            .await?;
+        }
+    }
+    ensure!(
+        faulty.lost() > 0,
+        "no answer was lost: the property proved nothing"
+    );
+
+    let other = open(&*store, &format!("{tag}-other"), VNODES).await?;
+    for epoch in 1..=EPOCHS {
+        for vnode in 0..VNODES {
+            let held = read(&other, vnode, epoch).await?;
+            let expected = (epoch >= EPOCHS - 2).then(|| bytes(epoch, vnode));
+            ensure!(
+                held == expected,
+                "after the loop, (vnode {vnode}, epoch {epoch}) is {}, expected {}",
+                if held.is_some() { "present" } else { "absent" },
+                if expected.is_some() {
+                    "present"
+                } else {
+                    "absent"
+                }
+            );
+        }
+    }
+    for epoch in EPOCHS - 2..=EPOCHS {
+        let result = other.epoch_complete(epoch, &all).await;
+        ensure!(
+            matches!(&result, Err(StateBackendError::SplitBrainCommit { committer, .. }) if *committer == id),
+            "epoch {epoch} should be sealed by {id}, but another instance's gate gave {}",
+            describe(&result)
+        );
+    }
+    if fencing {
+        let stale = other
+            .write_partial(0, EPOCHS + 1, version - 1, payload(1, 8))
+            .await;
+        ensure!(
+            is_stale(&stale, version - 1, version),
+            "the retried raise to {version} did not hold: a write at {} gave {}",
+            version - 1,
+            describe(&stale)
+        );
+    }
+    Ok(())
+}
+
+/// `call` again while its answer is a lost one, at most 16 times; its first
+/// real answer, or a failure naming `what` for any other error.
+async fn retried<T, F, Fut>(what: &str, mut call: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StateBackendError>>,
+{
+    for _ in 0..16 {
+        match call().await {
+            Err(StateBackendError::Io(message)) if message.starts_with("fault injected") => {}
+            Ok(value) => return Ok(value),
+            Err(error) => {
+                return Err(format!(
+                    "{what}, retried after a lost answer, gave {error:?}"
+                ));
+            }
+        }
+    }
+    Err(format!("{what}: 16 answers in a row were lost"))
 }

@@ -11,7 +11,9 @@ mod recovery;
 
 pub use bad_input::{p12_bad_input, p12_corruption};
 pub use commit::{p08_commit_gate, p09_one_committer, p15_fenced_seal};
-pub use data::{p01_round_trip, p02_idempotent_replay, p03_independence, p13_shared_object};
+pub use data::{
+    p01_round_trip, p02_idempotent_replay, p02_lost_answers, p03_independence, p13_shared_object,
+};
 pub use durability::{
     CHILD_ENV, ChildCommand, p06_shared_fence_across_processes, p10_durability_crash,
     p10_durability_reopen,
@@ -53,6 +55,7 @@ macro_rules! __with_properties {
         $callback! { $($args)*;
             (P1, p01_round_trip, plain, [], "reads return the last acknowledged bytes, None when absent or pruned"),
             (P2, p02_idempotent_replay, plain, [], "replaying the same write, before or after the seal, changes nothing"),
+            (P2, p02_lost_answers, plain, [], "calls whose answers are lost after they applied: retries succeed, a retried seal is won"),
             (P3, p03_independence, plain, [], "random multi-handle sequences match the reference model"),
             (P4, p04_fence_monotonic, plain, [Fencing], "the fence never goes down; 0 means off"),
             (P5, p05_fence_enforced, plain, [Fencing], "writes below the fence fail with StaleVersion and write nothing"),
