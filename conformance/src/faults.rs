@@ -54,7 +54,8 @@ impl LostAnswers {
         answer: Result<T, StateBackendError>,
     ) -> Result<T, StateBackendError> {
         let call = self.calls.fetch_add(1, Ordering::Relaxed);
-        if splitmix64(self.seed ^ call.wrapping_mul(0x9E37_79B9_7F4A_7C15)) % self.every != 0 {
+        let draw = splitmix64(self.seed ^ call.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        if !draw.is_multiple_of(self.every) {
             return answer;
         }
         self.lost.fetch_add(1, Ordering::Relaxed);
