@@ -135,6 +135,11 @@
 //! | `fence` | the fence's copies and how a raise reaches them |
 //! | `writer` | the write path and group commit |
 //! | `backend` | [`RedisBackend`] and the trait implementation, in the trait's order |
+//!
+//! [`StateBackend`]: laminar_state_api::StateBackend
+//! [`StateBackendError::Io`]: laminar_state_api::StateBackendError::Io
+//! [`StateBackend::persist_authoritative_version`]: laminar_state_api::StateBackend::persist_authoritative_version
+//! [`StateBackend::set_authoritative_version`]: laminar_state_api::StateBackend::set_authoritative_version
 
 mod backend;
 mod config;

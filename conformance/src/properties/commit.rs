@@ -180,7 +180,8 @@ async fn sealed_but_incomplete(
 /// new leader seals the epoch itself. A handle never told any version (fencing
 /// opted out) is not refused. Then, for backends that also claim
 /// `recovery_queries`, a deposed leader's seal races the raise that deposes
-/// it, over many rounds (see [`seal_racing_raise`]).
+/// it, over many rounds: if the epoch was not sealed right after the raise was
+/// acknowledged, the deposed seal must not come back as won.
 pub async fn p15_fenced_seal(factory: &dyn BackendFactory) -> Checked {
     const VNODES: u32 = 4;
     let store = fresh_store(factory).await?;
