@@ -83,16 +83,36 @@
 //!
 //! # Pruning
 //!
-//! [`StateBackend::prune_before`] deletes in transactions of at most
-//! 8,192 entries: first every commit marker below the bound, then the
-//! partials, lowest epoch first, then once more any marker below the bound
-//! (one sealed by a caller that raced the prune). A crash or a kill at any
-//! point leaves every epoch that still has its marker with all its partials:
-//! no sealed epoch ever lacks its partials (provided nobody seals an epoch
-//! below the bound while the prune runs; the contract only has writes and
-//! seals at or above the bound run concurrently with it). What a crash can
-//! leave is unsealed epochs below the bound with some of their partials,
-//! which no recovery reads; running the prune again finishes the job.
+//! [`StateBackend::prune_before`] deletes in transactions of at most 8,192
+//! entries. Each one first deletes every commit marker below the bound, and
+//! deletes partials (lowest epoch first, as many as the rest of its 8,192
+//! allow) only if that left no marker below the bound. So:
+//!
+//! - **No sealed epoch ever lacks its partials**, in any committed state,
+//!   and so whatever a crash, a SIGKILL or a power loss leaves: a
+//!   transaction that deletes partials commits with no marker below the
+//!   bound, and a seal marks an epoch only in a transaction that finds all
+//!   its partials. That holds with seals below the bound racing the prune:
+//!   a seal that lands between two of its transactions finds the epoch whole
+//!   (`Ok(true)`, ordered before the rest of the prune, whose next
+//!   transaction removes the marker before, or with, any of the partials) or
+//!   not (`Ok(false)`). It holds for any number of prunes of any bounds at
+//!   once, each transaction keeping it on its own, and for a prune that
+//!   fails midway (a dead committer): no lock, no record, nothing to repair
+//!   at open.
+//! - A prune is not atomic as a whole: reads during it may see some epochs
+//!   below the bound gone and others not yet. A prune that fits in one
+//!   transaction (markers and partials together) is atomic.
+//! - What a crash or a failed prune can leave below the bound: unsealed
+//!   epochs with some of their partials, which no recovery reads, and epochs
+//!   sealed during the prune with all their partials. Running the prune
+//!   again (the engine's next one does) finishes the job; after a completed
+//!   prune, a pruned epoch written again can be sealed again.
+//!
+//! Cost: one fsync per transaction, so one for a prune of up to 8,192
+//! entries (markers and partials together), none for a prune with nothing
+//! to delete; each transaction after the first also looks up the (usually
+//! empty) marker range below the bound. Seals pay nothing.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -191,7 +211,14 @@ struct Core {
     requests: AtomicU64,
     /// A fault injected by a test into the next batch.
     fault: Mutex<Option<CommitFault>>,
+    /// Called by a test after each transaction of a prune.
+    prune_hook: Mutex<Option<PruneHook>>,
 }
+
+/// What a test runs on the pruning thread after each transaction of a prune
+/// (see [`RedbStore::set_prune_hook`]): for tests only.
+#[doc(hidden)]
+pub type PruneHook = Arc<dyn Fn() + Send + Sync>;
 
 /// A fault the committer injects into its next batch, inside the write
 /// transaction: for tests only (see [`RedbStore::inject_commit_fault`]).
@@ -392,6 +419,21 @@ impl RedbStore {
             .unwrap_or_else(PoisonError::into_inner) = Some(fault);
     }
 
+    /// Test-only: run `hook` on the pruning thread after each transaction
+    /// of every prune of this store (committed or rolled back), before the
+    /// next one begins, so that a test can pause a prune between two of its
+    /// transactions (and kill the process there). `None` removes it. Not for
+    /// production use.
+    #[doc(hidden)]
+    pub fn set_prune_hook(&self, hook: Option<PruneHook>) {
+        *self
+            .inner
+            .core
+            .prune_hook
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = hook;
+    }
+
     async fn submit<T>(
         &self,
         request: Request,
@@ -497,6 +539,7 @@ impl Core {
             transactions: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             fault: Mutex::new(None),
+            prune_hook: Mutex::new(None),
         })
     }
 
@@ -526,6 +569,18 @@ impl Core {
     fn kill(&self, why: String) {
         let _ = self.dead.set(why);
         self.close();
+    }
+
+    /// Run the test's prune hook, if any.
+    fn after_prune_transaction(&self) {
+        let hook = self
+            .prune_hook
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(hook) = hook {
+            hook();
+        }
     }
 
     /// Close the database once the operations in flight are done.
@@ -644,15 +699,7 @@ impl StateBackend for RedbBackend {
     async fn prune_before(&self, before: u64) -> Result<(), StateBackendError> {
         let what = format!("prune_before({before})");
         self.store
-            .blocking(what, move |core, what| {
-                // Markers first: an epoch keeps its marker only while it has
-                // all its partials, whenever the prune is interrupted.
-                while !prune_chunk(core, what, Prune::Markers, before)? {}
-                while !prune_chunk(core, what, Prune::Partials, before)? {}
-                // A marker sealed below the bound while the prune ran.
-                while !prune_chunk(core, what, Prune::Markers, before)? {}
-                Ok(())
-            })
+            .blocking(what, move |core, what| prune(core, what, before))
             .await
     }
 
@@ -711,50 +758,64 @@ impl StateBackend for RedbBackend {
     }
 }
 
-/// What one prune transaction deletes.
-#[derive(Clone, Copy)]
-enum Prune {
-    Markers,
-    Partials,
+/// `prune_before(before)`: [`prune_step`] until none is left.
+fn prune(core: &Core, what: &str, before: u64) -> Result<(), StateBackendError> {
+    loop {
+        let done = core.with_db(what, |db| prune_step(db, what, before))?;
+        core.after_prune_transaction();
+        if done {
+            return Ok(());
+        }
+    }
 }
 
-/// Delete at most [`PRUNE_CHUNK`] markers or partials below `before`, lowest
-/// first, in one transaction; `Ok(true)` when none are left.
-fn prune_chunk(
-    core: &Core,
-    what: &str,
-    table: Prune,
-    before: u64,
-) -> Result<bool, StateBackendError> {
-    core.with_db(what, |db| {
-        let what = || what.to_owned();
-        let txn = db.begin_write().or_redb(what)?;
-        let removed = match table {
-            // Lazily extracted: only what is taken is removed.
-            Prune::Markers => {
-                let mut markers = txn.open_table(MARKERS).or_redb(what)?;
-                let taken = markers
-                    .extract_from_if(..before, |_, _| true)
-                    .or_redb(what)?
-                    .take(PRUNE_CHUNK);
-                count_taken(taken, what)?
-            }
-            Prune::Partials => {
-                let mut partials = txn.open_table(PARTIALS).or_redb(what)?;
-                let taken = partials
-                    .extract_from_if(..(before, 0), |_, _| true)
-                    .or_redb(what)?
-                    .take(PRUNE_CHUNK);
-                count_taken(taken, what)?
-            }
-        };
-        if removed == 0 {
-            txn.abort().or_redb(what)?;
+/// One transaction of `prune_before(before)`: delete every commit marker
+/// below `before`, then, only if that left none and the transaction has
+/// room for more (at most [`PRUNE_CHUNK`] deletions in all), partials below
+/// `before`, lowest epoch first. `Ok(true)` when nothing below `before` is
+/// left.
+///
+/// So a transaction that deletes a partial leaves no marker below the
+/// bound: whatever a seal marked between two of a prune's transactions (it
+/// found all its partials, since seals check them in their own transaction)
+/// loses its marker in the next one, before or with any of its partials.
+/// Every committed state, and so whatever a kill leaves, has every marked
+/// epoch with all its partials; concurrent prunes of any bounds keep that
+/// too, each transaction on its own.
+fn prune_step(db: &Database, what: &str, before: u64) -> Result<bool, StateBackendError> {
+    let what = || what.to_owned();
+    let txn = db.begin_write().or_redb(what)?;
+    let (removed, done) = {
+        // Lazily extracted: only what is taken is removed.
+        let mut markers = txn.open_table(MARKERS).or_redb(what)?;
+        let taken = markers
+            .extract_from_if(..before, |_, _| true)
+            .or_redb(what)?
+            .take(PRUNE_CHUNK);
+        let markers_removed = count_taken(taken, what)?;
+        // Fewer than asked for: no marker below the bound is left.
+        let budget = PRUNE_CHUNK - markers_removed;
+        if budget == 0 {
+            (markers_removed, false)
         } else {
-            txn.commit().or_redb(what)?;
+            let mut partials = txn.open_table(PARTIALS).or_redb(what)?;
+            let taken = partials
+                .extract_from_if(..(before, 0), |_, _| true)
+                .or_redb(what)?
+                .take(budget);
+            let partials_removed = count_taken(taken, what)?;
+            (
+                markers_removed + partials_removed,
+                partials_removed < budget,
+            )
         }
-        Ok(removed < PRUNE_CHUNK)
-    })
+    };
+    if removed == 0 {
+        txn.abort().or_redb(what)?;
+    } else {
+        txn.commit().or_redb(what)?;
+    }
+    Ok(done)
 }
 
 fn count_taken<T, E: Into<redb::Error>>(

@@ -1,7 +1,8 @@
 //! What the conformance suite does not cover: damaged files, the file lock
 //! between processes, one store per file (symlinks, hard links), group
-//! commit, file growth under steady pruning, a crash mid-prune, a dead
-//! committer, and the cost of a fence raise.
+//! commit, file growth under steady pruning, a crash mid-prune (with seals
+//! below the bound racing it), a dead committer, and the cost of a fence
+//! raise.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -15,7 +16,7 @@ use bytes::Bytes;
 use laminar_state_api::{StateBackend, StateBackendError};
 use laminar_state_conformance::properties;
 use laminar_state_redb::{CommitFault, RedbBackend, RedbStore};
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 const PARTIALS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("partials");
 const MARKERS: TableDefinition<u64, &[u8]> = TableDefinition::new("markers");
@@ -379,17 +380,36 @@ fn splitmix64(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// The epochs below the bound the template leaves unsealed (with all their
+/// partials), for the child to seal while it prunes.
+fn racing_seal(epoch: u64) -> bool {
+    epoch < PRUNE_BEFORE && epoch.is_multiple_of(2)
+}
+
 /// The child of [`a_crash_mid_prune_never_leaves_a_sealed_epoch_without_its_partials`]:
-/// prune, and say when it started and when its first deletions committed.
+/// prune, and say when it started and when its first deletions committed;
+/// meanwhile seal the unsealed epochs below the bound, highest first (the
+/// prune deletes lowest first), over and over until the prune is done.
 fn prune_child(path: &str) {
+    const SEALERS: u64 = 4;
     runtime().block_on(async {
         let handle = RedbBackend::open(path, "pruner", PRUNE_VNODES).unwrap();
         let pruner = handle.clone();
-        let say = |line: &str| {
-            let mut out = std::io::stdout().lock();
-            writeln!(out, "{line}").unwrap();
-            out.flush().unwrap();
-        };
+        let pruned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        for sealer in 0..SEALERS {
+            let (handle, pruned) = (handle.clone(), Arc::clone(&pruned));
+            tokio::spawn(async move {
+                let all: Vec<u32> = (0..PRUNE_VNODES).collect();
+                while !pruned.load(std::sync::atomic::Ordering::Acquire) {
+                    let mine = (0..PRUNE_BEFORE)
+                        .rev()
+                        .filter(|epoch| racing_seal(*epoch) && epoch / 2 % SEALERS == sealer);
+                    for epoch in mine {
+                        handle.epoch_complete(epoch, &all).await.unwrap();
+                    }
+                }
+            });
+        }
         say("PRUNE-STARTED");
         let prune = tokio::spawn(async move { pruner.prune_before(PRUNE_BEFORE).await });
         while handle.read_partial(0, 0).await.unwrap().is_some() {
@@ -397,32 +417,39 @@ fn prune_child(path: &str) {
         }
         say("PRUNE-PROGRESS");
         prune.await.unwrap().unwrap();
+        pruned.store(true, std::sync::atomic::Ordering::Release);
         say("PRUNE-DONE");
     });
     // Wait to be killed, boundedly.
     std::thread::sleep(Duration::from_secs(20));
 }
 
+/// Partials per epoch and the sealed epochs of `db`.
+fn census_of(db: &Database) -> (BTreeMap<u64, u32>, Vec<u64>) {
+    let txn = db.begin_read().unwrap();
+    let mut partials = BTreeMap::new();
+    for entry in txn.open_table(PARTIALS).unwrap().iter().unwrap() {
+        let (key, _) = entry.unwrap();
+        *partials.entry(key.value().0).or_insert(0) += 1;
+    }
+    let markers = txn
+        .open_table(MARKERS)
+        .unwrap()
+        .iter()
+        .unwrap()
+        .map(|entry| entry.unwrap().0.value())
+        .collect();
+    (partials, markers)
+}
+
 /// Partials per epoch and the sealed epochs, read straight from the file.
 fn census(store: &RedbStore) -> (BTreeMap<u64, u32>, Vec<u64>) {
-    store
-        .with_raw_database(|db| {
-            let txn = db.begin_read().unwrap();
-            let mut partials = BTreeMap::new();
-            for entry in txn.open_table(PARTIALS).unwrap().iter().unwrap() {
-                let (key, _) = entry.unwrap();
-                *partials.entry(key.value().0).or_insert(0) += 1;
-            }
-            let markers = txn
-                .open_table(MARKERS)
-                .unwrap()
-                .iter()
-                .unwrap()
-                .map(|entry| entry.unwrap().0.value())
-                .collect();
-            (partials, markers)
-        })
-        .unwrap()
+    store.with_raw_database(census_of).unwrap()
+}
+
+/// The census of the file exactly as a kill left it, read with redb alone.
+fn raw_census(path: &Path) -> (BTreeMap<u64, u32>, Vec<u64>) {
+    census_of(&Database::open(path).unwrap())
 }
 
 #[test]
@@ -454,7 +481,9 @@ fn a_crash_mid_prune_never_leaves_a_sealed_epoch_without_its_partials() {
             let (handle, all) = (Arc::clone(&handle), Arc::clone(&all));
             tasks.spawn(async move {
                 for epoch in (sealer..PRUNE_EPOCHS).step_by(16) {
-                    assert!(handle.epoch_complete(epoch, &all).await.unwrap());
+                    if !racing_seal(epoch) {
+                        assert!(handle.epoch_complete(epoch, &all).await.unwrap());
+                    }
                 }
             });
         }
@@ -502,8 +531,8 @@ fn a_crash_mid_prune_never_leaves_a_sealed_epoch_without_its_partials() {
         child.kill().unwrap();
         child.wait().unwrap();
 
-        let store = RedbStore::open(&path).unwrap();
-        let (partials, markers) = census(&store);
+        // The file as the kill left it.
+        let (partials, markers) = raw_census(&path);
         for epoch in &markers {
             let held = partials.get(epoch).copied().unwrap_or(0);
             assert_eq!(
@@ -517,6 +546,7 @@ fn a_crash_mid_prune_never_leaves_a_sealed_epoch_without_its_partials() {
         if below > 0 && below < PRUNE_BEFORE as u32 * PRUNE_VNODES {
             killed_mid_prune += 1;
         }
+        let store = RedbStore::open(&path).unwrap();
         // Pruning again finishes the job, and keeps everything from PRUNE_BEFORE.
         runtime().block_on(async {
             let handle = store.handle("again", PRUNE_VNODES);
@@ -767,4 +797,399 @@ fn a_raise_does_not_wait_for_the_batch_in_flight() {
     // The raise went to disk with the leader's write.
     let reopened = RedbStore::open(&path).unwrap();
     assert_eq!(reopened.handle("x", 4).authoritative_version(), 2);
+}
+
+const SEAL_RACE_CHILD_ENV: &str = "LAMINAR_REDB_SEAL_RACE_CHILD";
+const SEAL_RACE_VICTIM_ENV: &str = "LAMINAR_REDB_SEAL_RACE_VICTIM";
+/// 64 vnodes x 200 epochs; pruning below 150 deletes 9,600 partials: more
+/// than one prune transaction.
+const RACE_VNODES: u32 = 64;
+const RACE_EPOCHS: u64 = 200;
+const RACE_BEFORE: u64 = 150;
+
+/// The epochs below the bound the template leaves unsealed (with all their
+/// partials), for the child to seal while its prune is paused.
+fn unsealed_below_bound() -> impl Iterator<Item = u64> {
+    (0..RACE_BEFORE).step_by(2)
+}
+
+/// Prunes of a store paused after each of their transactions, through the
+/// test-only prune hook: `step` waits until a prune is paused, `resume`
+/// lets it go on to its next transaction.
+struct PausedPrunes {
+    steps: tokio::sync::mpsc::UnboundedReceiver<()>,
+    go: std::sync::mpsc::Sender<()>,
+}
+
+impl PausedPrunes {
+    fn install(store: &RedbStore) -> Self {
+        let (step, steps) = tokio::sync::mpsc::unbounded_channel();
+        let (go, gone) = std::sync::mpsc::channel::<()>();
+        let gone = std::sync::Mutex::new(gone);
+        store.set_prune_hook(Some(Arc::new(move || {
+            let _ = step.send(());
+            // Bounded: a test that forgets to resume fails on its own.
+            let _ = gone.lock().unwrap().recv_timeout(Duration::from_secs(20));
+        })));
+        Self { steps, go }
+    }
+
+    /// Wait (boundedly) until a prune is paused after a transaction.
+    async fn step(&mut self) {
+        tokio::time::timeout(Duration::from_secs(10), self.steps.recv())
+            .await
+            .expect("no prune transaction within 10 s")
+            .expect("the prune hook is gone");
+    }
+
+    fn resume(&self) {
+        self.go.send(()).unwrap();
+    }
+}
+
+/// `RACE_VNODES` partials for each of the epochs `0..RACE_EPOCHS`, every
+/// epoch sealed but [`unsealed_below_bound`].
+async fn fill_race_store(handle: &RedbBackend) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for writer in 0..RACE_VNODES {
+        let handle = handle.clone();
+        tasks.spawn(async move {
+            for epoch in 0..RACE_EPOCHS {
+                let bytes = Bytes::from(format!("{writer}@{epoch}"));
+                handle.write_partial(writer, epoch, 0, bytes).await.unwrap();
+            }
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.unwrap();
+    }
+    let all: Vec<u32> = (0..RACE_VNODES).collect();
+    let unsealed: Vec<u64> = unsealed_below_bound().collect();
+    for epoch in (0..RACE_EPOCHS).filter(|epoch| !unsealed.contains(epoch)) {
+        assert!(handle.epoch_complete(epoch, &all).await.unwrap());
+    }
+}
+
+/// Say `line` on stdout at once, for the parent.
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").unwrap();
+    out.flush().unwrap();
+}
+
+/// The child of [`a_seal_racing_a_prune_then_a_kill_never_leaves_a_sealed_epoch_without_its_partials`]:
+/// start `prune_before(RACE_BEFORE)`, pause it after each of its
+/// transactions, and at every pause try to seal every epoch below the bound
+/// the template left unsealed (those with all their partials get sealed),
+/// until the partials of epoch `victim` are gone; then wait there, the
+/// prune paused, to be killed.
+fn seal_race_child(path: &str, victim: u64) {
+    runtime().block_on(async {
+        let store = RedbStore::open(path).unwrap();
+        let handle = store.handle("racer", RACE_VNODES);
+        let mut paused = PausedPrunes::install(&store);
+        let pruner = handle.clone();
+        let mut prune = tokio::spawn(async move { pruner.prune_before(RACE_BEFORE).await });
+        let all: Arc<[u32]> = (0..RACE_VNODES).collect();
+        paused.step().await;
+        for pause in 1.. {
+            // The prune is paused between two of its transactions: seal
+            // below it (the gate says which epochs still have their
+            // partials).
+            let mut seals = tokio::task::JoinSet::new();
+            for epoch in unsealed_below_bound() {
+                let (handle, all) = (handle.clone(), Arc::clone(&all));
+                seals.spawn(async move { handle.epoch_complete(epoch, &all).await });
+            }
+            let mut sealed = 0;
+            while let Some(joined) = seals.join_next().await {
+                sealed += u32::from(joined.unwrap().unwrap());
+            }
+            say(&format!("SEALED {sealed} at pause {pause}"));
+            if handle.read_partial(0, victim).await.unwrap().is_none() {
+                say(&format!(
+                    "KILL-ME partials of epoch {victim} deleted, prune paused"
+                ));
+                break;
+            }
+            paused.resume();
+            // The prune's next transaction, or its end.
+            tokio::select! {
+                () = paused.step() => {}
+                done = &mut prune => {
+                    done.unwrap().unwrap();
+                    say("KILL-ME prune finished");
+                    break;
+                }
+            }
+        }
+        // Wait to be killed, boundedly, with the prune still paused: leaving
+        // this block would drop `paused`, which lets the prune go on.
+        std::thread::sleep(Duration::from_secs(20));
+        drop(paused);
+    });
+}
+
+/// Issue 9, point 9: seals of epochs below the bound that land after the
+/// prune's first transaction (each epoch with all its partials), then a
+/// SIGKILL while the prune is paused between two of its transactions, once
+/// as soon as epoch 0's partials are gone (mid-deletion), once as soon as
+/// the last unsealed epoch's are (after the last deletion, before the prune
+/// returns). The child seals at every pause. No sealed epoch may lack its
+/// partials in the file the kill left.
+#[test]
+fn a_seal_racing_a_prune_then_a_kill_never_leaves_a_sealed_epoch_without_its_partials() {
+    if let Ok(path) = std::env::var(SEAL_RACE_CHILD_ENV) {
+        let victim = std::env::var(SEAL_RACE_VICTIM_ENV).unwrap();
+        seal_race_child(&path, victim.parse().unwrap());
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let template = dir.path().join("template.redb");
+    runtime().block_on(async {
+        fill_race_store(&RedbBackend::open(&template, "engine", RACE_VNODES).unwrap()).await;
+    });
+    // The handle is dropped: this process let go of the file.
+    let last_sealed = unsealed_below_bound().last().unwrap();
+    for victim in [0, last_sealed] {
+        let path = dir.path().join(format!("race-{victim}.redb"));
+        std::fs::copy(&template, &path).unwrap();
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "a_seal_racing_a_prune_then_a_kill_never_leaves_a_sealed_epoch_without_its_partials",
+                "--exact",
+                "--nocapture",
+            ])
+            .env(SEAL_RACE_CHILD_ENV, &path)
+            .env(SEAL_RACE_VICTIM_ENV, victim.to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut said = Vec::new();
+        for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+            let line = line.unwrap();
+            let done = line.starts_with("KILL-ME");
+            said.push(line);
+            if done {
+                break;
+            }
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        eprintln!("victim {victim}: the child said: {said:?}");
+        assert!(
+            said.iter()
+                .any(|line| line.starts_with("KILL-ME") && line.ends_with("prune paused")),
+            "victim {victim}: the child was not killed mid-prune: {said:?}"
+        );
+        let sealed_during_prune: u32 = said
+            .iter()
+            .filter_map(|line| line.strip_prefix("SEALED "))
+            .map(|rest| rest.split(' ').next().unwrap().parse::<u32>().unwrap())
+            .sum();
+        assert!(
+            sealed_during_prune > 0,
+            "victim {victim}: no seal below the bound landed during the prune: the test proved nothing ({said:?})"
+        );
+
+        // The file as the kill left it.
+        let (partials, markers) = raw_census(&path);
+        for epoch in &markers {
+            let held = partials.get(epoch).copied().unwrap_or(0);
+            assert_eq!(
+                held, RACE_VNODES,
+                "victim {victim}: sealed epoch {epoch} has {held} of its {RACE_VNODES} partials after a seal raced the prune and a kill (child: {said:?})"
+            );
+        }
+        let below: u32 = partials.range(..RACE_BEFORE).map(|(_, n)| n).sum();
+        assert!(
+            victim != 0 || (below > 0 && below < RACE_BEFORE as u32 * RACE_VNODES),
+            "victim {victim}: the kill was not mid-deletion ({below} partials below the bound; markers {markers:?}; partials per epoch {partials:?}; child: {said:?})"
+        );
+        // Pruning again finishes the job: nothing below the bound is left,
+        // everything from it is intact.
+        let store = RedbStore::open(&path).unwrap();
+        runtime().block_on(async {
+            let handle = store.handle("again", RACE_VNODES);
+            handle.prune_before(RACE_BEFORE).await.unwrap();
+        });
+        let (partials, markers) = census(&store);
+        let expected: BTreeMap<u64, u32> = (RACE_BEFORE..RACE_EPOCHS)
+            .map(|epoch| (epoch, RACE_VNODES))
+            .collect();
+        assert_eq!(
+            partials, expected,
+            "victim {victim}: partials after pruning again"
+        );
+        assert_eq!(
+            markers,
+            (RACE_BEFORE..RACE_EPOCHS).collect::<Vec<_>>(),
+            "victim {victim}: markers after pruning again"
+        );
+        // A pruned epoch can be written and sealed again.
+        runtime().block_on(async {
+            let handle = store.handle("newcomer", RACE_VNODES);
+            let all: Vec<u32> = (0..RACE_VNODES).collect();
+            for vnode in 0..RACE_VNODES {
+                handle
+                    .write_partial(vnode, 0, 0, Bytes::from_static(b"again"))
+                    .await
+                    .unwrap();
+            }
+            assert!(
+                handle.epoch_complete(0, &all).await.unwrap(),
+                "victim {victim}: a pruned epoch could not be sealed again"
+            );
+        });
+    }
+}
+
+/// Every sealed epoch of `store` has all `vnodes` partials.
+fn assert_sealed_epochs_whole(store: &RedbStore, vnodes: u32, when: &str) {
+    let (partials, markers) = census(store);
+    for epoch in &markers {
+        let held = partials.get(epoch).copied().unwrap_or(0);
+        assert_eq!(
+            held, vnodes,
+            "{when}: sealed epoch {epoch} has {held} of its {vnodes} partials"
+        );
+    }
+}
+
+/// Three prunes of different bounds overlap, paused after each of their
+/// transactions; at every pause seals of epochs below the bounds land (those
+/// whose partials are all there succeed). At every pause every sealed epoch
+/// has all its partials, the prunes all finish, and a pruned epoch can be
+/// written and sealed again afterwards.
+#[test]
+fn seals_between_the_transactions_of_overlapping_prunes_keep_sealed_epochs_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(dir.path().join("overlap.redb")).unwrap();
+    runtime().block_on(async {
+        let handle = store.handle("engine", RACE_VNODES);
+        fill_race_store(&handle).await;
+        let all: Arc<[u32]> = (0..RACE_VNODES).collect();
+        // A fresh epoch at the top, written before the prunes.
+        for vnode in 0..RACE_VNODES {
+            handle
+                .write_partial(vnode, RACE_EPOCHS, 0, Bytes::from_static(b"top"))
+                .await
+                .unwrap();
+        }
+        let mut paused = PausedPrunes::install(&store);
+        let mut prunes = tokio::task::JoinSet::new();
+        let prune = |before: u64| {
+            let handle = handle.clone();
+            async move { handle.prune_before(before).await }
+        };
+        prunes.spawn(prune(RACE_BEFORE));
+        paused.step().await;
+        assert_sealed_epochs_whole(&store, RACE_VNODES, "after the first transaction");
+
+        // The last unsealed epoch below the bound still has its partials: a
+        // seal now is ordered before the rest of the prune.
+        let victim = unsealed_below_bound().last().unwrap();
+        assert!(handle.read_partial(0, victim).await.unwrap().is_some());
+        assert!(handle.epoch_complete(victim, &all).await.unwrap());
+        assert!(handle.sealed_epochs(0).await.unwrap().contains(&victim));
+        // At and above the bound, seals go on.
+        assert!(handle.epoch_complete(RACE_EPOCHS, &all).await.unwrap());
+
+        // Two more prunes, below and above the first one's bound.
+        prunes.spawn(prune(RACE_BEFORE - 50));
+        prunes.spawn(prune(RACE_BEFORE + 30));
+        paused.resume();
+        let (mut pauses, mut sealed) = (1, 1);
+        while !prunes.is_empty() {
+            tokio::select! {
+                () = paused.step() => {
+                    pauses += 1;
+                    assert_sealed_epochs_whole(&store, RACE_VNODES, &format!("pause {pauses}"));
+                    for epoch in unsealed_below_bound() {
+                        sealed += u32::from(handle.epoch_complete(epoch, &all).await.unwrap());
+                    }
+                    assert_sealed_epochs_whole(&store, RACE_VNODES, &format!("seals at pause {pauses}"));
+                    paused.resume();
+                }
+                Some(joined) = prunes.join_next() => {
+                    joined.unwrap().unwrap_or_else(|e| panic!("a prune failed: {e}"));
+                }
+            }
+        }
+        eprintln!("{pauses} pauses, {sealed} seals below a bound landed during the prunes");
+        let (partials, markers) = census(&store);
+        let expected: BTreeMap<u64, u32> = (RACE_BEFORE + 30..=RACE_EPOCHS)
+            .map(|epoch| (epoch, RACE_VNODES))
+            .collect();
+        assert_eq!(partials, expected);
+        assert_eq!(markers, (RACE_BEFORE + 30..=RACE_EPOCHS).collect::<Vec<_>>());
+
+        // A pruned epoch can be written and sealed again by another instance.
+        let newcomer = store.handle("newcomer", RACE_VNODES);
+        for vnode in 0..RACE_VNODES {
+            newcomer
+                .write_partial(vnode, victim, 0, Bytes::from_static(b"again"))
+                .await
+                .unwrap();
+        }
+        assert!(newcomer.epoch_complete(victim, &all).await.unwrap());
+    });
+}
+
+/// A store whose committer dies while a prune is paused between two of its
+/// transactions, after a seal below the bound landed: the prune fails
+/// (boundedly), the reopened file has every sealed epoch whole, and pruning
+/// again finishes the job.
+#[test]
+fn a_prune_cut_short_by_a_dead_committer_leaves_sealed_epochs_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cut.redb");
+    let store = RedbStore::open(&path).unwrap();
+    runtime().block_on(async {
+        let handle = store.handle("engine", RACE_VNODES);
+        fill_race_store(&handle).await;
+        let all: Vec<u32> = (0..RACE_VNODES).collect();
+        let mut paused = PausedPrunes::install(&store);
+        let prune = {
+            let handle = handle.clone();
+            tokio::spawn(async move { handle.prune_before(RACE_BEFORE).await })
+        };
+        paused.step().await;
+        let victim = unsealed_below_bound().last().unwrap();
+        assert!(handle.epoch_complete(victim, &all).await.unwrap());
+        store.inject_commit_fault(CommitFault::Panic);
+        assert!(
+            handle
+                .write_partial(0, RACE_EPOCHS, 0, Bytes::from_static(b"x"))
+                .await
+                .is_err()
+        );
+        store.set_prune_hook(None);
+        paused.resume();
+        let result = tokio::time::timeout(Duration::from_secs(10), prune)
+            .await
+            .expect("the prune hung on a dead store")
+            .unwrap();
+        assert!(
+            matches!(result, Err(StateBackendError::Io(ref m)) if m.contains("died")),
+            "{result:?}"
+        );
+
+        let reopened = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || RedbStore::open(path))
+                .await
+                .unwrap()
+                .unwrap()
+        };
+        assert_sealed_epochs_whole(&reopened, RACE_VNODES, "after the reopen");
+        let again = reopened.handle("again", RACE_VNODES);
+        again.prune_before(RACE_BEFORE).await.unwrap();
+        let (partials, markers) = census(&reopened);
+        let expected: BTreeMap<u64, u32> = (RACE_BEFORE..RACE_EPOCHS)
+            .map(|epoch| (epoch, RACE_VNODES))
+            .collect();
+        assert_eq!(partials, expected, "after pruning again");
+        assert_eq!(markers, (RACE_BEFORE..RACE_EPOCHS).collect::<Vec<_>>());
+    });
 }
