@@ -127,7 +127,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use laminar_state_api::{InputLimits, StateBackend, StateBackendError};
+use laminar_state_api::{InputLimits, StateBackend, StateBackendError, seal_outcome};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
@@ -1027,11 +1027,7 @@ fn apply_batch(core: &Core, batch: &[Request]) -> Result<Vec<Answer>, StateBacke
                         ..
                     } => Answer::Seal(match gate(&partials, &markers, *epoch, vnodes) {
                         Ok(Gate::Missing) => Ok(false),
-                        Ok(Gate::SealedBy(committer)) if *committer == **instance_id => Ok(true),
-                        Ok(Gate::SealedBy(committer)) => Err(StateBackendError::SplitBrainCommit {
-                            committer,
-                            self_id: instance_id.to_string(),
-                        }),
+                        Ok(Gate::SealedBy(committer)) => seal_outcome(&committer, instance_id),
                         Ok(Gate::Unsealed) => {
                             let id = instance_id.as_bytes();
                             let mut slot = markers
