@@ -1,0 +1,313 @@
+//! [`S3Backend`]: a handle with its own instance id, and the
+//! [`StateBackend`] implementation, in the trait's order.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use laminar_state_api::{InputLimits, StateBackend, StateBackendError, seal_outcome};
+
+use crate::client::{Condition, Failure};
+use crate::config::S3Config;
+use crate::frame::{Kind, frame, unframe, utf8};
+use crate::store::S3Store;
+
+/// Times a write is redone in a newer period, or an operation restarted
+/// after racing a prune or a raise, before giving up.
+pub(crate) const MAX_RESTARTS: usize = 8;
+
+/// A handle on an [`S3Store`], with its own instance id.
+pub struct S3Backend {
+    pub(crate) store: S3Store,
+    pub(crate) instance_id: String,
+    pub(crate) limits: InputLimits,
+    /// The highest version this handle was told.
+    pub(crate) told: AtomicU64,
+    /// The highest version this handle has made durable in the bucket.
+    pub(crate) carried: AtomicU64,
+}
+
+impl std::fmt::Debug for S3Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Backend")
+            .field("bucket", &self.store.shared.bucket)
+            .field("prefix", &self.store.shared.layout.prefix)
+            .field("instance_id", &self.instance_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3Backend {
+    /// Connect with `config` and return a handle.
+    pub async fn connect(
+        config: &S3Config,
+        instance_id: impl Into<String>,
+        vnode_capacity: u32,
+    ) -> Result<Self, StateBackendError> {
+        Ok(S3Store::connect(config)
+            .await?
+            .handle(instance_id, vnode_capacity))
+    }
+
+    /// The store this handle uses.
+    pub fn store(&self) -> &S3Store {
+        &self.store
+    }
+
+    /// Carry a raise made on this handle to the bucket before its next write
+    /// or seal, as the contract requires.
+    async fn carry_fence(&self) -> Result<(), StateBackendError> {
+        let told = self.told.load(Ordering::Acquire);
+        if told > self.carried.load(Ordering::Acquire) {
+            self.store.shared.raise(told).await?;
+            self.carried.fetch_max(told, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    fn stale(caller: u64, authoritative: u64) -> StateBackendError {
+        StateBackendError::StaleVersion {
+            caller,
+            authoritative,
+        }
+    }
+}
+
+#[async_trait]
+impl StateBackend for S3Backend {
+    async fn write_partial(
+        &self,
+        vnode: u32,
+        epoch: u64,
+        assignment_version: u64,
+        bytes: Bytes,
+    ) -> Result<(), StateBackendError> {
+        self.limits.check_write(vnode, &bytes)?;
+        self.carry_fence().await?;
+        let shared = &self.store.shared;
+        let version = assignment_version;
+        // The period is the fence this store last read; a write never
+        // carries a period above its own version.
+        let mut period = shared.seen.load(Ordering::Acquire);
+        let told = self.told.load(Ordering::Acquire);
+        if version < told.max(period) {
+            // Refused without writing; the refusal names the fence in force
+            // now, which may be higher than this handle last saw.
+            let fence = shared.fresh_fence().await?.value;
+            return Err(Self::stale(
+                version,
+                fence.max(self.authoritative_version()),
+            ));
+        }
+        let body = frame(Kind::Partial, &bytes);
+        let what = format!("write_partial({vnode}, {epoch})");
+        for _ in 0..MAX_RESTARTS {
+            let key = shared.layout.partial(epoch, vnode, period);
+            let etag = shared
+                .put(&what, &key, body.clone(), Condition::None)
+                .await
+                .map_err(StateBackendError::from)?;
+            // A fence read that started after the object landed.
+            let fence = shared.fresh_fence().await?;
+            if period >= fence.value {
+                // Its period is current (and `version >= period`): visible
+                // now, and named by the next raise's snapshot, whose listing
+                // follows the swap.
+                return Ok(());
+            }
+            // The fence rose past the period: the object is visible if and
+            // only if the snapshot of that fence names it (readers judge it
+            // the same way, and every later snapshot keeps what this one
+            // shows). Named: it landed before the raise's listing, so the
+            // write took effect before the raise.
+            if shared.names(&fence, &key, etag.as_deref()).await? {
+                return Ok(());
+            }
+            // Not named: invisible now and under every later fence, so the
+            // answer below is true whether or not this delete succeeds; it
+            // only keeps the bucket clean.
+            shared.discard(&key).await;
+            if version < fence.value {
+                return Err(Self::stale(version, fence.value));
+            }
+            // The writer's version still satisfies the fence: write again in
+            // the new period.
+            period = fence.value;
+        }
+        Err(StateBackendError::Io(format!(
+            "s3 {what}: the fence kept rising during the write"
+        )))
+    }
+
+    async fn read_partial(
+        &self,
+        vnode: u32,
+        epoch: u64,
+    ) -> Result<Option<Bytes>, StateBackendError> {
+        self.limits.check_vnode(vnode)?;
+        let shared = &self.store.shared;
+        let what = format!("read_partial({vnode}, {epoch})");
+        let prefix = shared.layout.vnode_partials(epoch, vnode);
+        for _ in 0..MAX_RESTARTS {
+            let listed = shared.list(&what, &prefix, None).await?;
+            // Nothing listed: nothing was stored when the listing was
+            // answered, whatever the fence.
+            let Some(newest) = listed.last().map(|o| o.key.clone()) else {
+                return Ok(None);
+            };
+            // The listed objects are judged under a fence read that starts
+            // after the listing was answered (an object listed then landed
+            // before that read, so a raise the read does not show had not
+            // swapped the fence when it landed). Meanwhile the newest
+            // listed object, usually the answer, is fetched.
+            let (fence, fetched) = tokio::join!(shared.fresh_fence(), shared.get(&what, &newest));
+            let mut visible = shared.visible(listed, &fence?).await?;
+            let Some(chosen) = visible.remove(&vnode).and_then(|mut v| v.pop()) else {
+                return Ok(None);
+            };
+            let fetched = if chosen.key == newest {
+                fetched
+            } else {
+                shared.get(&what, &chosen.key).await
+            };
+            match fetched {
+                Ok((framed, _)) => return unframe(Kind::Partial, &chosen.key, framed).map(Some),
+                // Pruned, or a refused write deleted, since the listing.
+                Err(Failure::Missing(_)) => continue,
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Err(StateBackendError::Io(format!(
+            "s3 {what}: the partial kept vanishing between listing and reading"
+        )))
+    }
+
+    async fn epoch_complete(&self, epoch: u64, vnodes: &[u32]) -> Result<bool, StateBackendError> {
+        self.limits.check_gate(epoch, vnodes)?;
+        self.carry_fence().await?;
+        let shared = &self.store.shared;
+        let what = format!("epoch_complete({epoch})");
+        let prefix = shared.layout.epoch_partials(epoch);
+        let key = shared.layout.marker(epoch);
+        let body = frame(Kind::Marker, self.instance_id.as_bytes());
+        for _ in 0..MAX_RESTARTS {
+            let listed = shared.list(&what, &prefix, None).await?;
+            // Judged under a fence read that starts after the listing was
+            // answered (see `read_partial`). A deposed leader is refused on
+            // that read, as a best effort: the check cannot be atomic with
+            // the marker PUT (see "Sealing and the fence" in the crate docs).
+            let fence = shared.fresh_fence().await?;
+            let told = self.told.load(Ordering::Acquire);
+            if told > 0 && told < fence.value {
+                return Err(Self::stale(told, fence.value));
+            }
+            let present = shared.visible(listed, &fence).await?;
+            if !vnodes.iter().all(|v| present.contains_key(v)) {
+                return Ok(false);
+            }
+            match shared
+                .put(&what, &key, body.clone(), Condition::Absent)
+                .await
+            {
+                Ok(_) => return Ok(true),
+                Err(Failure::Precondition(_)) => {}
+                Err(other) => return Err(other.into()),
+            }
+            // Sealed already, perhaps by this very instance on an attempt
+            // whose answer was lost: the marker names the committer.
+            match shared.get(&what, &key).await {
+                Ok((framed, _)) => {
+                    let committer = utf8(&key, &unframe(Kind::Marker, &key, framed)?)?;
+                    return seal_outcome(&committer, &self.instance_id);
+                }
+                // Pruned between the two requests, and the partials with it
+                // (prune deletes markers first): start over from the
+                // listing, never create the marker again unchecked.
+                Err(Failure::Missing(_)) => continue,
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Err(StateBackendError::Io(format!(
+            "s3 {what}: the marker kept appearing and vanishing"
+        )))
+    }
+
+    async fn prune_before(&self, before: u64) -> Result<(), StateBackendError> {
+        let shared = &self.store.shared;
+        let what = format!("prune_before({before})");
+        // Markers first: a crash half-way leaves unsealed partials (pruned
+        // next time), never a seal whose partials are gone.
+        let ranges = [
+            (shared.layout.markers(), shared.layout.marker(before)),
+            (
+                shared.layout.partials(),
+                shared.layout.epoch_partials(before),
+            ),
+        ];
+        for (prefix, bound) in ranges {
+            let mut page = shared.list_page(&what, &prefix, None, None).await?;
+            loop {
+                let below: Vec<String> = page
+                    .objects
+                    .iter()
+                    .map(|o| o.key.clone())
+                    .take_while(|k| *k < bound)
+                    .collect();
+                let more = below.len() == page.objects.len() && page.next.is_some();
+                if !more {
+                    shared.delete_batch(&what, below).await?;
+                    break;
+                }
+                // Delete this page while listing the next.
+                let (deleted, next) = tokio::join!(
+                    shared.delete_batch(&what, below),
+                    shared.list_page(&what, &prefix, None, page.next.take())
+                );
+                deleted?;
+                page = next?;
+            }
+        }
+        Ok(())
+    }
+
+    fn set_authoritative_version(&self, version: u64) {
+        self.told.fetch_max(version, Ordering::AcqRel);
+    }
+
+    fn authoritative_version(&self) -> u64 {
+        self.told
+            .load(Ordering::Acquire)
+            .max(self.store.shared.seen.load(Ordering::Acquire))
+    }
+
+    async fn latest_committed_epoch(&self) -> Result<Option<u64>, StateBackendError> {
+        let shared = &self.store.shared;
+        let markers = shared
+            .list("latest_committed_epoch()", &shared.layout.markers(), None)
+            .await?;
+        markers
+            .last()
+            .map(|m| shared.layout.parse_marker(&m.key))
+            .transpose()
+    }
+
+    async fn sealed_epochs(&self, after: u64) -> Result<Vec<u64>, StateBackendError> {
+        let shared = &self.store.shared;
+        let markers = shared
+            .list(
+                &format!("sealed_epochs({after})"),
+                &shared.layout.markers(),
+                Some(&shared.layout.marker(after)),
+            )
+            .await?;
+        markers
+            .iter()
+            .map(|m| shared.layout.parse_marker(&m.key))
+            .collect()
+    }
+
+    async fn persist_authoritative_version(&self, version: u64) -> Result<(), StateBackendError> {
+        self.set_authoritative_version(version);
+        self.carry_fence().await
+    }
+}
