@@ -149,6 +149,23 @@ fn unhex(text: &str) -> Bytes {
 impl Shared {
     fn open(path: PathBuf, flaw: Flaw) -> Result<Arc<Self>, StateBackendError> {
         let mut state = State::default();
+        // A SIGKILL mid-append can leave a torn last line; the next append
+        // would glue its record onto it. Cut the log back to its last whole
+        // line (the torn record was never acknowledged).
+        if let Ok(bytes) = std::fs::read(&path)
+            && !bytes.is_empty()
+            && bytes.last() != Some(&b'\n')
+        {
+            let whole = bytes
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |at| at + 1);
+            OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|file| file.set_len(whole as u64))
+                .map_err(|e| StateBackendError::Io(e.to_string()))?;
+        }
         if let Ok(file) = File::open(&path) {
             for line in BufReader::new(file).lines().map_while(Result::ok) {
                 let f: Vec<&str> = line.split(' ').collect();
@@ -246,6 +263,19 @@ impl Handle {
         Ok(())
     }
 
+    /// Whether the gate's vnodes all have a partial for `epoch` (only the
+    /// first one, with [`Flaw::GateChecksFirstVnode`]).
+    fn listed_present(&self, state: &State, epoch: u64, vnodes: &[u32]) -> bool {
+        let listed = if self.shared.flaw == Flaw::GateChecksFirstVnode {
+            &vnodes[..1]
+        } else {
+            vnodes
+        };
+        listed
+            .iter()
+            .all(|&v| state.partials.contains_key(&(epoch, v)))
+    }
+
     /// Share this handle's raise with the store (deferred flaws only).
     fn carry(&self) {
         if self.shared.flaw.deferred() {
@@ -338,29 +368,15 @@ impl StateBackend for Handle {
             }
         }
         let epoch = self.epoch_key(epoch);
-        let existing = {
-            let guard = self.shared.state.lock().unwrap();
-            let state = &guard.0;
-            let listed = if self.shared.flaw == Flaw::GateChecksFirstVnode {
-                &vnodes[..1]
-            } else {
-                vnodes
-            };
-            if !listed
-                .iter()
-                .all(|&v| state.partials.contains_key(&(epoch, v)))
-            {
-                return Ok(false);
-            }
-            if self.shared.flaw != Flaw::TwoWinners {
-                drop(guard);
-                None
-            } else {
-                Some(state.markers.get(&epoch).cloned())
-            }
-        };
-        if let Some(seen) = existing {
+        if self.shared.flaw == Flaw::TwoWinners {
             // The flaw: decide on a stale look, write later.
+            let seen = {
+                let guard = self.shared.state.lock().unwrap();
+                if !self.listed_present(&guard.0, epoch, vnodes) {
+                    return Ok(false);
+                }
+                guard.0.markers.get(&epoch).cloned()
+            };
             tokio::time::sleep(Duration::from_millis(2)).await;
             let mut guard = self.shared.state.lock().unwrap();
             return match seen {
@@ -378,7 +394,12 @@ impl StateBackend for Handle {
                 }
             };
         }
+        // The partials are checked and the marker written under one lock,
+        // so no prune can slip in between (the correct baseline).
         let mut guard = self.shared.state.lock().unwrap();
+        if !self.listed_present(&guard.0, epoch, vnodes) {
+            return Ok(false);
+        }
         let (state, log) = &mut *guard;
         let existed = state.markers.contains_key(&epoch);
         let committer = match state.markers.get(&epoch) {
