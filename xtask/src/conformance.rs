@@ -3,8 +3,10 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
 
 use crate::Backend;
 use crate::cargo::{cargo, root};
@@ -64,59 +66,90 @@ pub(crate) fn run(backends: &[&Backend]) -> Result<(), String> {
     }
 }
 
-/// Build every `tests/conformance.rs` of the workspace in one cargo call,
-/// with the packages and features `cargo xtask test` uses, so the
-/// dependencies are compiled once for both; return the test binaries of
-/// `backends`, in order.
+/// Build the `tests/conformance.rs` binaries of `backends` and return them,
+/// in order.
+///
+/// Only what those backends need is built: `embedded` (the default, and
+/// the README's first command) does not compile the Redis or AWS stacks.
+/// For `all` (what CI runs) every `tests/conformance.rs` of the workspace is
+/// built in one call, with the packages and features `cargo xtask test`
+/// uses, so CI compiles each dependency once for both.
+///
+/// Cargo's own progress and diagnostics go to stderr as usual; only its
+/// JSON messages on stdout, which name the test binaries, are read here.
 fn build(backends: &[&Backend]) -> Result<Vec<PathBuf>, String> {
-    let output = cargo()
-        .args([
-            "test",
-            "--workspace",
-            "--all-features",
-            "--test",
-            "conformance",
-            "--no-run",
-            "--message-format=json",
-        ])
+    let mut command = cargo();
+    command.args(build_args(backends));
+    command.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    eprintln!("$ {command:?}");
+    let output = command
         .output()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
     if !output.status.success() {
         return Err(format!(
-            "building the conformance tests failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
+            "building the conformance tests failed ({}); cargo's errors are above",
+            output.status
         ));
     }
-    // cargo prints one JSON object per line; a test artifact's line names
-    // its package, the target "conformance" and its "executable".
     let stdout = String::from_utf8_lossy(&output.stdout);
     backends
         .iter()
         .map(|backend| {
-            stdout
-                .lines()
-                .filter(|line| {
-                    line.contains("\"name\":\"conformance\"")
-                        && line.contains("\"test\":true")
-                        && json_string_field(line, "package_id")
-                            .is_some_and(|id| id.contains(&format!("#{}@", backend.package)))
-                })
-                .find_map(|line| json_string_field(line, "executable"))
-                .map(PathBuf::from)
-                .ok_or_else(|| {
-                    format!(
-                        "cargo named no conformance test binary for {}",
-                        backend.package
-                    )
-                })
+            conformance_binary(&stdout, backend.package).ok_or_else(|| {
+                format!(
+                    "cargo named no conformance test binary for {}",
+                    backend.package
+                )
+            })
         })
         .collect()
 }
 
-fn json_string_field(line: &str, field: &str) -> Option<String> {
-    let start = line.find(&format!("\"{field}\":\""))? + field.len() + 4;
-    let end = start + line[start..].find('"')?;
-    Some(line[start..end].replace("\\\\", "\\"))
+/// The arguments of the `cargo` call that builds the conformance tests of
+/// `backends`.
+fn build_args(backends: &[&Backend]) -> Vec<&'static str> {
+    let mut args = vec![
+        "test",
+        "--test",
+        "conformance",
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+    ];
+    if backends.len() == crate::BACKENDS.len() {
+        args.extend(["--workspace", "--all-features"]);
+    } else {
+        for backend in backends {
+            args.extend(["--package", backend.package]);
+        }
+    }
+    args
+}
+
+/// The `conformance` test executable of `package` among cargo's JSON
+/// messages (one object per line).
+fn conformance_binary(messages: &str, package: &str) -> Option<PathBuf> {
+    messages
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|message| {
+            message["reason"] == "compiler-artifact"
+                && message["target"]["name"] == "conformance"
+                && message["profile"]["test"] == true
+                && message["package_id"]
+                    .as_str()
+                    .is_some_and(|id| package_of(id) == Some(package))
+        })
+        .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+}
+
+/// The package name in a cargo package id: `path+file:///dir#name@1.0.0`,
+/// or `path+file:///dir/name#1.0.0` when the folder is named after it.
+fn package_of(id: &str) -> Option<&str> {
+    let (source, fragment) = id.rsplit_once('#')?;
+    match fragment.split_once('@') {
+        Some((name, _version)) => Some(name),
+        None => source.rsplit('/').next(),
+    }
 }
 
 fn list(binary: &PathBuf) -> Result<Vec<String>, String> {
@@ -217,31 +250,116 @@ fn print_matrix(columns: &[(String, Vec<(String, Cell)>)]) {
     println!("{table}{totals}");
 }
 
-fn write_json(columns: &[(String, Vec<(String, Cell)>)]) -> Result<(), String> {
-    let mut json = String::from("[\n");
-    let rows: Vec<String> = columns
+/// The matrix as JSON: one object per property and backend.
+fn matrix_json(columns: &[(String, Vec<(String, Cell)>)]) -> Value {
+    let rows: Vec<Value> = columns
         .iter()
         .flat_map(|(backend, cells)| {
             cells.iter().map(move |(property, cell)| {
                 let (verdict, detail) = match &cell.verdict {
-                    Verdict::Pass => ("pass", String::new()),
-                    Verdict::NotApplicable(needs) => ("not_applicable", needs.clone()),
-                    Verdict::Fail(reason) => ("fail", reason.lines().next().unwrap_or("").to_owned()),
+                    Verdict::Pass => ("pass", ""),
+                    Verdict::NotApplicable(needs) => ("not_applicable", needs.as_str()),
+                    Verdict::Fail(reason) => ("fail", reason.lines().next().unwrap_or("")),
                 };
-                format!(
-                    "  {{\"backend\": \"{backend}\", \"property\": \"{property}\", \"verdict\": \"{verdict}\", \"detail\": {:?}, \"seconds\": {:.3}}}",
-                    detail,
-                    cell.elapsed.as_secs_f64()
-                )
+                json!({
+                    "backend": backend,
+                    "property": property,
+                    "verdict": verdict,
+                    "detail": detail,
+                    "seconds": (cell.elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+                })
             })
         })
         .collect();
-    json.push_str(&rows.join(",\n"));
-    json.push_str("\n]\n");
+    Value::Array(rows)
+}
+
+fn write_json(columns: &[(String, Vec<(String, Cell)>)]) -> Result<(), String> {
+    let mut json = serde_json::to_string_pretty(&matrix_json(columns))
+        .map_err(|e| format!("cannot render the matrix as JSON: {e}"))?;
+    json.push('\n');
     let dir = root().join("target").join("conformance");
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let path = dir.join("matrix.json");
     std::fs::write(&path, json).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     eprintln!("matrix written to {}", path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn package_names_from_ids() {
+        assert_eq!(
+            package_of("path+file:///w/backend-redb#laminar-state-redb@0.1.0"),
+            Some("laminar-state-redb")
+        );
+        assert_eq!(
+            package_of("path+file:///w/laminar-state#0.1.0"),
+            Some("laminar-state")
+        );
+        assert_eq!(package_of("no fragment"), None);
+    }
+
+    #[test]
+    fn finds_the_conformance_binary_of_a_package() {
+        let messages = [
+            r#"{"reason":"compiler-artifact","package_id":"path+file:///w/backend-memory#laminar-state-memory@0.1.0","target":{"name":"conformance"},"profile":{"test":true},"executable":"/t/conformance-1"}"#,
+            r#"{"reason":"compiler-artifact","package_id":"path+file:///w/backend-redb#laminar-state-redb@0.1.0","target":{"name":"laminar_state_redb"},"profile":{"test":false},"executable":null}"#,
+            r#"{"reason":"compiler-artifact","package_id":"path+file:///w/backend-redb#laminar-state-redb@0.1.0","target":{"name":"conformance"},"profile":{"test":true},"executable":"/t/conformance-2"}"#,
+            "not json",
+        ]
+        .join("\n");
+        assert_eq!(
+            conformance_binary(&messages, "laminar-state-redb"),
+            Some(PathBuf::from("/t/conformance-2"))
+        );
+        assert_eq!(
+            conformance_binary(&messages, "laminar-state-memory"),
+            Some(PathBuf::from("/t/conformance-1"))
+        );
+        assert_eq!(conformance_binary(&messages, "laminar-state-s3"), None);
+    }
+
+    #[test]
+    fn embedded_builds_only_its_packages() {
+        let embedded = crate::select("embedded").unwrap();
+        let args = build_args(&embedded);
+        assert!(args.contains(&"laminar-state-memory") && args.contains(&"laminar-state-redb"));
+        assert!(!args.contains(&"--workspace") && !args.contains(&"--all-features"));
+        let all = build_args(&crate::select("all").unwrap());
+        assert!(all.contains(&"--workspace") && all.contains(&"--all-features"));
+    }
+
+    #[test]
+    fn the_matrix_is_json_even_with_quotes_and_control_characters() {
+        let columns = vec![(
+            "redb".to_owned(),
+            vec![
+                (
+                    "p01_round_trip".to_owned(),
+                    Cell {
+                        verdict: Verdict::Fail("panicked at \"x\\y\"\t\u{1}\nmore".to_owned()),
+                        elapsed: Duration::from_millis(1500),
+                    },
+                ),
+                (
+                    "p15_fenced_seal".to_owned(),
+                    Cell {
+                        verdict: Verdict::NotApplicable("fenced_seal".to_owned()),
+                        elapsed: Duration::ZERO,
+                    },
+                ),
+            ],
+        )];
+        let text = serde_json::to_string(&matrix_json(&columns)).unwrap();
+        let parsed: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(parsed[0]["detail"], "panicked at \"x\\y\"\t\u{1}");
+        assert_eq!(parsed[0]["verdict"], "fail");
+        assert_eq!(parsed[0]["seconds"], 1.5);
+        assert_eq!(parsed[1]["verdict"], "not_applicable");
+        assert_eq!(parsed[1]["detail"], "fenced_seal");
+    }
 }

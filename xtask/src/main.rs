@@ -4,6 +4,8 @@
 mod bench;
 mod cargo;
 mod conformance;
+#[cfg(test)]
+mod tidy;
 
 use std::process::ExitCode;
 
@@ -11,19 +13,33 @@ const HELP: &str = "\
 cargo xtask <command>
 
 commands:
-  test                     run every test of the workspace (unit, conformance,
-                           integration, doc), starting the servers they need
+  test                     install the servers the tests start (.ci/install:
+                           redis-server, SeaweedFS), then run every test of the
+                           workspace: doc tests, the facade with only `memory`,
+                           then unit, conformance, integration and the tidy test
+                           (nextest if installed, else cargo test)
   lint                     cargo fmt --check, clippy -D warnings, rustdoc -D warnings
   conformance [--backend NAME|embedded|all]
-                           run the conformance suite and print the matrix,
-                           property by backend (default: embedded = memory, redb;
-                           redis and s3 start their own servers: redis-server,
-                           SeaweedFS)
+                           build the chosen backends' conformance tests (only
+                           what they need; cargo's progress on stderr), run each
+                           property in its own process and print the matrix,
+                           property by backend; also written to
+                           target/conformance/matrix.json (default: embedded =
+                           memory, redb; redis and s3 install and start their
+                           own servers: redis-server, SeaweedFS)
   bench [--backend NAME|all]
                            benchmarks against the raw store, in release mode
-                           (default: all); results in target/bench/
-  ci                       lint, then test: what .ci/run does
+                           (default: all; redis and s3 install and start their
+                           own servers); results in target/bench/
+  ci                       what .ci/run does: lint, conformance --backend all,
+                           test
+
+backends: memory, redb, redis, s3
 ";
+
+/// The `cargo xtask` steps of `ci`, in order: exactly what `.ci/run` runs
+/// (the tidy test checks it).
+pub(crate) const CI_STEPS: &[&str] = &["lint", "conformance --backend all", "test"];
 
 /// The backends xtask knows: name, package, whether it needs a server.
 pub(crate) const BACKENDS: &[Backend] = &[
@@ -94,7 +110,7 @@ fn run(args: &[String]) -> Result<(), String> {
         Some((command, rest)) => match command.as_str() {
             "test" if rest.is_empty() => cargo::test(),
             "lint" if rest.is_empty() => cargo::lint(),
-            "ci" if rest.is_empty() => cargo::lint().and_then(|()| cargo::test()),
+            "ci" if rest.is_empty() => ci(),
             "conformance" => conformance::run(&select(&backend_arg(rest, "embedded")?)?),
             "bench" => bench::run(&select(&backend_arg(rest, "all")?)?),
             "help" | "--help" | "-h" => {
@@ -104,6 +120,16 @@ fn run(args: &[String]) -> Result<(), String> {
             other => Err(format!("unknown command {other:?}\n\n{HELP}")),
         },
     }
+}
+
+/// What `.ci/run` does: every step of [`CI_STEPS`], in order.
+fn ci() -> Result<(), String> {
+    for step in CI_STEPS {
+        let args: Vec<String> = step.split_whitespace().map(str::to_owned).collect();
+        eprintln!("xtask: ci: {step}");
+        run(&args)?;
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
