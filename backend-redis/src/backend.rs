@@ -26,6 +26,10 @@ pub const PAUSE_GATE_CHECKED: &str = "gate: partials checked";
 /// unregister.
 #[doc(hidden)]
 pub const PAUSE_PRUNE_PARTIALS_DELETED: &str = "prune: partials deleted";
+/// Test pause point: a prune has registered and deleted the markers, and is
+/// about to delete the partials.
+#[doc(hidden)]
+pub const PAUSE_PRUNE_REGISTERED: &str = "prune: registered";
 
 /// Epochs one prune script removes from a group at most.
 const PRUNE_EPOCHS_PER_CALL: u32 = 16;
@@ -346,6 +350,7 @@ impl StateBackend for RedisBackend {
                 break;
             }
         }
+        store.shared.pauses.at(PAUSE_PRUNE_REGISTERED).await;
         let mut groups = tokio::task::JoinSet::new();
         for group in 0..keys.groups {
             let (store, what) = (store.clone(), what.clone());
@@ -380,6 +385,7 @@ impl StateBackend for RedisBackend {
                 |s| &s.prune_end,
                 |call| {
                     call.key(keys.pruning())
+                        .key(keys.prunes())
                         .arg(&id)
                         .arg(decimal(before))
                         .arg(older.as_slice());

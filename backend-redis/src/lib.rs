@@ -114,8 +114,9 @@
 //! epoch below an unfinished prune's bound (a seal ordered after that prune
 //! finds no partials), and on a cluster, where the partials are checked in
 //! their own slots before the seal script runs in the namespace's, it also
-//! checks that no prune began since the caller read the count, else the
-//! gate checks the partials again (at most 8 times). A seal ordered before
+//! checks that no prune began or ended since the caller read the count
+//! (both change it), else the gate checks the partials again (at most 8
+//! times). A seal ordered before
 //! the prune loses its marker to it.
 //!
 //! A prune that dies half-way (its process killed, its future dropped)
@@ -150,7 +151,9 @@ mod scripts;
 mod store;
 mod writer;
 
-pub use backend::{PAUSE_GATE_CHECKED, PAUSE_PRUNE_PARTIALS_DELETED, RedisBackend};
+pub use backend::{
+    PAUSE_GATE_CHECKED, PAUSE_PRUNE_PARTIALS_DELETED, PAUSE_PRUNE_REGISTERED, RedisBackend,
+};
 pub use config::{
     DEFAULT_CLUSTER_GROUPS, DEFAULT_MAX_PAYLOAD_LEN, DEFAULT_OPERATION_TIMEOUT,
     DEFAULT_REPLICA_TIMEOUT, DEFAULT_STANDALONE_GROUPS, RedisConfig,

@@ -312,3 +312,57 @@ async fn a_prune_cut_short_leaves_no_marker_without_partials_on_a_cluster() {
     prune_cut_short(config).await;
     drop(cluster);
 }
+
+/// On a cluster, a prune that began before the gate read the prune count,
+/// and ran to its end between the gate's check of the partials and its seal
+/// script, is seen too: the gate checks again and answers `false`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prune_begun_before_the_gate_and_ended_before_its_seal_is_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = tokio::task::spawn_blocking({
+        let path = dir.path().to_path_buf();
+        move || support::RedisCluster::start(&path)
+    })
+    .await
+    .unwrap();
+    let mut config = RedisConfig::from_url(&cluster.url()).unwrap();
+    config.namespace = "begun-before".into();
+    let store = RedisStore::connect(&config).await.unwrap();
+    let sealer = std::sync::Arc::new(store.handle("sealer", 32).await.unwrap());
+    let pruner = std::sync::Arc::new(store.handle("pruner", 32).await.unwrap());
+    let all: Vec<u32> = (0..32).collect();
+    for vnode in &all {
+        sealer
+            .write_partial(*vnode, 1, 0, Bytes::from_static(b"one"))
+            .await
+            .unwrap();
+    }
+    // The prune registers, then waits before deleting any partial.
+    let (registered, go_prune) = store
+        .pauses()
+        .arm(laminar_state_redis::PAUSE_PRUNE_REGISTERED);
+    let prune = tokio::spawn({
+        let pruner = std::sync::Arc::clone(&pruner);
+        async move { pruner.prune_before(2).await }
+    });
+    registered.notified().await;
+    // The gate reads the count (the prune has begun) and finds every
+    // partial, then waits before its seal script.
+    let (checked, go_seal) = store.pauses().arm(laminar_state_redis::PAUSE_GATE_CHECKED);
+    let gate = tokio::spawn({
+        let (sealer, all) = (std::sync::Arc::clone(&sealer), all.clone());
+        async move { sealer.epoch_complete(1, &all).await }
+    });
+    checked.notified().await;
+    // The prune deletes the partials and ends; then the seal script runs.
+    go_prune.notify_one();
+    prune.await.unwrap().unwrap();
+    go_seal.notify_one();
+    let result = gate.await.unwrap();
+    assert!(
+        matches!(result, Ok(false)),
+        "a prune ran to its end between the gate's check and its seal, and the gate gave {result:?}"
+    );
+    assert_no_marker_without_partials(&pruner, 32, "after the gate raced a whole prune").await;
+    drop(cluster);
+}
