@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 
 use crate::config::RedisConfig;
 use crate::keys::{decimal, parse_decimal};
-use crate::store::RedisStore;
+use crate::store::{Confirmation, RedisStore};
 use crate::writer::{DirectWrite, PendingWrite, WriteOp};
 
 /// Times a cluster gate checks the partials again because a prune began
@@ -74,11 +74,12 @@ impl RedisBackend {
         epoch: u64,
         listed: &[(u32, Vec<u32>)],
         prunes: Option<&str>,
-    ) -> Result<Vec<Value>, StateBackendError> {
+    ) -> Result<(Vec<Value>, Confirmation), StateBackendError> {
         let keys = &self.store.shared.keys;
         self.store
-            .call(
+            .call_replicated(
                 &format!("epoch_complete({epoch})"),
+                true,
                 |s| &s.seal,
                 |call| {
                     call.key(keys.markers())
@@ -105,7 +106,7 @@ impl RedisBackend {
         &self,
         epoch: u64,
         what: &str,
-        reply: Vec<Value>,
+        (reply, confirmation): (Vec<Value>, Confirmation),
     ) -> Result<bool, StateBackendError> {
         match reply.as_slice() {
             [Value::Int(0)] => Ok(false),
@@ -116,7 +117,7 @@ impl RedisBackend {
                 Err(self.deposed(parse_decimal(&fence, "the fence key")?))
             }
             [Value::Int(1), committer] => {
-                self.store.replicate(what).await?;
+                confirmation.require()?;
                 let committer: String = redis::from_redis_value_ref(committer).map_err(|e| {
                     StateBackendError::Serialization(format!(
                         "the commit marker of epoch {epoch} is unreadable: {e}"
@@ -169,6 +170,23 @@ impl RedisBackend {
                 check.map_err(|e| StateBackendError::Io(format!("a gate task failed: {e}")))??;
         }
         Ok(all)
+    }
+
+    /// Run the command `command(group)` in every group at once.
+    async fn in_every_group(
+        &self,
+        what: &str,
+        command: impl Fn(u32) -> redis::Cmd,
+    ) -> Result<(), StateBackendError> {
+        let mut calls = tokio::task::JoinSet::new();
+        for group in 0..self.store.shared.keys.groups {
+            let (store, what, command) = (self.store.clone(), what.to_owned(), command(group));
+            calls.spawn(async move { store.query::<redis::Value>(&what, command).await });
+        }
+        while let Some(done) = calls.join_next().await {
+            done.map_err(|e| StateBackendError::Io(format!("a redis {what} task failed: {e}")))??;
+        }
+        Ok(())
     }
 }
 
@@ -299,7 +317,7 @@ impl StateBackend for RedisBackend {
             self.store.shared.pauses.at(PAUSE_GATE_CHECKED).await;
             let prunes = prunes.unwrap_or_else(|| "0".to_owned());
             let reply = self.seal_script(epoch, &[], Some(&prunes)).await?;
-            if !matches!(reply.as_slice(), [Value::Int(3)]) {
+            if !matches!(reply.0.as_slice(), [Value::Int(3)]) {
                 return self.seal_outcome(epoch, &what, reply).await;
             }
         }
@@ -317,11 +335,20 @@ impl StateBackend for RedisBackend {
         let store = &self.store;
         let keys = &store.shared.keys;
         let what = format!("prune_before({before})");
-        // Registered first, so that no seal below the bound can land while
-        // this prune runs; then markers, then partials, so that a prune cut
-        // short anywhere never leaves a marker without its partials.
+        // Allowed in every group first, then registered, so that no seal
+        // below the bound can land while this prune runs; then markers, then
+        // partials, so that a prune cut short anywhere never leaves a marker
+        // without its partials.
         let id = prune_id();
-        let older: Vec<String> = store
+        self.in_every_group(&what, |group| {
+            redis::cmd("HSET")
+                .arg(keys.group_pruning(group))
+                .arg(&id)
+                .arg(decimal(before))
+                .clone()
+        })
+        .await?;
+        let older: Vec<(String, String)> = store
             .call(
                 &what,
                 |s| &s.prune_begin,
@@ -353,23 +380,28 @@ impl StateBackend for RedisBackend {
         store.shared.pauses.at(PAUSE_PRUNE_REGISTERED).await;
         let mut groups = tokio::task::JoinSet::new();
         for group in 0..keys.groups {
-            let (store, what) = (store.clone(), what.clone());
+            let (store, what, id) = (store.clone(), what.clone(), id.clone());
             groups.spawn(async move {
                 let keys = &store.shared.keys;
                 loop {
-                    let removed: u32 = store
+                    // -1: a later prune finished this one (everything below
+                    // the bound was deleted after this prune began), and
+                    // what the group holds below the bound now is not ours.
+                    let removed: i64 = store
                         .call(
                             &what,
                             |s| &s.prune_group,
                             |call| {
                                 call.key(keys.group_epochs(group))
+                                    .key(keys.group_pruning(group))
                                     .arg(decimal(before))
                                     .arg(PRUNE_EPOCHS_PER_CALL)
-                                    .arg(keys.group_prefix(group));
+                                    .arg(keys.group_prefix(group))
+                                    .arg(&id);
                             },
                         )
                         .await?;
-                    if removed < PRUNE_EPOCHS_PER_CALL {
+                    if removed < i64::from(PRUNE_EPOCHS_PER_CALL) {
                         return Ok::<(), StateBackendError>(());
                     }
                 }
@@ -379,6 +411,26 @@ impl StateBackend for RedisBackend {
             pruned.map_err(|e| StateBackendError::Io(format!("a prune task failed: {e}")))??;
         }
         store.shared.pauses.at(PAUSE_PRUNE_PARTIALS_DELETED).await;
+        // This prune is done, and so is every older unfinished prune whose
+        // bound it covers (its pruner died, or is slow): everything below
+        // those bounds was deleted after they began. Their right to delete
+        // goes first, in every group, so that once they are unregistered
+        // (and seals below their bounds are taken again) none of them can
+        // delete a partial, however late it wakes up.
+        let mut done = vec![id];
+        done.extend(
+            older
+                .into_iter()
+                .filter(|(_, bound)| bound.as_str() <= decimal(before).as_str())
+                .map(|(id, _)| id),
+        );
+        self.in_every_group(&what, |group| {
+            redis::cmd("HDEL")
+                .arg(keys.group_pruning(group))
+                .arg(done.as_slice())
+                .clone()
+        })
+        .await?;
         let _: i64 = store
             .call(
                 &what,
@@ -386,9 +438,7 @@ impl StateBackend for RedisBackend {
                 |call| {
                     call.key(keys.pruning())
                         .key(keys.prunes())
-                        .arg(&id)
-                        .arg(decimal(before))
-                        .arg(older.as_slice());
+                        .arg(done.as_slice());
                 },
             )
             .await?;

@@ -46,22 +46,22 @@ impl RedisStore {
             raised
                 .map_err(|e| StateBackendError::Io(format!("a fence raise task failed: {e}")))??;
         }
-        self.raise_key(keys.fence(), fence).await?;
-        self.replicate("fence raise").await
+        self.raise_key(keys.fence(), fence).await
     }
 
     /// Raise one fence key to at least `fence`.
     pub(crate) async fn raise_key(&self, key: String, fence: u64) -> Result<(), StateBackendError> {
-        let _: String = self
-            .call(
+        let (_, confirmation): (String, _) = self
+            .call_replicated(
                 "fence raise",
+                true,
                 |s| &s.raise,
                 |call| {
                     call.key(key).arg(decimal(fence)).arg(self.touch());
                 },
             )
             .await?;
-        Ok(())
+        confirmation.require()
     }
 }
 

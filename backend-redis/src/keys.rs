@@ -61,6 +61,13 @@ impl Keys {
     pub(crate) fn group_epochs(&self, group: u32) -> String {
         format!("{}epochs", self.group_prefix(group))
     }
+    /// The prunes allowed to delete partials in group `group`: prune id →
+    /// bound, a copy of the unfinished prunes in the group's own slot, so
+    /// that a prune's every delete checks, atomically, that no later prune
+    /// has finished it (and unregistered it) meanwhile.
+    pub(crate) fn group_pruning(&self, group: u32) -> String {
+        format!("{}pruning", self.group_prefix(group))
+    }
 }
 
 /// The namespace as it appears inside a hash tag: `%`, `/`, `{` and `}`
@@ -109,6 +116,7 @@ mod tests {
         for group in 0..groups {
             all.push(keys.group_fence(group));
             all.push(keys.group_epochs(group));
+            all.push(keys.group_pruning(group));
             for epoch in [0, 1, u64::MAX] {
                 all.push(keys.epoch_partials(group, epoch));
             }

@@ -70,9 +70,10 @@
 //! (a second instance seals the same epoch: two `Ok(true)`).
 //!
 //! [`RedisConfig::replicas`] (`?replicas=N&replica_timeout_ms=MS`) closes
-//! that for the steps that matter most: after a seal or a fence raise, the
-//! backend sends `WAIT N MS` and acknowledges only if `N` replicas confirmed
-//! they received it; otherwise the caller gets [`StateBackendError::Io`]
+//! that for the steps that matter most: a seal or a fence raise goes in one
+//! pipeline with `WAIT N MS` (so the `WAIT` runs on the very connection that
+//! applied the step: one sent after a reconnect would confirm nothing), and
+//! the backend acknowledges only if `N` replicas confirmed they received it; otherwise the caller gets [`StateBackendError::Io`]
 //! (the step may have applied on the primary; a retry settles it, and a
 //! retried seal comes back as won). With
 //! [`RedisConfig::replicate_writes`] (`&replicate_writes=true`), writes wait
@@ -87,8 +88,8 @@
 //! `WAIT` confirms that replicas *received* a change, not that they wrote
 //! it to disk: a replica that crashes at the same time as the primary can
 //! still lose it (Redis 7.2's `WAITAOF` would close that; the servers this
-//! project is tested on are 7.0). On a cluster, `WAIT` goes to every primary
-//! and the smallest count counts. While a `WAIT` is pending, other commands
+//! project is tested on are 7.0). On a cluster, each step's `WAIT` goes to
+//! the primary that applied it. While a `WAIT` is pending, other commands
 //! on the same multiplexed connection queue behind it, so with replicas
 //! set, every seal and raise costs at least one replication round trip.
 //! Tested with a real primary and replica partitioned by a relay, the
@@ -107,23 +108,30 @@
 //! # Pruning and sealing
 //!
 //! No sealed epoch lacks its partials, even when a prune races a seal of
-//! the same epoch or dies half-way. A prune first registers itself
-//! (`laminar:{NS}:pruning`, id → bound, and a count of prunes begun,
-//! `laminar:{NS}:prunes`), then deletes the markers below its bound, then
-//! the partials, then unregisters. The seal script answers `false` for an
-//! epoch below an unfinished prune's bound (a seal ordered after that prune
-//! finds no partials), and on a cluster, where the partials are checked in
-//! their own slots before the seal script runs in the namespace's, it also
-//! checks that no prune began or ended since the caller read the count
-//! (both change it), else the gate checks the partials again (at most 8
-//! times). A seal ordered before
+//! the same epoch, dies half-way, or wakes up after another prune finished
+//! its work. A prune first allows itself in every group (each group's
+//! `pruning` hash, id → bound), then registers (`laminar:{NS}:pruning`, and
+//! a count of prunes begun or ended, `laminar:{NS}:prunes`), then deletes
+//! the markers below its bound, then the partials (each group's delete
+//! script checks, atomically, that the prune is still allowed there), then
+//! unregisters. The seal script answers `false` for an epoch below an
+//! unfinished prune's bound (a seal ordered after that prune finds no
+//! partials), and on a cluster, where the partials are checked in their own
+//! slots before the seal script runs in the namespace's, it also checks
+//! that no prune began or ended since the caller read the count, else the
+//! gate checks the partials again (at most 8 times). A seal ordered before
 //! the prune loses its marker to it.
 //!
 //! A prune that dies half-way (its process killed, its future dropped)
 //! stays registered: seals of epochs below its bound answer `false` until a
-//! later `prune_before` of that bound or higher finishes, which unregisters
-//! the older prunes it covers. Markers go before partials, so whatever
-//! point it died at, every marker left has its partials.
+//! later `prune_before` of that bound or higher finishes. That one first
+//! takes the older prune's right to delete away in every group, then
+//! unregisters it, so an older pruner that was only slow deletes nothing
+//! once seals below its bound are taken again. Markers go before partials,
+//! so whatever point a prune died at, every marker left has its partials.
+//! A prune that dies between allowing itself in the groups and registering
+//! leaves its id in the groups' `pruning` hashes (a few bytes, never
+//! consulted by a seal).
 //!
 //! # Where things are
 //!

@@ -338,36 +338,56 @@ impl RedisStore {
         &self.shared.eviction_policies
     }
 
-    /// With [`RedisConfig::replicas`] set, wait until that many replicas
-    /// hold everything this connection has written (so the step `what`
-    /// just applied); a refusal otherwise. On a cluster, `WAIT` goes to
-    /// every primary and the smallest count counts.
-    pub(crate) async fn replicate(&self, what: &str) -> Result<(), StateBackendError> {
+    /// Run one script like [`RedisStore::call`]; when `replicate` and
+    /// [`RedisConfig::replicas`] are set, with a `WAIT` for that many
+    /// replicas in the same pipeline, and say whether they confirmed it.
+    ///
+    /// One pipeline, because a `WAIT` only covers what its own connection
+    /// wrote: sent on its own after the connection dropped and was made
+    /// again, it would run on a connection that wrote nothing and confirm
+    /// nothing while answering as if it did. The script is loaded in the
+    /// same pipeline, since a server restarted or promoted has no scripts.
+    /// On a cluster the pipeline goes to the primary of the script's keys.
+    pub(crate) async fn call_replicated<T: redis::FromRedisValue>(
+        &self,
+        what: &str,
+        replicate: bool,
+        script: fn(&Scripts) -> &Script,
+        build: impl FnOnce(&mut redis::ScriptInvocation<'_>),
+    ) -> Result<(T, Confirmation), StateBackendError> {
         let wanted = self.shared.replicas;
-        if wanted == 0 {
-            return Ok(());
+        if !replicate || wanted == 0 {
+            let reply = self.call(what, script, build).await?;
+            return Ok((reply, Confirmation(None)));
         }
         let wait = self.shared.replica_timeout;
-        let mut connection = self.shared.connection.clone();
-        let cmd = redis::cmd("WAIT")
+        let script = script(&self.shared.scripts);
+        let mut invocation = script.prepare_invoke();
+        build(&mut invocation);
+        let mut pipeline = redis::pipe();
+        pipeline
+            .load_script(script)
+            .ignore()
+            .invoke_script(&invocation)
+            .cmd("WAIT")
             .arg(wanted)
-            .arg(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX))
-            .clone();
+            .arg(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+        let mut connection = self.shared.connection.clone();
         let result = tokio::time::timeout(
             self.shared.timeout + wait,
-            cmd.query_async::<i64>(&mut connection),
+            pipeline.query_async::<(T, i64)>(&mut connection),
         )
         .await;
-        let acknowledged = self.finish(what, result)?;
-        if acknowledged < i64::from(wanted) {
-            return Err(StateBackendError::Io(format!(
+        let (reply, acknowledged) = self.finish(what, result)?;
+        let refusal = (acknowledged < i64::from(wanted)).then(|| {
+            StateBackendError::Io(format!(
                 "redis {what} at {}: applied on the primary, but only {acknowledged} of \
                  {wanted} replicas confirmed it within {wait:?}; not acknowledged (a retry \
                  settles the outcome)",
                 self.shared.server
-            )));
-        }
-        Ok(())
+            ))
+        });
+        Ok((reply, Confirmation(refusal)))
     }
 
     /// Whether steps that found nothing to change must still write, so that
@@ -375,6 +395,20 @@ impl RedisStore {
     /// wrote (possibly through another connection).
     pub(crate) fn touch(&self) -> &'static str {
         if self.shared.replicas > 0 { "1" } else { "0" }
+    }
+}
+
+/// Whether enough replicas confirmed a step (see
+/// [`RedisStore::call_replicated`]): the caller requires it only for the
+/// outcomes it acknowledges.
+#[must_use]
+pub(crate) struct Confirmation(Option<StateBackendError>);
+
+impl Confirmation {
+    /// `Ok` when confirmed or when no confirmation was asked for; else the
+    /// refusal naming the step and the count.
+    pub(crate) fn require(self) -> Result<(), StateBackendError> {
+        self.0.map_or(Ok(()), Err)
     }
 }
 

@@ -93,9 +93,10 @@ impl RedisStore {
     ) -> Result<Option<u64>, StateBackendError> {
         let keys = &self.shared.keys;
         let what = format!("write_partial({}, {})", op.vnode, op.epoch);
-        let fence: String = self
-            .call(
+        let (fence, confirmation): (String, _) = self
+            .call_replicated(
                 &what,
+                self.shared.replicate_writes,
                 |s| &s.write_one,
                 |call| {
                     call.key(keys.group_fence(group))
@@ -110,8 +111,8 @@ impl RedisStore {
             )
             .await?;
         let fence = parse_decimal(&fence, "a group fence")?;
-        if op.version >= fence && self.shared.replicate_writes {
-            self.replicate(&what).await?;
+        if op.version >= fence {
+            confirmation.require()?;
         }
         Ok((op.version < fence).then_some(fence))
     }
@@ -132,9 +133,10 @@ impl RedisStore {
             [one] => format!("write_partial({}, {})", one.vnode, one.epoch),
             many => format!("a batch of {} writes to vnode group {group}", many.len()),
         };
-        let (fence, written): (String, Vec<u8>) = self
-            .call(
+        let ((fence, written), confirmation): ((String, Vec<u8>), _) = self
+            .call_replicated(
                 &what,
+                self.shared.replicate_writes,
                 |s| &s.write,
                 |call| {
                     call.key(keys.group_fence(group))
@@ -162,8 +164,8 @@ impl RedisStore {
                 batch.len()
             )));
         }
-        if self.shared.replicate_writes && written.contains(&1) {
-            self.replicate(&what).await?;
+        if written.contains(&1) {
+            confirmation.require()?;
         }
         Ok((
             parse_decimal(&fence, "a group fence")?,

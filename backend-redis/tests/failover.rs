@@ -180,3 +180,70 @@ async fn without_replicas_a_failover_can_seal_an_epoch_twice() {
         "expected the unreplicated seal to be lost, so that epoch 1 is sealed a second time"
     );
 }
+
+/// With the replica cut off, nothing can be confirmed, however often the
+/// backend's connection drops and is made again: a `WAIT` that ran on a new
+/// connection, one that wrote nothing, would answer as if the step were
+/// confirmed, so the step and its `WAIT` go in one pipeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_dropped_around_the_wait_confirm_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (primary, _replica, link) = run_blocking({
+        let dir = dir.path().to_path_buf();
+        move || pair(&dir)
+    })
+    .await;
+    let leader = RedisBackend::connect(&config(&primary, 1), "leader", VNODES)
+        .await
+        .unwrap();
+    for vnode in all() {
+        leader
+            .write_partial(vnode, 1, 1, Bytes::from_static(b"one"))
+            .await
+            .unwrap();
+    }
+    link.hold();
+    // Kill every client connection of the primary, again and again.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let killer = std::thread::spawn({
+        let (stop, url) = (std::sync::Arc::clone(&stop), primary.url());
+        move || {
+            let client = redis::Client::open(url).unwrap();
+            let mut kills = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Ok(mut connection) = client.get_connection() {
+                    let _: redis::RedisResult<i64> = redis::cmd("CLIENT")
+                        .arg("KILL")
+                        .arg("TYPE")
+                        .arg("normal")
+                        .query(&mut connection);
+                    kills += 1;
+                }
+                std::thread::sleep(Duration::from_millis(3));
+            }
+            kills
+        }
+    });
+    for round in 0..15u64 {
+        let sealed = leader.epoch_complete(1, &all()).await;
+        assert!(
+            sealed.is_err(),
+            "round {round}: an unconfirmable seal gave {sealed:?}"
+        );
+        let raised = leader.persist_authoritative_version(2 + round).await;
+        assert!(
+            raised.is_err(),
+            "round {round}: an unconfirmable raise gave {raised:?}"
+        );
+        let written = leader
+            .write_partial(0, 2, 1, Bytes::from_static(b"two"))
+            .await;
+        assert!(
+            written.is_err(),
+            "round {round}: an unconfirmable write gave {written:?}"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let kills = run_blocking(move || killer.join().unwrap()).await;
+    assert!(kills > 10, "the connections were killed only {kills} times");
+}

@@ -366,3 +366,81 @@ async fn a_prune_begun_before_the_gate_and_ended_before_its_seal_is_seen() {
     assert_no_marker_without_partials(&pruner, 32, "after the gate raced a whole prune").await;
     drop(cluster);
 }
+
+/// A slow prune that a later prune of the same bound finished (and
+/// unregistered) must not delete anything afterwards: the epoch it would
+/// have pruned may be written and sealed again by then, and deleting those
+/// partials would leave a seal without them.
+async fn slow_prune_overtaken(config: RedisConfig) {
+    const VNODES: u32 = 8;
+    let store = RedisStore::connect(&config).await.unwrap();
+    let sealer = store.handle("sealer", VNODES).await.unwrap();
+    let all: Vec<u32> = (0..VNODES).collect();
+    for epoch in 1..=3 {
+        for vnode in &all {
+            sealer
+                .write_partial(*vnode, epoch, 0, Bytes::from(format!("{epoch}")))
+                .await
+                .unwrap();
+        }
+        assert!(sealer.epoch_complete(epoch, &all).await.unwrap());
+    }
+    // The slow prune registers, deletes the markers, and stalls before the
+    // partials.
+    let (registered, resume) = store
+        .pauses()
+        .arm(laminar_state_redis::PAUSE_PRUNE_REGISTERED);
+    let slow = std::sync::Arc::new(store.handle("slow", VNODES).await.unwrap());
+    let prune = tokio::spawn({
+        let slow = std::sync::Arc::clone(&slow);
+        async move { slow.prune_before(3).await }
+    });
+    registered.notified().await;
+    // Another pruner covers its bound and runs to the end.
+    let other = RedisBackend::connect(&config, "other", VNODES)
+        .await
+        .unwrap();
+    other.prune_before(3).await.unwrap();
+    // Epoch 1 is written and sealed again.
+    for vnode in &all {
+        sealer
+            .write_partial(*vnode, 1, 0, Bytes::from_static(b"again"))
+            .await
+            .unwrap();
+    }
+    let resealed = sealer.epoch_complete(1, &all).await.unwrap();
+    // The slow prune wakes up.
+    resume.notify_one();
+    let slow_result = prune.await.unwrap();
+    assert!(
+        slow_result.is_ok(),
+        "the overtaken prune gave {slow_result:?}"
+    );
+    assert_no_marker_without_partials(&other, VNODES, "after an overtaken prune woke up").await;
+    assert!(
+        resealed,
+        "epoch 1 could not be sealed again after the prunes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_prune_overtaken_by_another_deletes_nothing_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start(dir.path(), &[]);
+    slow_prune_overtaken(config(&server.url(), "overtaken", 4)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_prune_overtaken_by_another_deletes_nothing_after_on_a_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = tokio::task::spawn_blocking({
+        let path = dir.path().to_path_buf();
+        move || support::RedisCluster::start(&path)
+    })
+    .await
+    .unwrap();
+    let mut config = RedisConfig::from_url(&cluster.url()).unwrap();
+    config.namespace = "overtaken".into();
+    slow_prune_overtaken(config).await;
+    drop(cluster);
+}
