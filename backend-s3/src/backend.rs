@@ -1,15 +1,17 @@
 //! [`S3Backend`]: a handle with its own instance id, and the
 //! [`StateBackend`] implementation, in the trait's order.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use laminar_state_api::{InputLimits, StateBackend, StateBackendError, seal_outcome};
 
-use crate::client::{Condition, Failure};
+use crate::client::{Condition, Failure, Listed};
 use crate::config::S3Config;
-use crate::frame::{Kind, frame, unframe, utf8};
+use crate::frame::{Kind, frame, unframe};
+use crate::prunes::{Marker, now_ms};
 use crate::store::S3Store;
 
 /// Times a write is redone in a newer period, or an operation restarted
@@ -63,6 +65,56 @@ impl S3Backend {
             self.carried.fetch_max(told, Ordering::AcqRel);
         }
         Ok(())
+    }
+
+    /// The sealed epochs above `after`, ascending; only the highest when
+    /// `highest`. The markers are listed, then the prune registry is read
+    /// (so a prune that deleted a listed marker's partials began before the
+    /// read, and shows), and each marker is judged under it (see "Sealing
+    /// and pruning" in the crate docs).
+    async fn sealed(
+        &self,
+        what: &str,
+        after: Option<u64>,
+        highest: bool,
+    ) -> Result<Vec<u64>, StateBackendError> {
+        let shared = &self.store.shared;
+        let start_after = after.map(|a| shared.layout.marker(a));
+        'listing: for _ in 0..MAX_RESTARTS {
+            let markers = shared
+                .list(what, &shared.layout.markers(), start_after.as_deref())
+                .await?;
+            if markers.is_empty() {
+                return Ok(Vec::new());
+            }
+            let registry = shared.read_registry(what).await?;
+            let mut sealed = Vec::new();
+            let mut order: Vec<&Listed> = markers.iter().collect();
+            if highest {
+                order.reverse();
+            }
+            for listed in order {
+                let epoch = shared.layout.parse_marker(&listed.key)?;
+                match shared
+                    .listed_marker_seals(what, listed, epoch, &registry.registry)
+                    .await?
+                {
+                    Some(true) => {
+                        sealed.push(epoch);
+                        if highest {
+                            break;
+                        }
+                    }
+                    Some(false) => {}
+                    // Replaced or deleted since the listing.
+                    None => continue 'listing,
+                }
+            }
+            return Ok(sealed);
+        }
+        Err(StateBackendError::Io(format!(
+            "s3 {what}: the markers kept changing between listing and reading"
+        )))
     }
 
     fn stale(caller: u64, authoritative: u64) -> StateBackendError {
@@ -189,8 +241,23 @@ impl StateBackend for S3Backend {
         let what = format!("epoch_complete({epoch})");
         let prefix = shared.layout.epoch_partials(epoch);
         let key = shared.layout.marker(epoch);
-        let body = frame(Kind::Marker, self.instance_id.as_bytes());
+        // The prune registry as it was at some moment before the listing
+        // (see "Sealing and pruning" in the crate docs): the newest copy
+        // this process saw, read again only when it shows a prune of this
+        // epoch.
+        let mut before = shared.cached_registry();
+        // The ETag of a marker found at the key that is no seal: replaced,
+        // not created.
+        let mut occupant: Option<String> = None;
         for _ in 0..MAX_RESTARTS {
+            if before.registry.blocking(epoch, now_ms()) {
+                before = shared.read_registry(&what).await?;
+                if before.registry.blocking(epoch, now_ms()) {
+                    // A prune of this epoch is running: ordered after it,
+                    // the seal finds its partials gone.
+                    return Ok(false);
+                }
+            }
             let listed = shared.list(&what, &prefix, None).await?;
             // Judged under a fence read that starts after the listing was
             // answered (see `read_partial`). A deposed leader is refused on
@@ -205,69 +272,80 @@ impl StateBackend for S3Backend {
             if !vnodes.iter().all(|v| present.contains_key(v)) {
                 return Ok(false);
             }
-            match shared
-                .put(&what, &key, body.clone(), Condition::Absent)
-                .await
-            {
-                Ok(_) => return Ok(true),
-                Err(Failure::Precondition(_)) => {}
+            let marker = Marker {
+                began: before.registry.began,
+                committer: self.instance_id.clone(),
+            };
+            let condition = match &occupant {
+                Some(etag) => Condition::Matches(etag),
+                None => Condition::Absent,
+            };
+            let body = Marker::frame(marker.began, &marker.committer);
+            match shared.put(&what, &key, body, condition).await {
+                Ok(etag) => {
+                    // A seal if no prune of this epoch began since `before`
+                    // was read: one may have deleted the partials counted
+                    // above after the listing. Read after the marker
+                    // landed, so a prune that began later deletes the
+                    // marker before the partials.
+                    let after = shared.read_registry(&what).await?;
+                    if shared.seals(&after.registry, &key, epoch, &marker)? {
+                        return Ok(true);
+                    }
+                    // No seal, now or ever (nothing treats it as one), so it
+                    // can stay until it is replaced or pruned. Start over:
+                    // the prune is running (`Ok(false)` above) or took the
+                    // partials (`Ok(false)` on the listing), unless the
+                    // epoch was written again since (then this marker is
+                    // replaced).
+                    occupant = etag;
+                    before = after;
+                    continue;
+                }
+                Err(Failure::Precondition(_) | Failure::Missing(_)) => {}
                 Err(other) => return Err(other.into()),
             }
             // Sealed already, perhaps by this very instance on an attempt
-            // whose answer was lost: the marker names the committer.
+            // whose answer was lost: the marker names the committer, if it
+            // is a seal.
             match shared.get(&what, &key).await {
-                Ok((framed, _)) => {
-                    let committer = utf8(&key, &unframe(Kind::Marker, &key, framed)?)?;
-                    return seal_outcome(&committer, &self.instance_id);
+                Ok((framed, etag)) => {
+                    let found = Marker::parse(&key, framed)?;
+                    let after = shared.read_registry(&what).await?;
+                    if shared.seals(&after.registry, &key, epoch, &found)? {
+                        return seal_outcome(&found.committer, &self.instance_id);
+                    }
+                    // Left by a gate that raced a prune of this epoch: no
+                    // seal. Start over, and replace it if the epoch can be
+                    // sealed again.
+                    occupant = etag;
+                    before = after;
                 }
                 // Pruned between the two requests, and the partials with it
                 // (prune deletes markers first): start over from the
                 // listing, never create the marker again unchecked.
-                Err(Failure::Missing(_)) => continue,
+                Err(Failure::Missing(_)) => occupant = None,
                 Err(other) => return Err(other.into()),
             }
         }
         Err(StateBackendError::Io(format!(
-            "s3 {what}: the marker kept appearing and vanishing"
+            "s3 {what}: the marker kept appearing and vanishing, or prunes of the epoch kept \
+             beginning"
         )))
     }
 
     async fn prune_before(&self, before: u64) -> Result<(), StateBackendError> {
-        let shared = &self.store.shared;
-        let what = format!("prune_before({before})");
-        // Markers first: a crash half-way leaves unsealed partials (pruned
-        // next time), never a seal whose partials are gone.
-        let ranges = [
-            (shared.layout.markers(), shared.layout.marker(before)),
-            (
-                shared.layout.partials(),
-                shared.layout.epoch_partials(before),
-            ),
-        ];
-        for (prefix, bound) in ranges {
-            let mut page = shared.list_page(&what, &prefix, None, None).await?;
-            loop {
-                let below: Vec<String> = page
-                    .objects
-                    .iter()
-                    .map(|o| o.key.clone())
-                    .take_while(|k| *k < bound)
-                    .collect();
-                let more = below.len() == page.objects.len() && page.next.is_some();
-                if !more {
-                    shared.delete_batch(&what, below).await?;
-                    break;
-                }
-                // Delete this page while listing the next.
-                let (deleted, next) = tokio::join!(
-                    shared.delete_batch(&what, below),
-                    shared.list_page(&what, &prefix, None, page.next.take())
-                );
-                deleted?;
-                page = next?;
-            }
+        if before == 0 {
+            return Ok(());
         }
-        Ok(())
+        // Its own task: a caller that gives up (drops this future) does not
+        // cut the prune short, so it still unregisters and blocks no seal.
+        let task = tokio::spawn(Arc::clone(&self.store.shared).prune(before));
+        task.await.map_err(|e| {
+            StateBackendError::Io(format!(
+                "s3 prune_before({before}): the prune task failed: {e}"
+            ))
+        })?
     }
 
     fn set_authoritative_version(&self, version: u64) {
@@ -281,29 +359,15 @@ impl StateBackend for S3Backend {
     }
 
     async fn latest_committed_epoch(&self) -> Result<Option<u64>, StateBackendError> {
-        let shared = &self.store.shared;
-        let markers = shared
-            .list("latest_committed_epoch()", &shared.layout.markers(), None)
-            .await?;
-        markers
-            .last()
-            .map(|m| shared.layout.parse_marker(&m.key))
-            .transpose()
+        Ok(self
+            .sealed("latest_committed_epoch()", None, true)
+            .await?
+            .pop())
     }
 
     async fn sealed_epochs(&self, after: u64) -> Result<Vec<u64>, StateBackendError> {
-        let shared = &self.store.shared;
-        let markers = shared
-            .list(
-                &format!("sealed_epochs({after})"),
-                &shared.layout.markers(),
-                Some(&shared.layout.marker(after)),
-            )
-            .await?;
-        markers
-            .iter()
-            .map(|m| shared.layout.parse_marker(&m.key))
-            .collect()
+        self.sealed(&format!("sealed_epochs({after})"), Some(after), false)
+            .await
     }
 
     async fn persist_authoritative_version(&self, version: u64) -> Result<(), StateBackendError> {

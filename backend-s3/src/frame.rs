@@ -9,6 +9,9 @@ use laminar_state_api::StateBackendError;
 pub(crate) const MAGIC: u8 = b'L';
 /// The frame format.
 pub(crate) const FORMAT: u8 = 1;
+/// The format of commit markers that record the prune count their gate
+/// read (see `prunes`); markers of [`FORMAT`] name only their committer.
+pub(crate) const MARKER_FORMAT: u8 = 2;
 pub(crate) const HEADER: usize = 7;
 
 /// What an object holds; part of its frame, so an object read as the wrong
@@ -19,19 +22,35 @@ pub(crate) enum Kind {
     Marker = b'M' as isize,
     Fence = b'F' as isize,
     Snapshot = b'S' as isize,
+    Prunes = b'R' as isize,
 }
 
 pub(crate) fn frame(kind: Kind, body: &[u8]) -> Bytes {
+    frame_as(kind, FORMAT, body)
+}
+
+/// [`frame`] in another format of `kind`.
+pub(crate) fn frame_as(kind: Kind, format: u8, body: &[u8]) -> Bytes {
     let mut framed = BytesMut::with_capacity(HEADER + body.len());
     framed.put_u8(MAGIC);
     framed.put_u8(kind as u8);
-    framed.put_u8(FORMAT);
+    framed.put_u8(format);
     framed.put_u32_le(crc32fast::hash(body));
     framed.put_slice(body);
     framed.freeze()
 }
 
 pub(crate) fn unframe(kind: Kind, key: &str, framed: Bytes) -> Result<Bytes, StateBackendError> {
+    unframe_as(kind, &[FORMAT], key, framed).map(|(_, body)| body)
+}
+
+/// [`unframe`] accepting any of `formats`; the format found, and the body.
+pub(crate) fn unframe_as(
+    kind: Kind,
+    formats: &[u8],
+    key: &str,
+    framed: Bytes,
+) -> Result<(u8, Bytes), StateBackendError> {
     let bad = |why: &str| {
         StateBackendError::Serialization(format!("object {key:?} is not a valid {kind:?}: {why}"))
     };
@@ -41,15 +60,16 @@ pub(crate) fn unframe(kind: Kind, key: &str, framed: Bytes) -> Result<Bytes, Sta
     if framed[1] != kind as u8 {
         return Err(bad("it holds another kind of object"));
     }
-    if framed[2] != FORMAT {
-        return Err(bad(&format!("unknown format {}", framed[2])));
+    let format = framed[2];
+    if !formats.contains(&format) {
+        return Err(bad(&format!("unknown format {format}")));
     }
     let crc = u32::from_le_bytes([framed[3], framed[4], framed[5], framed[6]]);
     let body = framed.slice(HEADER..);
     if crc32fast::hash(&body) != crc {
         return Err(bad("it fails its checksum"));
     }
-    Ok(body)
+    Ok((format, body))
 }
 
 /// The metadata key (`x-amz-meta-laminar-fence`) of the fence object.

@@ -30,6 +30,11 @@ impl Layout {
         format!("{}fence", self.prefix)
     }
 
+    /// The prune registry (see `prunes`).
+    pub(crate) fn prunes(&self) -> String {
+        format!("{}prunes", self.prefix)
+    }
+
     pub(crate) fn snapshot(&self, fence: u64) -> String {
         format!("{}snapshots/{fence:020}", self.prefix)
     }

@@ -19,7 +19,8 @@
 //! | `P/fence` | the fence `F` and the fence before it (in its metadata, so a HEAD reads them), replaced by compare-and-swap; created at 0 by the first connect |
 //! | `P/snapshots/F` | written once per raise: the partials older than fence `F` that stay visible |
 //! | `P/p/EPOCH/VNODE.PERIOD.STAMP` | one object per acknowledged write: the partial's bytes |
-//! | `P/m/EPOCH` | the commit marker: the committer's instance id, created only if absent |
+//! | `P/m/EPOCH` | the commit marker: the committer's instance id and the prune count its gate read (see "Sealing and pruning"); created only if absent, or replacing (`If-Match`) a marker that is no seal |
+//! | `P/prunes` | the prune registry: how many prunes began, the highest bound begun after each count, the unfinished prunes with their leases; replaced by compare-and-swap; created by the first prune |
 //! | `P/conditional-write-probe.STAMP` | for a moment at connect: the probe of conditional writes (see "What the store must do") |
 //!
 //! Every object is framed: a kind byte, a format byte and a CRC-32 of the
@@ -151,7 +152,8 @@
 //!   ignore `StartAfter`, which `latest_committed_epoch`, `sealed_epochs`
 //!   and `prune_before` rely on: connect refuses them
 //!   ([`StateBackendError::Io`]) before sending any request.
-//! - No expiry of the fence or the snapshots: a lifecycle rule that
+//! - No expiry of the fence, the snapshots or the prune registry (see
+//!   "Sealing and pruning"): a lifecycle rule that
 //!   deletes `P/fence` would turn fence `N` into "no fence". Connect
 //!   creates the fence object (at 0) on a new store, so from then on a
 //!   missing fence object is damage: every fence read that finds none, and
@@ -169,9 +171,9 @@
 //! |---|---|---|
 //! | `write_partial` | 1 PUT + 1 fence HEAD, the HEAD shared by concurrent writes of the store; + 1 snapshot GET (cached) when the fence rose past the store's last read | 2 |
 //! | `read_partial` | 1 LIST, then 1 fence HEAD (shared) and 1 GET at once; the LIST alone when nothing is listed; + 1 GET if the newest listed object is invisible | 2 |
-//! | `epoch_complete`, any vnode count | ceil(L/1000) LIST, then 1 fence HEAD (shared), then 1 marker PUT; + 1 GET if the epoch was already sealed (and all again if that marker was pruned meanwhile) | 3 + |
-//! | `prune_before` | ceil(K/1000) LIST + ceil(K/1000) DeleteObjects, for markers and for partials | pages |
-//! | `latest_committed_epoch`, `sealed_epochs` | 1 LIST per 1000 markers | 1 |
+//! | `epoch_complete`, any vnode count | ceil(L/1000) LIST, then 1 fence HEAD (shared), then 1 marker PUT, then 1 registry GET; the LIST and the HEAD alone when a vnode is missing; + 1 registry GET before the LIST when this process's copy shows a prune of the epoch (then often `Ok(false)` without listing); + 1 marker GET and 1 registry GET if the epoch was already sealed; all again when a prune of the epoch got in the way | 4 + |
+//! | `prune_before` | 1 registry PUT to register and 1 to unregister (each + 1 GET when another process changed the registry since this one last saw it); ceil(K/1000) LIST + ceil(K/1000) DeleteObjects, for markers, partials and markers again; + 1 registry PUT per renewal of its lease (a prune running longer than two request bounds) | 2 + pages |
+//! | `latest_committed_epoch`, `sealed_epochs` | 1 LIST per 1000 markers; + 1 registry GET if any marker is listed; + 1 marker GET per listed marker below the highest bound any prune ever had (`latest_committed_epoch`: until the highest seal) | 1 to 3 |
 //! | a fence raise | 1 HEAD + 1 PUT `If-Match` + ceil(all partials/1000) LIST + 1 snapshot PUT | 3 + pages |
 //! | [`S3Store::connect`] | 1 HeadBucket + 1 fence HEAD; on a new store + 1 LIST + 1 fence PUT; once per process per endpoint and bucket, the probe: 3 PUT + 1 DELETE | 2 to 8 |
 //!
@@ -180,6 +182,14 @@
 //! the same HEAD, so many concurrent writers cost about one PUT each. After
 //! a raise, a reader that meets objects older than the fence also fetches
 //! the snapshot once (it is immutable and cached).
+//!
+//! The gate's one registry GET is the read after its marker landed (its
+//! copy from before the listing is the one its process last saw, at no
+//! cost). A recovery query reads a marker only below the highest bound any
+//! prune ever had: markers of an epoch being pruned, left by a seal that
+//! raced a prune, or of an epoch sealed again after it was pruned; an
+//! engine that prunes behind its seals has none of them once its prunes
+//! finish.
 //!
 //! # Limits
 //!
@@ -190,23 +200,133 @@
 //!   keep their older objects until the epoch is pruned. Objects of refused
 //!   writes whose clean-up failed stay (invisible) until then too.
 //!
-//! # Known limit: a seal racing a prune
+//! # Sealing and pruning (P11)
 //!
-//! `prune_before(b)` deletes the markers below `b`, then the partials below
-//! `b`; the gate lists an epoch's partials, reads the fence, then creates
-//! the marker. Nothing orders a gate against a prune of its own epoch: if
-//! the prune deletes the epoch's partials after the gate's listing and
-//! before its marker PUT lands (the prune's marker pass having found no
-//! marker yet), the gate answers `Ok(true)` and its marker outlives the
-//! partials it counted, below the prune's bound: `latest_committed_epoch`
-//! and `sealed_epochs` then name an epoch `read_partial` has no data for,
-//! until a later prune removes the marker. This does not hold P11 for a
-//! gate concurrent with a prune of its epoch. (A gate whose marker PUT met
-//! 412 and whose marker was pruned before it could read it lists the
-//! partials again, and answers `Ok(false)` once they are gone: it never
-//! creates the marker again unchecked.) Engines prune only epochs below the
-//! one they recover from, so they do not seal an epoch they are pruning.
+//! No sealed epoch lacks its partials, even when a prune races a seal of
+//! the same epoch, or either dies half-way. A prune deletes markers and
+//! partials, the gate lists partials and then creates a marker, and S3
+//! cannot make a DELETE conditional on another object: a prune can delete
+//! the partials a gate counted, and the gate's marker can land after. So,
+//! as with late writes (P7), such a marker is made harmless rather than
+//! prevented: what decides is which markers are *seals*.
 //!
+//! 1. The prune registry `P/prunes`, replaced only by compare-and-swap,
+//!    counts the prunes that ever began and lists the unfinished ones (id,
+//!    bound, end of lease). A prune registers (the count goes up), deletes
+//!    the markers below its bound, then the partials, then the markers
+//!    again (those that landed meanwhile), and unregisters.
+//! 2. A marker of epoch `e` records a count `c`: how many prunes had begun
+//!    in a copy of the registry its gate took *before listing the
+//!    partials*. It is a seal if and only if no prune with a bound above
+//!    `e` began after the first `c`. For that the registry keeps, for each
+//!    count, the highest bound of the prunes begun after it, as a staircase
+//!    of steps `(n, bound)`: one per prune whose bound is above that of
+//!    every prune begun after it, so one in all while bounds rise, as an
+//!    engine's do. A marker that is no seal never becomes one again.
+//! 3. The gate's copy is the newest registry this process saw (the empty
+//!    one a store starts with, at first): any registry that existed before
+//!    the listing will do, since an older copy only makes the check in 4
+//!    stricter. When the copy shows an unfinished prune of the epoch whose
+//!    lease is not over, the gate reads the registry, and if it still does,
+//!    answers `Ok(false)`: ordered after that prune, the seal finds the
+//!    partials gone.
+//! 4. After its marker landed, the gate reads the registry and answers
+//!    `Ok(true)` only if the marker is a seal under it. If not, it starts
+//!    over from that registry: the prune is running (`Ok(false)`), or took
+//!    the partials (`Ok(false)` from the listing), or the epoch was written
+//!    again since, and the gate replaces its marker (`If-Match`) with one at
+//!    the new count. The marker left meanwhile is no seal, so nothing
+//!    needs to take it back; the next gate of its epoch replaces it, or the
+//!    next prune above it deletes it.
+//! 5. Readers list first and read the registry after, then count only
+//!    seals: `latest_committed_epoch` and `sealed_epochs` (a marker at or
+//!    above every bound ever pruned is a seal whatever its count; one below
+//!    is read, and if the key holds another object than the one listed,
+//!    they list again), and the gate whose marker PUT met 412 (it reads the
+//!    marker, then the registry; a marker that is no seal is replaced, never
+//!    reported as a win or a split brain).
+//!
+//! Why. Take a marker of epoch `e` at count `c` and a prune `P` whose bound
+//! is above `e`. If `P` began after the first `c`, it shows in every
+//! registry read after it registered, before it deleted anything, and from
+//! then on the marker is no seal: a reader whose read does not show `P`
+//! read before `P` deleted anything, when the marker (listed before) and
+//! the partials its gate counted were still stored; a gate whose read after
+//! its marker landed does not show `P` answered before `P` registered, and
+//! `P`'s first marker pass, which comes after, deletes the marker before any
+//! partial (a seal ordered before the prune loses its marker to it). If `P`
+//! began at or before count `c`, the
+//! gate's copy showed it, and its lease was over (below), or it was
+//! unfinished (the gate answered `Ok(false)` and made no marker), or it
+//! had unregistered, after every request it sent had been answered: the
+//! gate listed after all of `P`'s deletes, and counted partials `P` never
+//! deletes (a prune deletes the objects it listed, and every write makes a
+//! new object). So a gate that dies anywhere, or whose answers are lost,
+//! leaves at worst a marker that is no seal.
+//!
+//! An epoch sealed while a prune of it begins may thus end with no winner:
+//! a gate whose marker landed just before the prune registered, and whose
+//! read after it shows the prune, answers `Ok(false)` (or `Ok(false)` on a
+//! retry whose first answer was lost), while another gate that read the
+//! marker before the prune showed was told `SplitBrainCommit` naming it.
+//! Neither commits its sinks, and the epoch is being pruned.
+//!
+//! ## A prune that dies, and its lease
+//!
+//! A prune that dies registered (its process killed, or an error that stops
+//! it half-way) would block seals below its bound for ever if only it could
+//! unregister; and a later prune may not unregister it either, since S3
+//! cannot stop a pruner that is merely slow from deleting later. So a
+//! registration is a lease: it ends `4 x (operation timeout + attempt
+//! timeout)` after it was sent (320 s with the defaults), by the pruner's
+//! clock. A prune that runs longer renews it (a swap) once less than two
+//! request bounds (operation + attempt timeout) are left, and stops, with
+//! [`StateBackendError::Io`] and sending nothing more, once one is. Others
+//! treat a registration as over once their clock is 2 s past its end, and
+//! the next change to the registry forgets it. Until then seals of the
+//! epochs below its bound answer `Ok(false)`; its markers below the bound
+//! are no seals from the moment it registered, whatever it got to delete;
+//! and a later `prune_before` of the bound deletes the rest. A prune whose
+//! caller drops its future (a timeout) is not cut short: it runs on a task
+//! of its own to the end, and unregisters.
+//!
+//! This rests on two assumptions, which nothing here can check:
+//!
+//! - the store applies a request attempt within the attempt timeout of its
+//!   sending, or never; and a pruner's process is not frozen, between
+//!   checking its lease and sending a request, for longer than one request
+//!   bound. (So every request of a prune lands before its lease ends, and a
+//!   prune that unregistered has no delete still in flight.)
+//! - the clocks of the machines sharing a store are less than 2 s apart.
+//!
+//! A prune that breaks them (a DELETE applied minutes after it was sent, a
+//! process frozen past its lease and resumed mid-prune) can delete the
+//! partials of an epoch below its bound that was sealed again after its
+//! lease ended: the one way left to a sealed epoch without its partials.
+//! Engines prune only epochs they no longer recover from, and seldom seal
+//! those again.
+//!
+//! ## The registry must stay
+//!
+//! The registry decides which markers are seals, so, like the fence, it
+//! must not be deleted or expired (see "What the store must do"). Damaged
+//! bytes fail its frame ([`StateBackendError::Serialization`]); a registry
+//! that goes back (deleted, or replaced by an older copy) is reported the
+//! same way by a process that read a later one, and by any reader of a
+//! marker that counts more prunes than it. A process that never read it
+//! and meets only markers at or above the bounds it lists cannot tell.
+//!
+//! Past 256 steps (prunes each with a bound below every prune begun since
+//! the step before, which an engine pruning behind its seals never does)
+//! the two oldest steps merge, towards the higher bound: a marker made
+//! between those two prunes, of an epoch between their bounds, then reads
+//! as no seal. That can lose a seal (an epoch sealed again below an old
+//! prune's bound), never make a marker without partials one.
+//!
+//! Markers written before the registry existed (frame format 1, the
+//! committer alone) count as made at count 0: seals until a prune above
+//! them begins.
+
 //! # Retries, timeouts and checksums
 //!
 //! The client retries throttling, 5xx answers, timeouts and broken
@@ -216,7 +336,8 @@
 //! retried after it landed is safe: a partial's key is unique to the write,
 //! a repeated fence swap or marker creation answers 412, and the 412 is
 //! resolved by reading the fence or the marker (whose committer may be this
-//! very instance). Request checksums are sent only where S3 requires them
+//! very instance). A registry swap that met 412 reads the registry and
+//! decides again (a prune finds itself registered by its id). Request checksums are sent only where S3 requires them
 //! (AWS's default trailing checksums break several S3-compatible stores);
 //! the frame's CRC-32 covers the stored bytes end to end.
 //!
@@ -235,6 +356,7 @@
 //! | `frame` | framing and checksums, the fence's metadata |
 //! | `client` | requests and the one classification of S3 errors |
 //! | `fence` | the fence object, snapshots and visibility (P7) |
+//! | `prunes` | the prune registry, leases, and which markers are seals (P11) |
 //! | `store` | [`S3Store`]: the client, shared state, the checks at connect |
 //! | `backend` | [`S3Backend`] and the trait implementation, in the trait's order |
 //!
@@ -250,6 +372,7 @@ mod config;
 mod fence;
 mod frame;
 mod layout;
+mod prunes;
 mod store;
 
 pub use backend::S3Backend;
@@ -267,6 +390,7 @@ mod tests {
     use crate::fence::*;
     use crate::frame::*;
     use crate::layout::*;
+    use crate::prunes::*;
     use bytes::Bytes;
     use laminar_state_api::StateBackendError;
 
@@ -362,6 +486,81 @@ mod tests {
         assert_eq!(parse_fence(&text.replace("7 ", "8 ")), None);
         assert_eq!(parse_fence("garbage"), None);
         assert_eq!(parse_fence(""), None);
+    }
+
+    #[test]
+    fn the_registry_keeps_the_highest_bound_begun_after_each_count() {
+        let mut registry = Registry::default();
+        assert_eq!(registry.pruned_since(0), 0);
+        // Rising bounds, as an engine prunes: one step.
+        for (bound, id) in [(10, "a"), (20, "b"), (30, "c")] {
+            registry.begin(id, bound, 1_000);
+        }
+        assert_eq!(registry.steps, vec![(3, 30)]);
+        assert_eq!(registry.pruned_since(0), 30);
+        assert_eq!(registry.pruned_since(2), 30);
+        assert_eq!(registry.pruned_since(3), 0);
+        // A lower bound after them: a second step.
+        registry.begin("d", 12, 1_000);
+        assert_eq!(registry.steps, vec![(3, 30), (4, 12)]);
+        assert_eq!(registry.pruned_since(2), 30);
+        assert_eq!(registry.pruned_since(3), 12);
+        assert_eq!(registry.highest_bound(), 30);
+        // A marker at epoch 15 made after 3 prunes began is a seal; one
+        // made before is not.
+        assert!(registry.pruned_since(3) <= 15);
+        assert!(registry.pruned_since(2) > 15);
+        // Unfinished prunes block the epochs below their bound until their
+        // lease is over (with the clock skew allowed).
+        let skew = u64::try_from(MAX_CLOCK_SKEW.as_millis()).unwrap();
+        assert!(registry.blocking(29, 1_000 + skew));
+        assert!(!registry.blocking(30, 1_000));
+        assert!(!registry.blocking(29, 1_001 + skew));
+        registry.forget_ended(1_001 + skew);
+        assert!(registry.pruning.is_empty());
+        assert_eq!(registry.steps, vec![(3, 30), (4, 12)], "steps stay");
+        let text = registry.render();
+        assert_eq!(Registry::parse("k", &text).unwrap(), registry);
+        for bad in [
+            "step 4 12\nstep 3 30\n",
+            "began x\n",
+            "colour red\n",
+            "began 1\nstep 2 5\n",
+        ] {
+            assert!(
+                matches!(
+                    Registry::parse("k", bad),
+                    Err(StateBackendError::Serialization(_))
+                ),
+                "{bad:?} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn too_many_falling_bounds_merge_towards_higher_bounds() {
+        let mut registry = Registry::default();
+        let steps = u64::try_from(MAX_STEPS).unwrap();
+        for n in 0..=steps {
+            registry.begin(&format!("p{n}"), 1_000 - n, 0);
+        }
+        assert_eq!(registry.steps.len(), MAX_STEPS);
+        // The two oldest, (1, 1000) and (2, 999), became (2, 1000): a
+        // marker read at count 1 is judged against 1000, not 999.
+        assert_eq!(registry.steps[0], (2, 1_000));
+        assert_eq!(registry.pruned_since(1), 1_000);
+        assert_eq!(registry.pruned_since(2), 998);
+    }
+
+    #[test]
+    fn markers_of_both_formats_parse() {
+        let marker = Marker::parse("m", Marker::frame(7, "node a")).unwrap();
+        assert_eq!((marker.began, marker.committer.as_str()), (7, "node a"));
+        // Written before the registry existed: read at 0 prunes begun.
+        let old = Marker::parse("m", frame(Kind::Marker, b"node-b")).unwrap();
+        assert_eq!((old.began, old.committer.as_str()), (0, "node-b"));
+        assert!(Marker::parse("m", frame_as(Kind::Marker, MARKER_FORMAT, b"x")).is_err());
+        assert!(Marker::parse("m", frame(Kind::Partial, b"x")).is_err());
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::client::{Condition, Failure};
 use crate::config::S3Config;
 use crate::fence::{FenceState, Snapshot};
 use crate::layout::{Layout, stamp};
+use crate::prunes::Observed;
 
 /// Directory buckets (S3 Express One Zone) end their names with this.
 pub(crate) const DIRECTORY_BUCKET_SUFFIX: &str = "--x-s3";
@@ -48,6 +49,13 @@ pub(crate) struct Shared {
     pub(crate) fence_reads: Mutex<FenceReads>,
     /// Snapshots by fence value; immutable once written.
     pub(crate) snapshots: Mutex<HashMap<u64, Arc<Snapshot>>>,
+    /// The newest prune registry this process saw (see `prunes`).
+    pub(crate) registry: Mutex<Arc<Observed>>,
+    /// How late a request may land after it was sent: every attempt starts
+    /// within the operation timeout, and a store is assumed to apply an
+    /// attempt within the attempt timeout or never. A prune's lease is
+    /// counted in these.
+    pub(crate) request_bound: Duration,
 }
 
 #[derive(Default)]
@@ -141,6 +149,8 @@ impl S3Store {
                 seen: AtomicU64::new(0),
                 fence_reads: Mutex::new(FenceReads::default()),
                 snapshots: Mutex::new(HashMap::new()),
+                registry: Mutex::new(Arc::new(Observed::default())),
+                request_bound: config.operation_timeout + config.attempt_timeout,
             }),
         };
         store

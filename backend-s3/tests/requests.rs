@@ -21,6 +21,9 @@ fn kind(request: &Seen) -> String {
         "PUT" if path.ends_with("/fence") => "put-fence",
         "PUT" if path.contains("/p/") => "put-partial",
         "PUT" if path.contains("/m/") => "put-marker",
+        "PUT" if path.ends_with("/prunes") => "put-prunes",
+        "GET" if path.ends_with("/prunes") => "get-prunes",
+        "GET" if path.contains("/m/") => "get-marker",
         "GET" if target.contains("list-type=2") => "list",
         "HEAD" if path.ends_with("/fence") => "head-fence",
         "GET" if path.contains("/p/") => "get-partial",
@@ -88,6 +91,27 @@ async fn single_operations_cost_what_the_docs_say() {
     assert!(read.unwrap().is_none());
     // Nothing listed: no fence read is needed.
     assert_eq!(requests, "list x1", "read_partial, missing");
+    // No marker listed: the prune registry is not read.
+    let (latest, requests) = cost(&proxy, backend.latest_committed_epoch()).await;
+    assert_eq!(latest.unwrap(), None);
+    assert_eq!(
+        requests, "list x1",
+        "latest_committed_epoch, nothing sealed"
+    );
+    let (sealed, requests) = cost(&proxy, backend.epoch_complete(1, &[3])).await;
+    assert!(sealed.unwrap());
+    assert_eq!(
+        requests, "get-prunes x1, head-fence x1, list x1, put-marker x1",
+        "epoch_complete"
+    );
+    // Sealed already: the marker is read, and judged under a registry read
+    // after it.
+    let (sealed, requests) = cost(&proxy, backend.epoch_complete(1, &[3])).await;
+    assert!(sealed.unwrap());
+    assert_eq!(
+        requests, "get-marker x1, get-prunes x1, head-fence x1, list x1, put-marker x1",
+        "epoch_complete, sealed already"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,7 +149,7 @@ async fn the_commit_gate_lists_instead_of_probing_each_vnode() {
         assert!(sealed.unwrap());
         assert_eq!(
             requests,
-            format!("head-fence x1, list x{pages}, put-marker x1"),
+            format!("get-prunes x1, head-fence x1, list x{pages}, put-marker x1"),
             "epoch_complete over {vnodes} vnodes"
         );
     }
@@ -153,11 +177,20 @@ async fn pruning_lists_only_what_it_deletes_and_deletes_a_thousand_at_a_time() {
     }
     let (pruned, requests) = cost(&proxy, backend.prune_before(13)).await;
     pruned.unwrap();
-    // Markers: one page (3 below, 3 above), one batch. Partials: a page of
-    // 1,000 below, then a page of 500 below and 500 above: two pages, two
-    // batches; the other 1,000 above the bound are never listed.
-    assert_eq!(requests, "delete-batch x3, list x3");
-    assert_eq!(backend.sealed_epochs(0).await.unwrap(), vec![13, 14, 15]);
+    // The registry swapped twice (registered, unregistered), from the copy
+    // the gates read. Markers: one page (3 below, 3 above), one batch.
+    // Partials: a page of 1,000 below, then a page of 500 below and 500
+    // above: two pages, two batches; the other 1,000 above the bound are
+    // never listed. Markers again: one page, nothing to delete.
+    assert_eq!(requests, "delete-batch x3, list x4, put-prunes x2");
+    // The kept markers are at or above every prune's bound: no marker is
+    // read.
+    let (sealed, requests) = cost(&proxy, backend.sealed_epochs(0)).await;
+    assert_eq!(sealed.unwrap(), vec![13, 14, 15]);
+    assert_eq!(requests, "get-prunes x1, list x1", "sealed_epochs");
+    let (latest, requests) = cost(&proxy, backend.latest_committed_epoch()).await;
+    assert_eq!(latest.unwrap(), Some(15));
+    assert_eq!(requests, "get-prunes x1, list x1", "latest_committed_epoch");
     for epoch in 10..16u64 {
         let kept = backend.read_partial(499, epoch).await.unwrap().is_some();
         assert_eq!(kept, epoch >= 13, "epoch {epoch}");

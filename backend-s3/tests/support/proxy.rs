@@ -1,7 +1,8 @@
 //! An HTTP/1.1 proxy between the S3 client and the real server, which logs
 //! every request and injects faults on the ones a rule matches: an error
-//! status without forwarding, a stall, or forwarding and then dropping the
-//! answer (so the request landed but the client must retry). It can also
+//! status without forwarding, a stall, forwarding and then dropping the
+//! answer (so the request landed but the client must retry), or holding a
+//! request or its answer until the test releases it. It can also
 //! strip the conditional headers (`If-Match`, `If-None-Match`) from every
 //! request, so the server behaves like a store that ignores them.
 
@@ -24,6 +25,10 @@ pub enum Action {
     ForwardThenDrop,
     /// Hold it until [`FaultProxy::release`], then forward it.
     Hold,
+    /// Forward it and read the server's answer, then hold that answer until
+    /// [`FaultProxy::release`]: the request took effect at once, the client
+    /// learns of it later (a slow answer).
+    HoldAnswer,
 }
 
 /// A fault for the next `times` requests whose method is `method` and whose
@@ -239,6 +244,9 @@ impl FaultProxy {
                     let body = read_body(server_in, &response, method == "HEAD").await?;
                     if action == Some(Action::ForwardThenDrop) {
                         return Ok(());
+                    }
+                    if action == Some(Action::HoldAnswer) {
+                        self.held.acquire().await.expect("open").forget();
                     }
                     let mut answer = Vec::new();
                     for line in &response.lines {
