@@ -146,47 +146,28 @@ impl RedisBackend {
         epoch: u64,
         listed: &[(u32, Vec<u32>)],
     ) -> Result<bool, StateBackendError> {
-        let mut checks = tokio::task::JoinSet::new();
-        for (group, vnodes) in listed {
-            let (store, group, vnodes) = (self.store.clone(), *group, vnodes.clone());
-            checks.spawn(async move {
-                let keys = &store.shared.keys;
-                let present: u8 = store
-                    .call(
-                        &format!("epoch_complete({epoch})"),
-                        |s| &s.present,
-                        |call| {
-                            call.key(keys.epoch_partials(group, epoch))
-                                .arg(vnodes.as_slice());
-                        },
-                    )
-                    .await?;
-                Ok::<bool, StateBackendError>(present == 1)
-            });
-        }
-        let mut all = true;
-        while let Some(check) = checks.join_next().await {
-            all &=
-                check.map_err(|e| StateBackendError::Io(format!("a gate task failed: {e}")))??;
-        }
-        Ok(all)
-    }
-
-    /// Run the command `command(group)` in every group at once.
-    async fn in_every_group(
-        &self,
-        what: &str,
-        command: impl Fn(u32) -> redis::Cmd,
-    ) -> Result<(), StateBackendError> {
-        let mut calls = tokio::task::JoinSet::new();
-        for group in 0..self.store.shared.keys.groups {
-            let (store, what, command) = (self.store.clone(), what.to_owned(), command(group));
-            calls.spawn(async move { store.query::<redis::Value>(&what, command).await });
-        }
-        while let Some(done) = calls.join_next().await {
-            done.map_err(|e| StateBackendError::Io(format!("a redis {what} task failed: {e}")))??;
-        }
-        Ok(())
+        let what = format!("epoch_complete({epoch})");
+        let present = self
+            .store
+            .in_groups(&what, listed.iter().cloned(), |store, (group, vnodes)| {
+                let what = what.clone();
+                async move {
+                    let keys = &store.shared.keys;
+                    let present: u8 = store
+                        .call(
+                            &what,
+                            |s| &s.present,
+                            |call| {
+                                call.key(keys.epoch_partials(group, epoch))
+                                    .arg(vnodes.as_slice());
+                            },
+                        )
+                        .await?;
+                    Ok(present == 1)
+                }
+            })
+            .await?;
+        Ok(present.into_iter().all(|p| p))
     }
 }
 
@@ -340,14 +321,17 @@ impl StateBackend for RedisBackend {
         // partials, so that a prune cut short anywhere never leaves a marker
         // without its partials.
         let id = prune_id();
-        self.in_every_group(&what, |group| {
-            redis::cmd("HSET")
-                .arg(keys.group_pruning(group))
-                .arg(&id)
-                .arg(decimal(before))
-                .clone()
-        })
-        .await?;
+        store
+            .in_groups(&what, 0..keys.groups, |store, group| {
+                let command = redis::cmd("HSET")
+                    .arg(keys.group_pruning(group))
+                    .arg(&id)
+                    .arg(decimal(before))
+                    .clone();
+                let what = what.clone();
+                async move { store.query::<Value>(&what, command).await }
+            })
+            .await?;
         let older: Vec<(String, String)> = store
             .call(
                 &what,
@@ -378,38 +362,37 @@ impl StateBackend for RedisBackend {
             }
         }
         store.shared.pauses.at(PAUSE_PRUNE_REGISTERED).await;
-        let mut groups = tokio::task::JoinSet::new();
-        for group in 0..keys.groups {
-            let (store, what, id) = (store.clone(), what.clone(), id.clone());
-            groups.spawn(async move {
-                let keys = &store.shared.keys;
-                loop {
-                    // -1: a later prune finished this one (everything below
-                    // the bound was deleted after this prune began), and
-                    // what the group holds below the bound now is not ours.
-                    let removed: i64 = store
-                        .call(
-                            &what,
-                            |s| &s.prune_group,
-                            |call| {
-                                call.key(keys.group_epochs(group))
-                                    .key(keys.group_pruning(group))
-                                    .arg(decimal(before))
-                                    .arg(PRUNE_EPOCHS_PER_CALL)
-                                    .arg(keys.group_prefix(group))
-                                    .arg(&id);
-                            },
-                        )
-                        .await?;
-                    if removed < i64::from(PRUNE_EPOCHS_PER_CALL) {
-                        return Ok::<(), StateBackendError>(());
+        store
+            .in_groups(&what, 0..keys.groups, |store, group| {
+                let (what, id) = (what.clone(), id.clone());
+                async move {
+                    let keys = &store.shared.keys;
+                    loop {
+                        // -1: a later prune finished this one (everything
+                        // below the bound was deleted after this prune
+                        // began), and what the group holds below the bound
+                        // now is not ours.
+                        let removed: i64 = store
+                            .call(
+                                &what,
+                                |s| &s.prune_group,
+                                |call| {
+                                    call.key(keys.group_epochs(group))
+                                        .key(keys.group_pruning(group))
+                                        .arg(decimal(before))
+                                        .arg(PRUNE_EPOCHS_PER_CALL)
+                                        .arg(keys.group_prefix(group))
+                                        .arg(&id);
+                                },
+                            )
+                            .await?;
+                        if removed < i64::from(PRUNE_EPOCHS_PER_CALL) {
+                            return Ok(());
+                        }
                     }
                 }
-            });
-        }
-        while let Some(pruned) = groups.join_next().await {
-            pruned.map_err(|e| StateBackendError::Io(format!("a prune task failed: {e}")))??;
-        }
+            })
+            .await?;
         store.shared.pauses.at(PAUSE_PRUNE_PARTIALS_DELETED).await;
         // This prune is done, and so is every older unfinished prune whose
         // bound it covers (its pruner died, or is slow): everything below
@@ -424,13 +407,16 @@ impl StateBackend for RedisBackend {
                 .filter(|(_, bound)| bound.as_str() <= decimal(before).as_str())
                 .map(|(id, _)| id),
         );
-        self.in_every_group(&what, |group| {
-            redis::cmd("HDEL")
-                .arg(keys.group_pruning(group))
-                .arg(done.as_slice())
-                .clone()
-        })
-        .await?;
+        store
+            .in_groups(&what, 0..keys.groups, |store, group| {
+                let command = redis::cmd("HDEL")
+                    .arg(keys.group_pruning(group))
+                    .arg(done.as_slice())
+                    .clone();
+                let what = what.clone();
+                async move { store.query::<Value>(&what, command).await }
+            })
+            .await?;
         let _: i64 = store
             .call(
                 &what,

@@ -37,15 +37,12 @@ impl RedisStore {
     /// `fence`, by any handle, copies it to every group again.
     pub(crate) async fn propagate_fence(&self, fence: u64) -> Result<(), StateBackendError> {
         let keys = &self.shared.keys;
-        let mut raises = tokio::task::JoinSet::new();
-        for group in 0..keys.groups {
-            let (store, key) = (self.clone(), keys.group_fence(group));
-            raises.spawn(async move { store.raise_key(key, fence).await });
-        }
-        while let Some(raised) = raises.join_next().await {
-            raised
-                .map_err(|e| StateBackendError::Io(format!("a fence raise task failed: {e}")))??;
-        }
+        self.in_groups("fence raise", 0..keys.groups, |store, group| async move {
+            store
+                .raise_key(store.shared.keys.group_fence(group), fence)
+                .await
+        })
+        .await?;
         self.raise_key(keys.fence(), fence).await
     }
 

@@ -269,6 +269,32 @@ impl RedisStore {
         self.finish(what, result)
     }
 
+    /// Run `call(store, group)` for each of `groups` at once, each in its
+    /// own task (on a cluster, groups live on different primaries); their
+    /// answers, in no particular order, or the first error.
+    pub(crate) async fn in_groups<G, T, F>(
+        &self,
+        what: &str,
+        groups: impl IntoIterator<Item = G>,
+        call: impl Fn(RedisStore, G) -> F,
+    ) -> Result<Vec<T>, StateBackendError>
+    where
+        F: std::future::Future<Output = Result<T, StateBackendError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let mut calls = tokio::task::JoinSet::new();
+        for group in groups {
+            calls.spawn(call(self.clone(), group));
+        }
+        let mut answers = Vec::with_capacity(calls.len());
+        while let Some(answer) = calls.join_next().await {
+            answers.push(answer.map_err(|e| {
+                StateBackendError::Io(format!("a redis {what} task failed: {e}"))
+            })??);
+        }
+        Ok(answers)
+    }
+
     /// Run one script, by SHA (loading it on first use), with the keys and
     /// arguments `build` adds, bounded by the operation timeout.
     pub(crate) async fn call<T: redis::FromRedisValue>(

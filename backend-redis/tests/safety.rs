@@ -178,6 +178,36 @@ fn the_url_takes_the_safety_settings() {
         );
     }
 }
+/// A cluster started in `dir`, and a config for `namespace` on it.
+async fn cluster(dir: &std::path::Path, namespace: &str) -> (support::RedisCluster, RedisConfig) {
+    let cluster = tokio::task::spawn_blocking({
+        let path = dir.to_path_buf();
+        move || support::RedisCluster::start(&path)
+    })
+    .await
+    .unwrap();
+    let mut config = RedisConfig::from_url(&cluster.url()).unwrap();
+    config.namespace = namespace.into();
+    (cluster, config)
+}
+
+/// Write `bytes` as the partial of every one of `vnodes` in `epoch`.
+async fn write_epoch(handle: &RedisBackend, epoch: u64, vnodes: &[u32], bytes: Bytes) {
+    for vnode in vnodes {
+        handle
+            .write_partial(*vnode, epoch, 0, bytes.clone())
+            .await
+            .unwrap();
+    }
+}
+
+/// Write and seal each of `epochs` (the partials hold the epoch's number).
+async fn seal_epochs(handle: &RedisBackend, epochs: std::ops::RangeInclusive<u64>, vnodes: &[u32]) {
+    for epoch in epochs {
+        write_epoch(handle, epoch, vnodes, Bytes::from(format!("{epoch}"))).await;
+        assert!(handle.epoch_complete(epoch, vnodes).await.unwrap());
+    }
+}
 
 /// Every sealed epoch still has all its partials (`vnodes` of them).
 async fn assert_no_marker_without_partials(handle: &RedisBackend, vnodes: u32, when: &str) {
@@ -198,24 +228,12 @@ async fn assert_no_marker_without_partials(handle: &RedisBackend, vnodes: u32, w
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prune_between_the_gate_and_its_seal_leaves_no_marker_without_partials() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = tokio::task::spawn_blocking({
-        let path = dir.path().to_path_buf();
-        move || support::RedisCluster::start(&path)
-    })
-    .await
-    .unwrap();
-    let mut config = RedisConfig::from_url(&cluster.url()).unwrap();
-    config.namespace = "gate-prune".into();
+    let (cluster, config) = cluster(dir.path(), "gate-prune").await;
     let store = RedisStore::connect(&config).await.unwrap();
     let sealer = std::sync::Arc::new(store.handle("sealer", 32).await.unwrap());
     let pruner = store.handle("pruner", 32).await.unwrap();
     let all: Vec<u32> = (0..32).collect();
-    for vnode in &all {
-        sealer
-            .write_partial(*vnode, 1, 0, Bytes::from_static(b"one"))
-            .await
-            .unwrap();
-    }
+    write_epoch(&sealer, 1, &all, Bytes::from_static(b"one")).await;
     let (reached, resume) = store.pauses().arm(laminar_state_redis::PAUSE_GATE_CHECKED);
     let gate = tokio::spawn({
         let (sealer, all) = (std::sync::Arc::clone(&sealer), all.clone());
@@ -243,15 +261,7 @@ async fn prune_cut_short(config: RedisConfig) {
     let store = RedisStore::connect(&config).await.unwrap();
     let first = store.handle("first", VNODES).await.unwrap();
     let all: Vec<u32> = (0..VNODES).collect();
-    for epoch in 1..=4 {
-        for vnode in &all {
-            first
-                .write_partial(*vnode, epoch, 0, Bytes::from(format!("{epoch}")))
-                .await
-                .unwrap();
-        }
-        assert!(first.epoch_complete(epoch, &all).await.unwrap());
-    }
+    seal_epochs(&first, 1..=4, &all).await;
     let (reached, _never) = store
         .pauses()
         .arm(laminar_state_redis::PAUSE_PRUNE_PARTIALS_DELETED);
@@ -271,22 +281,12 @@ async fn prune_cut_short(config: RedisConfig) {
     assert_eq!(observer.sealed_epochs(0).await.unwrap(), [3, 4]);
     // A pruned epoch rewritten while the dead prune is unfinished: its seal
     // would race that prune's remaining work, so it is refused for now.
-    for vnode in &all {
-        observer
-            .write_partial(*vnode, 1, 0, Bytes::from_static(b"again"))
-            .await
-            .unwrap();
-    }
+    write_epoch(&observer, 1, &all, Bytes::from_static(b"again")).await;
     assert!(!observer.epoch_complete(1, &all).await.unwrap());
     // The next prune of that bound finishes the job, and unblocks the seal.
     observer.prune_before(3).await.unwrap();
     assert_eq!(observer.sealed_epochs(0).await.unwrap(), [3, 4]);
-    for vnode in &all {
-        observer
-            .write_partial(*vnode, 1, 0, Bytes::from_static(b"again"))
-            .await
-            .unwrap();
-    }
+    write_epoch(&observer, 1, &all, Bytes::from_static(b"again")).await;
     assert!(observer.epoch_complete(1, &all).await.unwrap());
     assert_no_marker_without_partials(&observer, VNODES, "after the prune was finished").await;
 }
@@ -301,14 +301,7 @@ async fn a_prune_cut_short_leaves_no_marker_without_partials() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prune_cut_short_leaves_no_marker_without_partials_on_a_cluster() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = tokio::task::spawn_blocking({
-        let path = dir.path().to_path_buf();
-        move || support::RedisCluster::start(&path)
-    })
-    .await
-    .unwrap();
-    let mut config = RedisConfig::from_url(&cluster.url()).unwrap();
-    config.namespace = "cut-short".into();
+    let (cluster, config) = cluster(dir.path(), "cut-short").await;
     prune_cut_short(config).await;
     drop(cluster);
 }
@@ -319,24 +312,12 @@ async fn a_prune_cut_short_leaves_no_marker_without_partials_on_a_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prune_begun_before_the_gate_and_ended_before_its_seal_is_seen() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = tokio::task::spawn_blocking({
-        let path = dir.path().to_path_buf();
-        move || support::RedisCluster::start(&path)
-    })
-    .await
-    .unwrap();
-    let mut config = RedisConfig::from_url(&cluster.url()).unwrap();
-    config.namespace = "begun-before".into();
+    let (cluster, config) = cluster(dir.path(), "begun-before").await;
     let store = RedisStore::connect(&config).await.unwrap();
     let sealer = std::sync::Arc::new(store.handle("sealer", 32).await.unwrap());
     let pruner = std::sync::Arc::new(store.handle("pruner", 32).await.unwrap());
     let all: Vec<u32> = (0..32).collect();
-    for vnode in &all {
-        sealer
-            .write_partial(*vnode, 1, 0, Bytes::from_static(b"one"))
-            .await
-            .unwrap();
-    }
+    write_epoch(&sealer, 1, &all, Bytes::from_static(b"one")).await;
     // The prune registers, then waits before deleting any partial.
     let (registered, go_prune) = store
         .pauses()
@@ -376,15 +357,7 @@ async fn slow_prune_overtaken(config: RedisConfig) {
     let store = RedisStore::connect(&config).await.unwrap();
     let sealer = store.handle("sealer", VNODES).await.unwrap();
     let all: Vec<u32> = (0..VNODES).collect();
-    for epoch in 1..=3 {
-        for vnode in &all {
-            sealer
-                .write_partial(*vnode, epoch, 0, Bytes::from(format!("{epoch}")))
-                .await
-                .unwrap();
-        }
-        assert!(sealer.epoch_complete(epoch, &all).await.unwrap());
-    }
+    seal_epochs(&sealer, 1..=3, &all).await;
     // The slow prune registers, deletes the markers, and stalls before the
     // partials.
     let (registered, resume) = store
@@ -402,12 +375,7 @@ async fn slow_prune_overtaken(config: RedisConfig) {
         .unwrap();
     other.prune_before(3).await.unwrap();
     // Epoch 1 is written and sealed again.
-    for vnode in &all {
-        sealer
-            .write_partial(*vnode, 1, 0, Bytes::from_static(b"again"))
-            .await
-            .unwrap();
-    }
+    write_epoch(&sealer, 1, &all, Bytes::from_static(b"again")).await;
     let resealed = sealer.epoch_complete(1, &all).await.unwrap();
     // The slow prune wakes up.
     resume.notify_one();
@@ -433,14 +401,7 @@ async fn a_slow_prune_overtaken_by_another_deletes_nothing_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_prune_overtaken_by_another_deletes_nothing_after_on_a_cluster() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = tokio::task::spawn_blocking({
-        let path = dir.path().to_path_buf();
-        move || support::RedisCluster::start(&path)
-    })
-    .await
-    .unwrap();
-    let mut config = RedisConfig::from_url(&cluster.url()).unwrap();
-    config.namespace = "overtaken".into();
+    let (cluster, config) = cluster(dir.path(), "overtaken").await;
     slow_prune_overtaken(config).await;
     drop(cluster);
 }
