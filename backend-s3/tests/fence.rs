@@ -11,38 +11,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use laminar_state_api::{StateBackend, StateBackendError};
 use support::proxy::{Action, FaultProxy, Rule};
-use support::{TestServer, config, fresh_prefix, store};
+use support::{TestServer, config, fresh_prefix, store, stored_keys, wait_for};
 
 /// The path fragment of the partials of `(vnode, epoch)`.
 fn partial_path(vnode: u32, epoch: u64) -> String {
     format!("/p/{epoch:020}/{vnode:010}.")
-}
-
-/// Keys in the bucket under `prefix` that contain `fragment`.
-async fn stored_keys(store: &laminar_state_s3::S3Store, fragment: &str) -> Vec<String> {
-    let listed = store
-        .client()
-        .list_objects_v2()
-        .bucket(store.bucket())
-        .prefix(store.prefix())
-        .send()
-        .await
-        .expect("raw LIST");
-    listed
-        .contents()
-        .iter()
-        .filter_map(|o| o.key())
-        .filter(|k| format!("/{k}").contains(fragment))
-        .map(str::to_owned)
-        .collect()
-}
-
-async fn wait_for(proxy: &FaultProxy, what: &str, seen: impl Fn(&FaultProxy) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !seen(proxy) {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use laminar_state_api::{StateBackend, StateBackendError};
 use support::proxy::{Action, FaultProxy, Rule};
-use support::{TestServer, config, fresh_prefix, impatient_config, store};
+use support::{TestServer, config, fresh_prefix, impatient_config, store, stored_keys, wait_for};
 
 /// Every epoch the recovery queries call sealed has a partial for each of
 /// `vnodes`, and `latest_committed_epoch` is the last of them. Run while
@@ -52,38 +52,11 @@ async fn write_epoch(handle: &dyn StateBackend, epoch: u64, vnodes: &[u32]) {
     }
 }
 
-async fn wait_for(proxy: &FaultProxy, what: &str, seen: impl Fn(&FaultProxy) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !seen(proxy) {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 fn held(proxy: &FaultProxy) -> bool {
     proxy
         .seen()
         .iter()
         .any(|s| matches!(s.fault, Some(Action::Hold | Action::HoldAnswer)))
-}
-
-/// Keys in the bucket under the store's prefix that contain `fragment`.
-async fn stored_keys(store: &laminar_state_s3::S3Store, fragment: &str) -> Vec<String> {
-    let listed = store
-        .client()
-        .list_objects_v2()
-        .bucket(store.bucket())
-        .prefix(store.prefix())
-        .send()
-        .await
-        .expect("raw LIST");
-    listed
-        .contents()
-        .iter()
-        .filter_map(|o| o.key())
-        .filter(|k| k.contains(fragment))
-        .map(str::to_owned)
-        .collect()
 }
 
 /// The gate listed the partials and its marker PUT is in flight (held at

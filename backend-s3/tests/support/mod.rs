@@ -305,3 +305,37 @@ pub async fn fill(
         done.expect("task").expect("write");
     }
 }
+
+/// Keys in the bucket under the store's prefix whose `/`-prefixed form
+/// contains `fragment` (so `"/m/"` matches a key that starts with `m/`).
+pub async fn stored_keys(store: &laminar_state_s3::S3Store, fragment: &str) -> Vec<String> {
+    let listed = store
+        .client()
+        .list_objects_v2()
+        .bucket(store.bucket())
+        .prefix(store.prefix())
+        .send()
+        .await
+        .expect("raw LIST");
+    listed
+        .contents()
+        .iter()
+        .filter_map(|o| o.key())
+        .filter(|k| format!("/{k}").contains(fragment))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Wait (at most 10 s) until `seen` holds for the proxy; `what` names it
+/// in the failure.
+pub async fn wait_for(
+    proxy: &proxy::FaultProxy,
+    what: &str,
+    seen: impl Fn(&proxy::FaultProxy) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !seen(proxy) {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
