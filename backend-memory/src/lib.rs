@@ -26,6 +26,12 @@
 //! Readers of the lock never block each other, so writes stay parallel.
 //!
 //! Lock order, to rule out deadlock: markers, then fence, then a shard.
+//!
+//! # Configuration
+//!
+//! [`MemoryConfig`] (in `config.rs`) picks the store, private or shared by
+//! name within the process, from a URL: `memory://` or `memory://NAME`,
+//! with `?max_payload_len=BYTES`.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -35,6 +41,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, Rw
 use async_trait::async_trait;
 use bytes::Bytes;
 use laminar_state_api::{InputLimits, StateBackend, StateBackendError, seal_outcome};
+
+mod config;
+
+pub use config::MemoryConfig;
 
 /// The number of partial shards in a store.
 pub const SHARD_COUNT: usize = 64;

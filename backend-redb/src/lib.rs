@@ -113,6 +113,12 @@
 //! entries (markers and partials together), none for a prune with nothing
 //! to delete; each transaction after the first also looks up the (usually
 //! empty) marker range below the bound. Seals pay nothing.
+//!
+//! # Configuration
+//!
+//! [`RedbConfig`] (in `config.rs`) names the file, the payload limit and
+//! whether the file is verified on open, and parses the URL that says so:
+//! `redb:///path/to/state.redb?max_payload_len=BYTES&verify_on_open=false`.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -131,6 +137,10 @@ use laminar_state_api::{InputLimits, StateBackend, StateBackendError, seal_outco
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
+mod config;
+
+pub use config::{DEFAULT_MAX_PAYLOAD_LEN, RedbConfig};
+
 const PARTIALS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("partials");
 const MARKERS: TableDefinition<u64, &[u8]> = TableDefinition::new("markers");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -141,9 +151,6 @@ const FORMAT: u64 = 1;
 const FRAME_FORMAT: u8 = 1;
 const FRAME_HEADER: usize = 5;
 
-/// The default largest partial: 64 MiB.
-pub const DEFAULT_MAX_PAYLOAD_LEN: usize = 64 << 20;
-
 /// Requests one transaction takes at most.
 const MAX_BATCH_REQUESTS: usize = 4096;
 /// Payload bytes one transaction takes at most (the first request always
@@ -153,30 +160,6 @@ const MAX_BATCH_BYTES: usize = 64 << 20;
 const GATHER_WAIT: Duration = Duration::from_micros(200);
 /// Partials (or markers) one prune transaction deletes at most.
 const PRUNE_CHUNK: usize = 8192;
-
-/// How to open a store.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RedbConfig {
-    /// The database file; created if missing.
-    pub path: PathBuf,
-    /// The largest partial, in bytes, the store accepts.
-    pub max_payload_len: usize,
-    /// Verify every page checksum when the file is opened, so a damaged
-    /// file is refused at open with a typed error. Costs one read of the
-    /// whole file per open; on by default.
-    pub verify_on_open: bool,
-}
-
-impl RedbConfig {
-    /// Defaults for the file at `path`.
-    pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self {
-            path: path.into(),
-            max_payload_len: DEFAULT_MAX_PAYLOAD_LEN,
-            verify_on_open: true,
-        }
-    }
-}
 
 /// One open database file, shared by every handle on it in this process.
 #[derive(Clone)]

@@ -7,9 +7,6 @@
 //! of 256 `EXISTS` followed by `SET NX` of the marker. Results: a table and
 //! `target/bench/redis.json`. Under `cargo test` it runs once, tiny.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,6 +14,7 @@ use bytes::Bytes;
 use laminar_state_api::StateBackend;
 use laminar_state_bench::{Mode, Row, Unit, alternate, report};
 use laminar_state_redis::{RedisBackend, RedisConfig};
+use laminar_state_test_support::redis as support;
 use redis::aio::ConnectionManager;
 
 const PAYLOAD: usize = 4096;

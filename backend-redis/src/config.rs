@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use laminar_state_api::{StateBackendError, redact_url};
+use laminar_state_api::{BackendUrl, StateBackendError, UrlError, redact_url};
 
 /// The default largest partial: 64 MiB.
 pub const DEFAULT_MAX_PAYLOAD_LEN: usize = 64 << 20;
@@ -92,79 +92,176 @@ impl RedisConfig {
         }
     }
 
-    /// Parse `redis://host:port/?namespace=NS` (or `rediss://`), with
-    /// optional `cluster=true`, `nodes=host:port,host:port`, `groups=N`,
+    /// Parse `redis://[user:password@]host:port[/db]/?namespace=NS` (or
+    /// `rediss://` for TLS, with `#insecure` at the very end to skip
+    /// certificate checks). The query takes `namespace` (default
+    /// `laminar`; `prefix` is another name for it), `cluster=true`,
+    /// `nodes=host:port,host:port` (more cluster seeds), `groups=N`,
     /// `timeout_ms=MS`, `max_payload_len=BYTES`, `replicas=N`,
-    /// `replica_timeout_ms=MS`, `replicate_writes=true` and
-    /// `allow_eviction=true`. Other query settings are passed to the redis
-    /// client.
+    /// `replica_timeout_ms=MS`, `replicate_writes=true`,
+    /// `allow_eviction=true`, and the redis client's own `protocol=resp3`;
+    /// any other parameter is refused. The user, password, host and
+    /// database go to the redis client as written (it percent-decodes the
+    /// user and password) and are checked by it here, before any
+    /// connection; the query follows the rules of [`BackendUrl`]. A bad
+    /// URL is a [`StateBackendError::Serialization`] naming the parameter,
+    /// with the password redacted.
     pub fn from_url(url: &str) -> Result<Self, StateBackendError> {
-        let bad = |why: String| {
-            StateBackendError::Serialization(format!("bad redis URL {:?}: {why}", redact_url(url)))
-        };
-        let (base, query) = url.split_once('?').unwrap_or((url, ""));
-        let scheme = base.split_once("://").map_or("", |(s, _)| s);
-        if scheme != "redis" && scheme != "rediss" {
-            return Err(bad("the scheme must be redis:// or rediss://".into()));
+        Ok(Self::parse_url(url)?)
+    }
+
+    /// [`from_url`](Self::from_url), with the error as the [`UrlError`]
+    /// itself.
+    pub fn parse_url(url: &str) -> Result<Self, UrlError> {
+        // Every error names the whole URL, so its redaction sees the whole
+        // user info even when a `#` cuts through it.
+        let whole = |e: UrlError| UrlError::new(url, e.parameter(), e.reason());
+        // The redis client reads a fragment (`#insecure`); it ends the URL.
+        let (before, fragment) = url
+            .split_once('#')
+            .map_or((url, None), |(b, f)| (b, Some(f)));
+        let mut parsed = BackendUrl::parse(before, &["redis", "rediss"]).map_err(whole)?;
+        let config = Self::from_parsed(&mut parsed, fragment).map_err(whole)?;
+        parsed.finish().map_err(whole)?;
+        Ok(config)
+    }
+
+    fn from_parsed(url: &mut BackendUrl, fragment: Option<&str>) -> Result<Self, UrlError> {
+        let scheme = url.scheme().to_owned();
+        let mut client_url = format!("{scheme}://{}", url.raw_location());
+        if let Some(protocol) = url.take("protocol") {
+            client_url.push_str(&format!("?protocol={protocol}"));
         }
-        let mut config = Self::new(base, "laminar");
-        let mut passed = Vec::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let flag = |value: &str| match value {
-                "true" | "1" => Ok(true),
-                "false" | "0" => Ok(false),
-                _ => Err(bad(format!("{key}={value} is not true or false"))),
-            };
-            let number = |what: &str| {
-                value
-                    .parse::<u64>()
-                    .map_err(|_| bad(format!("{what}={value} is not a number")))
-            };
-            match key {
-                "namespace" | "prefix" if !value.is_empty() => config.namespace = value.to_owned(),
-                "cluster" => config.cluster = flag(value)?,
-                "nodes" => {
-                    config.extra_nodes = value
-                        .split(',')
-                        .filter(|n| !n.is_empty())
-                        .map(|node| format!("{scheme}://{node}"))
-                        .collect();
-                }
-                "groups" => {
-                    let groups = u32::try_from(number("groups")?)
-                        .map_err(|_| bad("groups is too large".into()))?;
-                    if groups == 0 {
-                        return Err(bad("groups must be at least 1".into()));
-                    }
-                    config.groups = Some(groups);
-                }
-                "timeout_ms" => {
-                    config.operation_timeout = Duration::from_millis(number("timeout_ms")?)
-                }
-                "replicas" => {
-                    config.replicas = u32::try_from(number("replicas")?)
-                        .map_err(|_| bad("replicas is too large".into()))?;
-                }
-                "replica_timeout_ms" => {
-                    let ms = number("replica_timeout_ms")?;
-                    if ms == 0 {
-                        return Err(bad("replica_timeout_ms must be at least 1".into()));
-                    }
-                    config.replica_timeout = Duration::from_millis(ms);
-                }
-                "replicate_writes" => config.replicate_writes = flag(value)?,
-                "allow_eviction" => config.allow_eviction = flag(value)?,
-                "max_payload_len" => {
-                    config.max_payload_len = usize::try_from(number("max_payload_len")?)
-                        .map_err(|_| bad("max_payload_len is too large".into()))?;
-                }
-                _ => passed.push(pair),
+        if let Some(fragment) = fragment {
+            client_url.push_str(&format!("#{fragment}"));
+        }
+        let mut config = Self::new(client_url, "laminar");
+        let namespace = match (url.take("namespace"), url.take("prefix")) {
+            (Some(_), Some(_)) => {
+                return Err(url.error(
+                    Some("prefix"),
+                    "is another name for `namespace`: give one of them",
+                ));
             }
+            (Some(ns), None) => Some(("namespace", ns)),
+            (None, Some(ns)) => Some(("prefix", ns)),
+            (None, None) => None,
+        };
+        if let Some((name, namespace)) = namespace {
+            if namespace.is_empty() {
+                return Err(url.error(Some(name), "is empty"));
+            }
+            config.namespace = namespace;
         }
-        if !passed.is_empty() {
-            config.url = format!("{base}?{}", passed.join("&"));
+        config.cluster = url.flag("cluster")?.unwrap_or(config.cluster);
+        if let Some(nodes) = url.take("nodes") {
+            config.extra_nodes = nodes
+                .split(',')
+                .filter(|node| !node.is_empty())
+                .map(|node| format!("{scheme}://{node}"))
+                .collect();
+        }
+        config.groups = url.number_at_least("groups", 1)?;
+        config.operation_timeout = url
+            .millis("timeout_ms", 1)?
+            .unwrap_or(config.operation_timeout);
+        config.max_payload_len = url
+            .number("max_payload_len")?
+            .unwrap_or(config.max_payload_len);
+        config.replicas = url.number("replicas")?.unwrap_or(config.replicas);
+        config.replica_timeout = url
+            .millis("replica_timeout_ms", 1)?
+            .unwrap_or(config.replica_timeout);
+        config.replicate_writes = url
+            .flag("replicate_writes")?
+            .unwrap_or(config.replicate_writes);
+        config.allow_eviction = url.flag("allow_eviction")?.unwrap_or(config.allow_eviction);
+        // What the redis client would refuse at connect, refused now.
+        let client_check = |parameter: Option<&str>, target: &str| {
+            redis::IntoConnectionInfo::into_connection_info(target)
+                .map_err(|e| url.error(parameter, format!("the redis client cannot use it: {e}")))
+        };
+        client_check(None, &config.url)?;
+        for node in &config.extra_nodes {
+            client_check(Some("nodes"), node)?;
         }
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_and_refuse_nonsense() {
+        let config = RedisConfig::from_url(
+            "rediss://u:p%40ss@h:7000/2?namespace=a+b%2Fc&cluster=1&nodes=h:7001,h:7002&groups=4&timeout_ms=250&max_payload_len=9&protocol=resp3#insecure",
+        )
+        .unwrap();
+        assert_eq!(
+            config.url,
+            "rediss://u:p%40ss@h:7000/2?protocol=resp3#insecure"
+        );
+        assert_eq!(config.namespace, "a b/c");
+        assert!(config.cluster);
+        assert_eq!(config.extra_nodes, ["rediss://h:7001", "rediss://h:7002"]);
+        assert_eq!(config.groups, Some(4));
+        assert_eq!(config.operation_timeout, Duration::from_millis(250));
+        assert_eq!(config.max_payload_len, 9);
+        let plain = RedisConfig::from_url("redis://127.0.0.1:6379").unwrap();
+        assert_eq!(plain, RedisConfig::new("redis://127.0.0.1:6379", "laminar"));
+        assert_eq!(
+            RedisConfig::from_url("redis://h/?prefix=p")
+                .unwrap()
+                .namespace,
+            "p"
+        );
+        for (bad, parameter) in [
+            ("http://h/", None),
+            ("redis://h:port/", None),
+            ("redis://h/db", None),
+            ("redis://h/?namespace=", Some("namespace")),
+            ("redis://h/?namespace=a&prefix=b", Some("prefix")),
+            ("redis://h/?cluster=maybe", Some("cluster")),
+            ("redis://h/?groups=0", Some("groups")),
+            ("redis://h/?groups=many", Some("groups")),
+            ("redis://h/?timeout_ms=0", Some("timeout_ms")),
+            ("redis://h/?replicas=-1", Some("replicas")),
+            ("redis://h/?max_payload_len=%zz", Some("max_payload_len")),
+            ("redis://h/?protocol=resp9", None),
+            ("redis://h/?nodes=h:x", Some("nodes")),
+            ("redis://h/?colour=red", Some("colour")),
+            ("redis://h/?namespace=a&namespace=b", Some("namespace")),
+        ] {
+            let error = RedisConfig::parse_url(bad).expect_err(bad);
+            assert_eq!(error.parameter(), parameter, "{bad}: {error}");
+            assert!(matches!(
+                RedisConfig::from_url(bad),
+                Err(StateBackendError::Serialization(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn passwords_stay_in_the_url() {
+        for url in [
+            "redis://user:hunter2@h:1/?namespace=n&groups=many",
+            "redis://user:hunter2@h:port/",
+            "rediss://:hunter2@h:1/?colour=red#insecure",
+            "redis://user:hun#ter2@h:1/?namespace=n",
+            "redis://h:1/?namespace=n&password=hunter2",
+        ] {
+            let shown = match RedisConfig::from_url(url) {
+                Ok(config) => format!("{config:?}"),
+                Err(error) => format!("{error} {error:?}"),
+            };
+            assert!(
+                !shown.contains("hunter2") && !shown.contains("hun#"),
+                "{url}: {shown}"
+            );
+        }
+        let config = RedisConfig::from_url("redis://user:hunter2@h:1/?nodes=h:2").unwrap();
+        assert!(!format!("{config:?}").contains("hunter2"));
     }
 }

@@ -4,7 +4,7 @@
 //! what the replica had not received is gone; with `replicas` set, nothing
 //! the backend acknowledged is among it.
 
-mod support;
+use laminar_state_test_support::redis as support;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! mid-run, a full server, the spread of one namespace over a cluster, and
 //! round trips of the commit gate.
 
-mod support;
+use laminar_state_test_support::redis as support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

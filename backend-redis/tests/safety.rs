@@ -2,7 +2,7 @@
 //! leaves the server, against a real redis-server: a raise that dies half
 //! way, two namespaces whose keys collided, and a server that may evict keys.
 
-mod support;
+use laminar_state_test_support::redis as support;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use laminar_state_api::StateBackendError;
+use laminar_state_api::{BackendUrl, StateBackendError, UrlError};
 
 /// The default largest partial: 64 MiB.
 pub const DEFAULT_MAX_PAYLOAD_LEN: usize = 64 << 20;
@@ -95,87 +95,93 @@ impl S3Config {
     /// `endpoint=URL` (implies path-style unless `path_style=false`),
     /// `region=NAME`, `path_style=true|false`, `access_key_id=..` with
     /// `secret_access_key=..`, `max_attempts=N`, `attempt_timeout_ms=MS`,
-    /// `timeout_ms=MS` (the whole request) and `max_payload_len=BYTES`.
-    /// Values are percent-decoded.
+    /// `timeout_ms=MS` (the whole request) and `max_payload_len=BYTES`;
+    /// any other parameter is refused. The bucket and prefix and every
+    /// value are percent-decoded by the rules of [`BackendUrl`] (in the
+    /// query `+` is a space: write a secret key's `+` as `%2B`). A bad URL
+    /// is a [`StateBackendError::Serialization`] naming the parameter, with
+    /// the secret key redacted.
     pub fn from_url(url: &str) -> Result<Self, StateBackendError> {
-        let bad = |why: String| StateBackendError::Serialization(format!("bad s3 URL: {why}"));
-        let (base, query) = url.split_once('?').unwrap_or((url, ""));
-        let path = base
-            .strip_prefix("s3://")
-            .ok_or_else(|| bad(format!("{base:?} does not start with s3://")))?;
-        let (bucket, prefix) = path.split_once('/').unwrap_or((path, ""));
+        Ok(Self::parse_url(url)?)
+    }
+
+    /// [`from_url`](Self::from_url), with the error as the [`UrlError`]
+    /// itself.
+    pub fn parse_url(url: &str) -> Result<Self, UrlError> {
+        let mut url = BackendUrl::parse(url, &["s3"])?;
+        let location = url.location()?;
+        let (bucket, prefix) = location.split_once('/').unwrap_or((&location, ""));
         if bucket.is_empty() {
-            return Err(bad("the bucket is missing (s3://BUCKET/PREFIX)".into()));
+            return Err(url.error(None, "the bucket is missing (s3://BUCKET/PREFIX)"));
         }
         let mut config = Self::new(bucket, prefix);
-        let (mut key_id, mut secret, mut path_style) = (None, None, None);
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, raw) = pair.split_once('=').unwrap_or((pair, ""));
-            let value = percent_decode(raw).ok_or_else(|| bad(format!("{key}: bad escape")))?;
-            let number = || {
-                value
-                    .parse::<u64>()
-                    .map_err(|_| bad(format!("{key}={value} is not a number")))
-            };
-            match key {
-                "endpoint" => config.endpoint = Some(value.clone()),
-                "region" => config.region = Some(value.clone()),
-                "path_style" => {
-                    path_style = Some(match value.as_str() {
-                        "true" | "1" => true,
-                        "false" | "0" => false,
-                        _ => return Err(bad(format!("path_style={value} is not true or false"))),
-                    })
-                }
-                "access_key_id" => key_id = Some(value.clone()),
-                "secret_access_key" => secret = Some(value.clone()),
-                "max_attempts" => {
-                    config.max_attempts = u32::try_from(number()?)
-                        .ok()
-                        .filter(|&n| n >= 1)
-                        .ok_or_else(|| bad("max_attempts must be 1 or more".into()))?;
-                }
-                "attempt_timeout_ms" => config.attempt_timeout = Duration::from_millis(number()?),
-                "timeout_ms" => config.operation_timeout = Duration::from_millis(number()?),
-                "max_payload_len" => {
-                    config.max_payload_len = usize::try_from(number()?)
-                        .map_err(|_| bad("max_payload_len is too large".into()))?;
-                }
-                other => return Err(bad(format!("unknown setting {other:?}"))),
-            }
-        }
-        config.force_path_style = path_style.unwrap_or(config.endpoint.is_some());
-        config.credentials = match (key_id, secret) {
+        config.endpoint = url.take("endpoint");
+        config.region = url.take("region");
+        config.force_path_style = url.flag("path_style")?.unwrap_or(config.endpoint.is_some());
+        config.credentials = match (url.take("access_key_id"), url.take("secret_access_key")) {
             (Some(id), Some(secret)) => Some((id, secret)),
             (None, None) => None,
-            _ => {
-                return Err(bad("access_key_id and secret_access_key go together".into()));
+            (id, _) => {
+                let missing = if id.is_some() {
+                    "secret_access_key"
+                } else {
+                    "access_key_id"
+                };
+                return Err(url.error(
+                    Some(missing),
+                    "is missing: access_key_id and secret_access_key go together",
+                ));
             }
         };
+        config.max_attempts = url
+            .number_at_least("max_attempts", 1)?
+            .unwrap_or(config.max_attempts);
+        config.attempt_timeout = url
+            .millis("attempt_timeout_ms", 1)?
+            .unwrap_or(config.attempt_timeout);
+        config.operation_timeout = url
+            .millis("timeout_ms", 1)?
+            .unwrap_or(config.operation_timeout);
+        config.max_payload_len = url
+            .number("max_payload_len")?
+            .unwrap_or(config.max_payload_len);
+        url.finish()?;
         Ok(config)
     }
 }
 
-pub(crate) fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_follow_the_one_dialect() {
+        let config = S3Config::from_url(
+            "s3://bucket/a%20b/c+d?region=eu+west&access_key_id=k&secret_access_key=a%2Bb+c&attempt_timeout_ms=700",
+        )
+        .unwrap();
+        assert_eq!(
+            (config.bucket.as_str(), config.prefix.as_str()),
+            ("bucket", "a b/c+d")
+        );
+        assert_eq!(config.region.as_deref(), Some("eu west"));
+        assert_eq!(config.credentials, Some(("k".into(), "a+b c".into())));
+        assert_eq!(config.attempt_timeout, Duration::from_millis(700));
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("a+b c"), "the secret is printed: {shown}");
+        for (bad, parameter) in [
+            ("s3://", None),
+            ("s3://b%zz/x", None),
+            ("s3://b/x?max_attempts=0", Some("max_attempts")),
+            ("s3://b/x?timeout_ms=soon", Some("timeout_ms")),
+            ("s3://b/x?secret_access_key=hunter2", Some("access_key_id")),
+            ("s3://b/x?access_key_id=k", Some("secret_access_key")),
+            ("s3://b/x?region=a&region=b", Some("region")),
+            ("s3://b/x?colour=red&shape=round", Some("colour")),
+        ] {
+            let error = S3Config::parse_url(bad).expect_err(bad);
+            assert_eq!(error.parameter(), parameter, "{bad}: {error}");
+            assert!(!error.to_string().contains("hunter2"), "{error}");
         }
     }
-    String::from_utf8(out).ok()
 }

@@ -1,22 +1,48 @@
 //! The conformance suite for [`StateBackend`] implementations: the
-//! contract's properties P1 to P15, checked with proptest, real concurrency
-//! and real process kills, against any backend.
+//! contract's properties P1 to P15, checked with proptest, real concurrency,
+//! injected faults and real process kills, against any backend.
 //!
 //! # Test your own backend
 //!
 //! Implement [`BackendFactory`] (fresh isolated stores) and [`TestStore`]
-//! (handles on one store), then in `tests/conformance.rs`:
+//! (handles on one store), then run the properties one of two ways.
+//!
+//! **The harness** (recommended): in `tests/harness.rs`, with
+//! `[[test]] name = "harness" harness = false` in your `Cargo.toml`,
+//!
+//! ```text
+//! laminar_state_conformance::conformance_main!(my_backend, MyFactory::new());
+//! ```
+//!
+//! It runs each property as a trial under `cargo test` and `cargo nextest`
+//! (filters, `--list`, `--ignored` work as usual). A property that does not
+//! apply to the capabilities the backend claims is reported **ignored**
+//! with the missing capability, not passed; each property's time is printed
+//! after the run; and properties can be marked as expected failures while
+//! the backend is being built (`expect_failure = [p09_one_committer]`). See
+//! [`harness`].
+//!
+//! **The macro**: in `tests/conformance.rs`,
 //!
 //! ```text
 //! laminar_state_conformance::conformance_tests!(my_backend, MyFactory::new());
 //! ```
 //!
 //! That expands to one `#[test]` per property, so `cargo test` lists and
-//! reports each on its own line. A property whose capability the backend does
-//! not claim passes with a `NOT APPLICABLE` line on stderr naming it and the
-//! missing capability; it is never silently skipped. Harnesses other than
-//! libtest call [`run_all`], which returns a [`Report`], or the property
-//! functions in [`properties`] one by one.
+//! reports each on its own line. libtest cannot mark a test skipped at run
+//! time, and capabilities are known only at run time, so there a property
+//! whose capability the backend does not claim **passes**, printing a
+//! `NOT APPLICABLE: P10 p10_durability_reopen on mine: the backend does not
+//! claim ...` line, naming the capability, on stderr (past the capture);
+//! prefer the harness, which reports it ignored. The macro takes `expect_failure = [...]` too: an
+//! expected failure that fails passes, printing `EXPECTED FAILURE: ...`; one
+//! that passes fails. Other harnesses call [`run_all`], which returns a
+//! [`Report`], or the property functions in [`properties`] one by one.
+//!
+//! # Faults
+//!
+//! [`faults`] holds wrappers that turn any backend into a faulty one (lost
+//! answers, stalled calls), for the suite's properties and your own tests.
 //!
 //! # Knobs
 //!
@@ -32,6 +58,7 @@
 
 mod factory;
 pub mod faults;
+pub mod harness;
 mod model;
 pub mod properties;
 mod runner;
@@ -42,6 +69,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 pub use factory::{BackendFactory, Capabilities, Capability, Damage, TestStore};
+pub use harness::Harness;
 pub use properties::{ChildCommand, PROPERTIES, Property};
 pub use runner::{DEFAULT_CASES, DEFAULT_KILLS, DEFAULT_RACE_ROUNDS};
 
@@ -194,11 +222,23 @@ pub async fn run_all(factory: &dyn BackendFactory, child: &ChildCommand) -> Repo
     report
 }
 
-/// The body of each test the [`conformance_tests!`] macro generates.
+/// The body of each test the [`conformance_tests!`] macro generates:
+/// check the property named `name`, given the properties expected to fail.
 #[doc(hidden)]
-pub fn __run_libtest(module_path: &str, name: &str, factory: &dyn BackendFactory) {
+pub fn __run_libtest(
+    module_path: &str,
+    name: &str,
+    factory: &dyn BackendFactory,
+    expected_failures: &[&str],
+) {
     let property = properties::property(name)
         .unwrap_or_else(|| panic!("the conformance macro names an unknown property {name}"));
+    for listed in expected_failures {
+        assert!(
+            properties::property(listed).is_some(),
+            "expect_failure names {listed:?}, which is not a property"
+        );
+    }
     // libtest names a test by its path without the crate's name.
     let test_path = match module_path.split_once("::") {
         Some((_, rest)) => format!("{rest}::{name}"),
@@ -211,42 +251,68 @@ pub fn __run_libtest(module_path: &str, name: &str, factory: &dyn BackendFactory
         .build()
         .expect("a tokio runtime for the conformance test");
     let report = runtime.block_on(check(property, factory, &child));
-    match report.outcome {
-        Outcome::Passed => {}
-        Outcome::NotApplicable { missing } => {
+    let expected = expected_failures.contains(&name);
+    match harness::verdict(property, &factory.name(), report.outcome, expected) {
+        harness::Verdict::Passed => {}
+        harness::Verdict::NotApplicable(_) => {
             // Straight to the process's stderr, past libtest's capture, so
             // the line shows in every run.
+            let missing = property
+                .needs
+                .iter()
+                .find(|&&c| !factory.capabilities().has(c))
+                .map_or("?", |c| c.name());
             let _ = writeln!(
                 std::io::stderr().lock(),
-                "NOT APPLICABLE: {} {} on {}: the backend does not claim `{}`",
+                "NOT APPLICABLE: {} {} on {}: the backend does not claim `{missing}`",
                 property.id,
                 property.name,
                 factory.name(),
-                missing.name()
             );
         }
-        Outcome::Failed { reason } => panic!(
-            "{} {} failed on {}:\n{reason}",
-            property.id,
-            property.name,
-            factory.name()
-        ),
+        harness::Verdict::ExpectedFailure(reason) => {
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "EXPECTED FAILURE: {} {} on {} failed, as listed in expect_failure: {}",
+                property.id,
+                property.name,
+                factory.name(),
+                reason.lines().next().unwrap_or("")
+            );
+        }
+        harness::Verdict::Failed(reason) | harness::Verdict::UnexpectedPass(reason) => {
+            panic!("{reason}")
+        }
     }
 }
 
 /// Expand to one `#[test]` per property, in a module named `$module`, each
 /// running against the factory `$factory` (an expression, evaluated per
-/// test).
+/// test). Optionally, `expect_failure = [...]` lists properties (by name)
+/// expected to fail on this backend: each of those passes if it fails
+/// (printing `EXPECTED FAILURE: ...`) and fails if it passes.
 ///
 /// ```text
 /// laminar_state_conformance::conformance_tests!(memory, MemoryFactory::default());
+/// laminar_state_conformance::conformance_tests!(mine, MyFactory, expect_failure = [p09_one_committer]);
 /// ```
+///
+/// A property whose capability the backend does not claim passes here (libtest
+/// cannot skip at run time), printing `NOT APPLICABLE: ...` on stderr; the
+/// [`conformance_main!`] harness reports it ignored instead.
 #[macro_export]
 macro_rules! conformance_tests {
-    ($module:ident, $factory:expr) => {
+    ($module:ident, $factory:expr $(, expect_failure = [$($expected:ident),* $(,)?])? $(,)?) => {
         mod $module {
             #[allow(unused_imports)]
             use super::*;
+            /// The properties expected to fail on this backend.
+            const __EXPECTED_FAILURES: &[&str] = &[$($(stringify!($expected)),*)?];
+            // A misspelt name does not compile.
+            #[allow(dead_code)]
+            fn __expected_failures_are_properties() {
+                $($(let _ = $crate::properties::$expected;)*)?
+            }
             $crate::__with_properties!($crate::__conformance_tests; $factory);
         }
     };
@@ -260,9 +326,33 @@ macro_rules! __conformance_tests {
         $(
             #[test]
             fn $name() {
-                $crate::__run_libtest(module_path!(), stringify!($name), &$factory);
+                $crate::__run_libtest(module_path!(), stringify!($name), &$factory, __EXPECTED_FAILURES);
             }
         )*
+    };
+}
+
+/// Expand to the `main` of a `harness = false` test that runs every
+/// property against `$factory` as a trial named `$name::<property>` (see
+/// [`harness`]): properties that do not apply are ignored with their
+/// reason, each property's time is printed, and `expect_failure = [...]`
+/// lists properties (by name) expected to fail, as [`Harness::expect_failure`].
+///
+/// ```text
+/// // tests/harness.rs, with [[test]] name = "harness" harness = false
+/// laminar_state_conformance::conformance_main!(mine, MyFactory);
+/// laminar_state_conformance::conformance_main!(mine, MyFactory, expect_failure = [p09_one_committer]);
+/// ```
+#[macro_export]
+macro_rules! conformance_main {
+    ($name:ident, $factory:expr $(, expect_failure = [$($expected:ident),* $(,)?])? $(,)?) => {
+        fn main() -> ::std::process::ExitCode {
+            // A misspelt name does not compile.
+            $($(let _ = $crate::properties::$expected;)*)?
+            $crate::Harness::new(stringify!($name), $factory)
+                $($(.expect_failure(stringify!($expected)))*)?
+                .main()
+        }
     };
 }
 

@@ -75,6 +75,21 @@ enum Flaw {
     /// A seal asked again by its own committer (a retry after a lost
     /// answer) reports split-brain naming itself.
     SealRetryNotWon,
+    /// A write checks the fence, awaits once (a round trip), then writes:
+    /// the two steps a stall can split.
+    WriteChecksFenceThenYields,
+    /// A seal checks the fence, awaits once, then seals.
+    SealChecksFenceThenYields,
+    /// A raise is carried to the store by reading the fence, awaiting once,
+    /// and writing `max(read, own)`: a raise held in between lowers a
+    /// higher one made meanwhile.
+    RacyFenceRaise,
+    /// A seal, as on an object store: look for the marker, then one round
+    /// trip later create it if absent; but the store ignores the condition
+    /// and overwrites (two leaders both "create" the marker).
+    IgnoresCreateIfAbsent,
+    /// The same seal on a store that honours create-if-absent (correct).
+    CreateIfAbsentHonoured,
 }
 
 impl Flaw {
@@ -82,7 +97,7 @@ impl Flaw {
     fn deferred(self) -> bool {
         matches!(
             self,
-            Flaw::SealDoesNotCarryRaise | Flaw::PersistDoesNotCarry
+            Flaw::SealDoesNotCarryRaise | Flaw::PersistDoesNotCarry | Flaw::RacyFenceRaise
         )
     }
 }
@@ -285,6 +300,34 @@ impl Handle {
         }
     }
 
+    /// [`Flaw::RacyFenceRaise`]'s carry: read, await, write the maximum of
+    /// what it read and its own raise (others: [`Handle::carry`]).
+    async fn carry_async(&self) {
+        if self.shared.flaw != Flaw::RacyFenceRaise {
+            self.carry();
+            return;
+        }
+        let own = *self.own_fence.lock().unwrap();
+        let seen = self.shared.state.lock().unwrap().0.fence;
+        if own <= seen {
+            return;
+        }
+        tokio::task::yield_now().await;
+        self.shared.state.lock().unwrap().0.fence = seen.max(own);
+    }
+
+    /// The answer to a seal of an epoch sealed by `committer`.
+    fn outcome(&self, committer: String) -> Result<bool, StateBackendError> {
+        if committer == self.id {
+            Ok(true)
+        } else {
+            Err(StateBackendError::SplitBrainCommit {
+                committer,
+                self_id: self.id.clone(),
+            })
+        }
+    }
+
     fn fence(&self, state: &State) -> u64 {
         if self.shared.flaw == Flaw::UnsharedFence {
             *self.own_fence.lock().unwrap()
@@ -309,10 +352,15 @@ impl StateBackend for Handle {
             self.limits.check_vnode(vnode)?;
         }
         let epoch = self.epoch_key(epoch);
-        self.carry();
+        self.carry_async().await;
         if self.shared.flaw == Flaw::FenceCheckThenWrite {
             self.check_fence(&self.shared.state.lock().unwrap().0, version)?;
             tokio::time::sleep(Duration::from_millis(2)).await;
+            return self.store(vnode, epoch, None, bytes);
+        }
+        if self.shared.flaw == Flaw::WriteChecksFenceThenYields {
+            self.check_fence(&self.shared.state.lock().unwrap().0, version)?;
+            tokio::task::yield_now().await;
             return self.store(vnode, epoch, None, bytes);
         }
         self.store(vnode, epoch, Some(version), bytes)
@@ -339,7 +387,7 @@ impl StateBackend for Handle {
     async fn epoch_complete(&self, epoch: u64, vnodes: &[u32]) -> Result<bool, StateBackendError> {
         self.limits.check_gate(epoch, vnodes)?;
         if self.shared.flaw != Flaw::SealDoesNotCarryRaise {
-            self.carry();
+            self.carry_async().await;
         }
         if self.shared.flaw == Flaw::GateSealedFirst {
             let guard = self.shared.state.lock().unwrap();
@@ -366,8 +414,39 @@ impl StateBackend for Handle {
             if self.shared.flaw == Flaw::SealChecksFenceEarly {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
+            if self.shared.flaw == Flaw::SealChecksFenceThenYields {
+                tokio::task::yield_now().await;
+            }
         }
         let epoch = self.epoch_key(epoch);
+        if matches!(
+            self.shared.flaw,
+            Flaw::IgnoresCreateIfAbsent | Flaw::CreateIfAbsentHonoured
+        ) {
+            // As on an object store: look (partials, marker), then a
+            // create-if-absent one round trip later.
+            {
+                let guard = self.shared.state.lock().unwrap();
+                if !self.listed_present(&guard.0, epoch, vnodes) {
+                    return Ok(false);
+                }
+                if let Some(committer) = guard.0.markers.get(&epoch) {
+                    return self.outcome(committer.clone());
+                }
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+            let mut guard = self.shared.state.lock().unwrap();
+            let (state, log) = &mut *guard;
+            if self.shared.flaw == Flaw::CreateIfAbsentHonoured
+                && let Some(committer) = state.markers.get(&epoch)
+            {
+                return self.outcome(committer.clone());
+            }
+            // "Created" (with the flaw: over whatever was there).
+            state.markers.insert(epoch, self.id.clone());
+            log.append(format!("M {epoch} {}\n", self.id))?;
+            return Ok(true);
+        }
         if self.shared.flaw == Flaw::TwoWinners {
             // The flaw: decide on a stale look, write later.
             let seen = {
@@ -483,7 +562,7 @@ impl StateBackend for Handle {
         }
         self.set_authoritative_version(version);
         if self.shared.flaw != Flaw::PersistDoesNotCarry {
-            self.carry();
+            self.carry_async().await;
             let mut guard = self.shared.state.lock().unwrap();
             let (state, log) = &mut *guard;
             log.append(format!("F {}\n", state.fence))?;
@@ -806,4 +885,221 @@ fn crash_buffered_acks_are_caught() {
     // The correct baseline is `crash_reference_passes`: each crash test is
     // its own child process's entry point, so they cannot share one test.
     fails("p10_durability_crash", Flaw::BufferedAcks);
+}
+
+#[test]
+fn write_checking_the_fence_before_a_stall_is_caught_by_p7_stalled_zombie() {
+    caught("p07_stalled_zombie", Flaw::WriteChecksFenceThenYields);
+}
+
+#[test]
+fn seal_checking_the_fence_before_a_stall_is_caught_by_p7_stalled_zombie() {
+    caught("p07_stalled_zombie", Flaw::SealChecksFenceThenYields);
+}
+
+#[test]
+fn racy_raise_is_caught_by_p7_stalled_raise() {
+    caught("p07_stalled_raise", Flaw::RacyFenceRaise);
+}
+
+#[test]
+fn store_ignoring_create_if_absent_is_caught_by_p9() {
+    // The same seal on a store that honours the condition passes: the flaw
+    // is the store's.
+    assert_eq!(
+        run("p09_one_committer", Flaw::CreateIfAbsentHonoured),
+        Outcome::Passed
+    );
+    caught("p09_one_committer", Flaw::IgnoresCreateIfAbsent);
+}
+
+#[test]
+fn store_ignoring_create_if_absent_is_caught_by_p9_stalled_seal() {
+    assert_eq!(
+        run("p09_stalled_seal", Flaw::CreateIfAbsentHonoured),
+        Outcome::Passed
+    );
+    caught("p09_stalled_seal", Flaw::IgnoresCreateIfAbsent);
+}
+
+#[test]
+fn two_winners_are_caught_by_p9_stalled_seal() {
+    caught("p09_stalled_seal", Flaw::TwoWinners);
+}
+
+/// The harness, run in process on one trial (`--exact`), one thread.
+fn harness_run(
+    harness: laminar_state_conformance::Harness,
+    trial: &str,
+    extra: &[&str],
+) -> laminar_state_conformance::harness::HarnessRun {
+    let mut args = vec!["teeth", trial, "--exact", "--test-threads=1"];
+    args.extend_from_slice(extra);
+    harness.run_with_args(args)
+}
+
+#[test]
+fn harness_expected_failure_that_fails_does_not_fail_the_run() {
+    use laminar_state_conformance::{Harness, harness::Verdict};
+    let run = harness_run(
+        Harness::new("xfail", Factory(Flaw::TwoWinners)).expect_failure("p09_one_committer"),
+        "xfail::p09_one_committer",
+        &[],
+    );
+    assert!(!run.has_failed(), "{run:?}");
+    assert_eq!((run.passed, run.failed, run.ignored), (0, 0, 1), "{run:?}");
+    let trial = run.trial("p09_one_committer").expect("the trial ran");
+    assert!(
+        matches!(&trial.verdict, Verdict::ExpectedFailure(reason) if reason.contains("two instances sealed")),
+        "{trial:?}"
+    );
+    assert!(!trial.elapsed.is_zero());
+}
+
+#[test]
+fn harness_expected_failure_that_passes_fails_the_run() {
+    use laminar_state_conformance::{Harness, harness::Verdict};
+    let run = harness_run(
+        Harness::new("xpass", Factory(Flaw::None)).expect_failure("p09_one_committer"),
+        "xpass::p09_one_committer",
+        &[],
+    );
+    assert!(run.has_failed(), "{run:?}");
+    assert_eq!((run.passed, run.failed, run.ignored), (0, 1, 0), "{run:?}");
+    let trial = run.trial("p09_one_committer").expect("the trial ran");
+    assert!(
+        matches!(&trial.verdict, Verdict::UnexpectedPass(reason) if reason.contains("now passes on reference-None: remove it from the expected failures")),
+        "{trial:?}"
+    );
+}
+
+#[test]
+fn harness_expected_failure_that_does_not_apply_fails_the_run() {
+    use laminar_state_conformance::{Harness, harness::Verdict};
+    // The reference does not claim corruption_detection.
+    let run = harness_run(
+        Harness::new("stale", Factory(Flaw::None)).expect_failure("p12_corruption"),
+        "stale::p12_corruption",
+        &[],
+    );
+    assert!(run.has_failed(), "{run:?}");
+    let trial = run.trial("p12_corruption").expect("the trial ran");
+    assert!(
+        matches!(&trial.verdict, Verdict::UnexpectedPass(reason) if reason.contains("does not claim `corruption_detection`")),
+        "{trial:?}"
+    );
+}
+
+#[test]
+fn harness_reports_not_applicable_as_ignored_with_its_reason() {
+    use laminar_state_conformance::{Harness, harness::Verdict};
+    for extra in [&[][..], &["--ignored"][..], &["--include-ignored"][..]] {
+        let run = harness_run(
+            Harness::new("na", Factory(Flaw::None)),
+            "na::p12_corruption",
+            extra,
+        );
+        assert_eq!(
+            (run.passed, run.failed, run.ignored),
+            (0, 0, 1),
+            "{extra:?}: {run:?}"
+        );
+        let trial = run.trial("p12_corruption").expect("the trial is reported");
+        assert_eq!(
+            trial.verdict,
+            Verdict::NotApplicable(
+                "not applicable: the backend does not claim `corruption_detection`".into()
+            ),
+            "{extra:?}"
+        );
+    }
+    // `--ignored` alone runs only the ignored trials: an applicable one is
+    // filtered out.
+    let run = harness_run(
+        Harness::new("na", Factory(Flaw::None)),
+        "na::p01_round_trip",
+        &["--ignored"],
+    );
+    assert_eq!(
+        (run.passed, run.failed, run.ignored, run.trials.len()),
+        (0, 0, 0, 0),
+        "{run:?}"
+    );
+    assert_eq!(
+        run.filtered_out,
+        laminar_state_conformance::PROPERTIES.len() as u64
+    );
+}
+
+#[test]
+fn harness_runs_and_times_a_passing_property_and_lists() {
+    use laminar_state_conformance::{Harness, harness::Verdict};
+    let run = harness_run(
+        Harness::new("ok", Factory(Flaw::None)),
+        "ok::p08_commit_gate",
+        &[],
+    );
+    assert_eq!((run.passed, run.failed, run.ignored), (1, 0, 0), "{run:?}");
+    let trial = run.trial("p08_commit_gate").expect("the trial ran");
+    assert_eq!(trial.verdict, Verdict::Passed);
+    assert!(!trial.elapsed.is_zero());
+    // A failing one fails the run.
+    let run = harness_run(
+        Harness::new("bad", Factory(Flaw::GateChecksFirstVnode)),
+        "bad::p08_commit_gate",
+        &[],
+    );
+    assert!(run.has_failed(), "{run:?}");
+    // `--list` runs nothing.
+    let run = Harness::new("list", Factory(Flaw::None)).run_with_args(["teeth", "--list"]);
+    assert_eq!(run, Default::default());
+}
+
+#[test]
+fn macro_expected_failure_that_fails_passes_and_one_that_passes_fails() {
+    // The body of each test `conformance_tests!` generates.
+    laminar_state_conformance::__run_libtest(
+        "teeth::macro_xfail",
+        "p09_one_committer",
+        &Factory(Flaw::TwoWinners),
+        &["p09_one_committer"],
+    );
+    let passed = std::panic::catch_unwind(|| {
+        laminar_state_conformance::__run_libtest(
+            "teeth::macro_xpass",
+            "p09_one_committer",
+            &Factory(Flaw::None),
+            &["p09_one_committer"],
+        )
+    });
+    let message = passed
+        .expect_err("an expected failure that passes must fail its test")
+        .downcast::<String>()
+        .expect("a panic message");
+    assert!(
+        message.contains("now passes on reference-None: remove it from the expected failures"),
+        "{message}"
+    );
+    // Not listed: a failure fails the test.
+    let failed = std::panic::catch_unwind(|| {
+        laminar_state_conformance::__run_libtest(
+            "teeth::macro_fail",
+            "p09_one_committer",
+            &Factory(Flaw::TwoWinners),
+            &[],
+        )
+    });
+    assert!(failed.is_err());
+}
+
+/// Compile check of the macros' `expect_failure` syntax (test items inside
+/// a function are not collected, so nothing here runs).
+#[allow(dead_code, unnameable_test_items)]
+fn macro_syntax_compiles() {
+    laminar_state_conformance::conformance_tests!(
+        with_expected_failures,
+        Factory(Flaw::TwoWinners),
+        expect_failure = [p09_one_committer, p09_stalled_seal],
+    );
+    laminar_state_conformance::conformance_tests!(without, Factory(Flaw::None));
 }

@@ -12,8 +12,16 @@
 //! | `redis` | `redis://host:port/?namespace=NS`, `rediss://...` | [`redis`]: Redis or Redis Cluster (`&cluster=true`) |
 //! | `s3` | `s3://BUCKET/PREFIX?endpoint=URL&region=R` | [`s3`]: Amazon S3 or an S3-compatible store (path-style with an endpoint) |
 //!
-//! A URL whose backend is not compiled in fails with
+//! Every backend crate parses its own URL (`MemoryConfig::from_url`,
+//! `RedbConfig::from_url`, `RedisConfig::from_url`, `S3Config::from_url`),
+//! all by the one dialect of [`BackendUrl`]: the location is
+//! percent-decoded, the query is form-encoded (`+` is a space), and an
+//! unknown parameter is refused. A bad URL fails when it is parsed, before
+//! any connection, with [`ConfigError::Url`] naming the parameter; a URL
+//! whose backend is not compiled in fails with
 //! [`ConfigError::FeatureDisabled`], which names the feature to enable.
+//! Passwords and secret keys never leave the URL: every `Debug` and every
+//! error shows it redacted ([`redact_url`]).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -32,8 +40,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use laminar_state_api::redact_url;
-pub use laminar_state_api::{InputLimits, StateBackend, StateBackendError};
+pub use laminar_state_api::{
+    BackendUrl, InputLimits, StateBackend, StateBackendError, UrlError, redact_url,
+};
 
 /// The in-process backend.
 #[cfg(feature = "memory")]
@@ -71,10 +80,14 @@ pub enum ConfigError {
     /// The URL's scheme names no backend.
     #[error("unknown state backend scheme `{0}://` (known: memory, redb, redis, rediss, s3)")]
     UnknownScheme(String),
-    /// The URL or config is malformed.
-    #[error("invalid state backend URL or config `{input}`: {reason}")]
+    /// The URL cannot be used: it names the parameter to blame, if one is,
+    /// and shows the URL with its credentials redacted.
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    /// The config contradicts itself.
+    #[error("invalid state backend config `{input}`: {reason}")]
     Invalid {
-        /// The offending URL or value.
+        /// The offending value.
         input: String,
         /// What is wrong with it.
         reason: String,
@@ -116,8 +129,8 @@ pub enum BackendConfig {
         /// `redis://...` or `rediss://...`, with the settings of
         /// `RedisConfig::from_url` in its query (`namespace`, `cluster`,
         /// `nodes`, `groups`, `timeout_ms`, `max_payload_len`, `replicas`,
-        /// `replica_timeout_ms`, `replicate_writes`, `allow_eviction`).
-        /// Its password is never shown by `Debug`.
+        /// `replica_timeout_ms`, `replicate_writes`, `allow_eviction`,
+        /// `protocol`). Its password is never shown by `Debug`.
         url: SecretUrl,
     },
     /// Amazon S3 or an S3-compatible store. Unset fields take the S3
@@ -219,58 +232,91 @@ pub struct Config {
     pub backend: BackendConfig,
 }
 
-impl BackendConfig {
-    /// Parse a backend URL: `memory://`, `memory://NAME`,
-    /// `redb:///path/to/file.redb`. Settings go in the query string:
-    /// `max_payload_len=BYTES` (both), `verify_on_open=false` (redb).
-    pub fn from_url(url: &str) -> Result<Self, ConfigError> {
-        let invalid = |reason: &str| ConfigError::Invalid {
-            input: redact_url(url),
-            reason: reason.to_owned(),
-        };
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| invalid("expected SCHEME://..."))?;
-        if scheme == "redis" || scheme == "rediss" {
-            return Ok(BackendConfig::Redis {
-                url: SecretUrl::new(url),
-            });
-        }
-        if scheme == "s3" {
-            return s3_from_url(url);
-        }
-        let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let location = percent_decode(location).map_err(|reason| invalid(&reason))?;
-        let mut max_payload_len = None;
-        let mut verify_on_open = None;
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            match key {
-                "max_payload_len" => {
-                    max_payload_len = Some(value.parse().map_err(|_| {
-                        invalid(&format!("max_payload_len={value} is not a byte count"))
-                    })?);
-                }
-                "verify_on_open" if scheme == "redb" => {
-                    verify_on_open = Some(value.parse().map_err(|_| {
-                        invalid(&format!("verify_on_open={value} is not true or false"))
-                    })?);
-                }
-                other => return Err(invalid(&format!("unknown setting `{other}`"))),
-            }
-        }
+/// The backends this crate knows, compiled in or not: the one table of
+/// schemes and features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Memory,
+    Redb,
+    Redis,
+    S3,
+}
+
+impl Backend {
+    /// The backend a URL scheme names.
+    fn of_scheme(scheme: &str) -> Option<Self> {
         match scheme {
-            "memory" => Ok(BackendConfig::Memory {
-                store: (!location.is_empty()).then_some(location),
-                max_payload_len,
-            }),
-            "redb" if location.is_empty() => Err(invalid("redb:// needs a file path")),
-            "redb" => Ok(BackendConfig::Redb {
-                path: PathBuf::from(location),
-                max_payload_len,
-                verify_on_open,
-            }),
-            other => Err(ConfigError::UnknownScheme(other.to_owned())),
+            "memory" => Some(Backend::Memory),
+            "redb" => Some(Backend::Redb),
+            "redis" | "rediss" => Some(Backend::Redis),
+            "s3" => Some(Backend::S3),
+            _ => None,
+        }
+    }
+
+    /// The Cargo feature that brings it (also its main scheme).
+    fn feature(self) -> &'static str {
+        match self {
+            Backend::Memory => "memory",
+            Backend::Redb => "redb",
+            Backend::Redis => "redis",
+            Backend::S3 => "s3",
+        }
+    }
+
+    /// The error for a URL or config of this backend in a build without it.
+    fn disabled(self, scheme: &str) -> ConfigError {
+        ConfigError::FeatureDisabled {
+            scheme: scheme.to_owned(),
+            feature: self.feature(),
+        }
+    }
+}
+
+impl BackendConfig {
+    /// Parse a backend URL: the scheme picks the backend, whose crate
+    /// parses the rest (see the crate docs' table, and each backend's
+    /// `from_url`). A bad URL fails here, before any connection, with
+    /// [`ConfigError::Url`]; one of a backend not compiled in with
+    /// [`ConfigError::FeatureDisabled`].
+    pub fn from_url(url: &str) -> Result<Self, ConfigError> {
+        let scheme = url
+            .split_once("://")
+            .map(|(scheme, _)| scheme.to_ascii_lowercase())
+            .ok_or_else(|| {
+                UrlError::new(
+                    url,
+                    None,
+                    "expected SCHEME://... (memory, redb, redis, rediss, s3)",
+                )
+            })?;
+        let backend = Backend::of_scheme(&scheme)
+            .ok_or_else(|| ConfigError::UnknownScheme(scheme.clone()))?;
+        match backend {
+            #[cfg(feature = "memory")]
+            Backend::Memory => Ok(memory::MemoryConfig::parse_url(url)?.into()),
+            #[cfg(feature = "redb")]
+            Backend::Redb => Ok(redb::RedbConfig::parse_url(url)?.into()),
+            #[cfg(feature = "redis")]
+            Backend::Redis => {
+                redis::RedisConfig::parse_url(url)?;
+                Ok(BackendConfig::Redis {
+                    url: SecretUrl::new(url),
+                })
+            }
+            #[cfg(feature = "s3")]
+            Backend::S3 => Ok(s3::S3Config::parse_url(url)?.into()),
+            #[allow(unreachable_patterns)]
+            disabled => Err(disabled.disabled(&scheme)),
+        }
+    }
+
+    fn backend(&self) -> Backend {
+        match self {
+            BackendConfig::Memory { .. } => Backend::Memory,
+            BackendConfig::Redb { .. } => Backend::Redb,
+            BackendConfig::Redis { .. } => Backend::Redis,
+            BackendConfig::S3 { .. } => Backend::S3,
         }
     }
 
@@ -281,33 +327,152 @@ impl BackendConfig {
         vnode_capacity: u32,
     ) -> Result<Arc<dyn StateBackend>, ConfigError> {
         match self {
+            #[cfg(feature = "memory")]
             BackendConfig::Memory {
                 store,
                 max_payload_len,
-            } => open_memory(
-                store.as_deref(),
-                *max_payload_len,
-                instance_id,
-                vnode_capacity,
-            ),
+            } => {
+                let defaults = memory::MemoryConfig::default();
+                let config = memory::MemoryConfig {
+                    name: store.clone(),
+                    max_payload_len: max_payload_len.unwrap_or(defaults.max_payload_len),
+                };
+                Ok(Arc::new(config.open(instance_id, vnode_capacity)))
+            }
+            #[cfg(feature = "redb")]
             BackendConfig::Redb {
                 path,
                 max_payload_len,
                 verify_on_open,
             } => {
-                open_redb(
-                    path.clone(),
-                    *max_payload_len,
-                    *verify_on_open,
-                    instance_id,
-                    vnode_capacity,
-                )
-                .await
+                let defaults = redb::RedbConfig::new(path);
+                let config = redb::RedbConfig {
+                    max_payload_len: max_payload_len.unwrap_or(defaults.max_payload_len),
+                    verify_on_open: verify_on_open.unwrap_or(defaults.verify_on_open),
+                    ..defaults
+                };
+                // Opening may read and repair the whole file: keep it off
+                // the runtime.
+                let store = tokio::task::spawn_blocking(move || redb::RedbStore::open_with(config))
+                    .await
+                    .map_err(|e| {
+                        StateBackendError::Io(format!("opening the redb store failed: {e}"))
+                    })??;
+                Ok(Arc::new(store.handle(instance_id, vnode_capacity)))
             }
+            #[cfg(feature = "redis")]
             BackendConfig::Redis { url } => {
-                open_redis(url.expose(), instance_id, vnode_capacity).await
+                let config = redis::RedisConfig::parse_url(url.expose())?;
+                Ok(Arc::new(
+                    redis::RedisBackend::connect(&config, instance_id, vnode_capacity).await?,
+                ))
             }
-            BackendConfig::S3 { .. } => open_s3(self, instance_id, vnode_capacity).await,
+            #[cfg(feature = "s3")]
+            BackendConfig::S3 { .. } => Ok(Arc::new(
+                s3::S3Backend::connect(&self.s3_config()?, instance_id, vnode_capacity).await?,
+            )),
+            #[allow(unreachable_patterns)]
+            disabled => {
+                let _ = (instance_id, vnode_capacity);
+                let backend = disabled.backend();
+                Err(backend.disabled(backend.feature()))
+            }
+        }
+    }
+
+    /// The S3 settings, unset ones at the S3 backend's defaults.
+    #[cfg(feature = "s3")]
+    fn s3_config(&self) -> Result<s3::S3Config, ConfigError> {
+        use std::time::Duration;
+
+        let BackendConfig::S3 {
+            bucket,
+            prefix,
+            endpoint,
+            region,
+            path_style,
+            access_key_id,
+            secret_access_key,
+            max_attempts,
+            attempt_timeout_ms,
+            timeout_ms,
+            max_payload_len,
+        } = self
+        else {
+            unreachable!("s3_config is called on S3 settings")
+        };
+        let mut config = s3::S3Config::new(bucket, prefix);
+        config.endpoint = endpoint.clone();
+        config.region = region.clone();
+        config.force_path_style = path_style.unwrap_or(endpoint.is_some());
+        config.credentials = match (access_key_id, secret_access_key) {
+            (Some(id), Some(secret)) => Some((id.clone(), secret.expose().to_owned())),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    input: format!("s3 bucket {bucket:?}"),
+                    reason: "access_key_id and secret_access_key go together".into(),
+                });
+            }
+        };
+        if let Some(attempts) = max_attempts {
+            config.max_attempts = (*attempts).max(1);
+        }
+        if let Some(ms) = attempt_timeout_ms {
+            config.attempt_timeout = Duration::from_millis(*ms);
+        }
+        if let Some(ms) = timeout_ms {
+            config.operation_timeout = Duration::from_millis(*ms);
+        }
+        if let Some(limit) = max_payload_len {
+            config.max_payload_len = *limit;
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(feature = "memory")]
+impl From<memory::MemoryConfig> for BackendConfig {
+    fn from(config: memory::MemoryConfig) -> Self {
+        BackendConfig::Memory {
+            store: config.name,
+            max_payload_len: Some(config.max_payload_len),
+        }
+    }
+}
+
+#[cfg(feature = "redb")]
+impl From<redb::RedbConfig> for BackendConfig {
+    fn from(config: redb::RedbConfig) -> Self {
+        BackendConfig::Redb {
+            path: config.path,
+            max_payload_len: Some(config.max_payload_len),
+            verify_on_open: Some(config.verify_on_open),
+        }
+    }
+}
+
+/// Every setting but the connect timeout, which the S3 settings do not
+/// carry (the backend's default applies).
+#[cfg(feature = "s3")]
+impl From<s3::S3Config> for BackendConfig {
+    fn from(config: s3::S3Config) -> Self {
+        let (access_key_id, secret_access_key) = config
+            .credentials
+            .map(|(id, secret)| (id, Secret(secret)))
+            .unzip();
+        BackendConfig::S3 {
+            bucket: config.bucket,
+            prefix: config.prefix,
+            endpoint: config.endpoint,
+            region: config.region,
+            path_style: Some(config.force_path_style),
+            access_key_id,
+            secret_access_key,
+            max_attempts: Some(config.max_attempts),
+            attempt_timeout_ms: Some(config.attempt_timeout.as_millis() as u64),
+            timeout_ms: Some(config.operation_timeout.as_millis() as u64),
+            max_payload_len: Some(config.max_payload_len),
         }
     }
 }
@@ -330,223 +495,4 @@ pub async fn connect(
     BackendConfig::from_url(url)?
         .open(instance_id, vnode_capacity)
         .await
-}
-
-#[cfg(feature = "memory")]
-fn open_memory(
-    store: Option<&str>,
-    max_payload_len: Option<usize>,
-    instance_id: &str,
-    vnode_capacity: u32,
-) -> Result<Arc<dyn StateBackend>, ConfigError> {
-    use std::collections::HashMap;
-    use std::sync::{Mutex, OnceLock, PoisonError};
-
-    use laminar_state_memory::{DEFAULT_MAX_PAYLOAD_LEN, MemoryStore};
-
-    let limit = max_payload_len.unwrap_or(DEFAULT_MAX_PAYLOAD_LEN);
-    let Some(name) = store else {
-        return Ok(Arc::new(
-            MemoryStore::with_max_payload_len(limit).open(instance_id, vnode_capacity),
-        ));
-    };
-    // Named stores live as long as the process, like a server would.
-    static NAMED: OnceLock<Mutex<HashMap<String, MemoryStore>>> = OnceLock::new();
-    let mut named = NAMED
-        .get_or_init(Mutex::default)
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    let store = named
-        .entry(name.to_owned())
-        .or_insert_with(|| MemoryStore::with_max_payload_len(limit));
-    Ok(Arc::new(store.open(instance_id, vnode_capacity)))
-}
-
-#[cfg(not(feature = "memory"))]
-fn open_memory(
-    _: Option<&str>,
-    _: Option<usize>,
-    _: &str,
-    _: u32,
-) -> Result<Arc<dyn StateBackend>, ConfigError> {
-    Err(ConfigError::FeatureDisabled {
-        scheme: "memory".into(),
-        feature: "memory",
-    })
-}
-
-#[cfg(feature = "redb")]
-async fn open_redb(
-    path: PathBuf,
-    max_payload_len: Option<usize>,
-    verify_on_open: Option<bool>,
-    instance_id: &str,
-    vnode_capacity: u32,
-) -> Result<Arc<dyn StateBackend>, ConfigError> {
-    use laminar_state_redb::{RedbConfig, RedbStore};
-
-    let defaults = RedbConfig::new(path);
-    let config = RedbConfig {
-        max_payload_len: max_payload_len.unwrap_or(defaults.max_payload_len),
-        verify_on_open: verify_on_open.unwrap_or(defaults.verify_on_open),
-        ..defaults
-    };
-    // Opening may read and repair the whole file: keep it off the runtime.
-    let store = tokio::task::spawn_blocking(move || RedbStore::open_with(config))
-        .await
-        .map_err(|e| StateBackendError::Io(format!("opening the redb store failed: {e}")))??;
-    Ok(Arc::new(store.handle(instance_id, vnode_capacity)))
-}
-
-#[cfg(not(feature = "redb"))]
-async fn open_redb(
-    _: PathBuf,
-    _: Option<usize>,
-    _: Option<bool>,
-    _: &str,
-    _: u32,
-) -> Result<Arc<dyn StateBackend>, ConfigError> {
-    Err(ConfigError::FeatureDisabled {
-        scheme: "redb".into(),
-        feature: "redb",
-    })
-}
-
-#[cfg(feature = "redis")]
-async fn open_redis(
-    url: &str,
-    instance_id: &str,
-    vnode_capacity: u32,
-) -> Result<Arc<dyn StateBackend>, ConfigError> {
-    let config = laminar_state_redis::RedisConfig::from_url(url)?;
-    Ok(Arc::new(
-        laminar_state_redis::RedisBackend::connect(&config, instance_id, vnode_capacity).await?,
-    ))
-}
-
-#[cfg(not(feature = "redis"))]
-async fn open_redis(_: &str, _: &str, _: u32) -> Result<Arc<dyn StateBackend>, ConfigError> {
-    Err(ConfigError::FeatureDisabled {
-        scheme: "redis".into(),
-        feature: "redis",
-    })
-}
-
-/// `s3://` URLs are parsed by the S3 backend, so the settings and their
-/// errors are the same whichever way the store is configured.
-#[cfg(feature = "s3")]
-fn s3_from_url(url: &str) -> Result<BackendConfig, ConfigError> {
-    let config = laminar_state_s3::S3Config::from_url(url).map_err(|e| ConfigError::Invalid {
-        input: redact_url(url),
-        reason: e.to_string(),
-    })?;
-    let (access_key_id, secret_access_key) = config
-        .credentials
-        .clone()
-        .map(|(id, secret)| (id, Secret(secret)))
-        .unzip();
-    Ok(BackendConfig::S3 {
-        bucket: config.bucket,
-        prefix: config.prefix,
-        endpoint: config.endpoint,
-        region: config.region,
-        path_style: Some(config.force_path_style),
-        access_key_id,
-        secret_access_key,
-        max_attempts: Some(config.max_attempts),
-        attempt_timeout_ms: Some(config.attempt_timeout.as_millis() as u64),
-        timeout_ms: Some(config.operation_timeout.as_millis() as u64),
-        max_payload_len: Some(config.max_payload_len),
-    })
-}
-
-#[cfg(not(feature = "s3"))]
-fn s3_from_url(_: &str) -> Result<BackendConfig, ConfigError> {
-    Err(ConfigError::FeatureDisabled {
-        scheme: "s3".into(),
-        feature: "s3",
-    })
-}
-
-#[cfg(feature = "s3")]
-async fn open_s3(
-    settings: &BackendConfig,
-    instance_id: &str,
-    vnode_capacity: u32,
-) -> Result<Arc<dyn StateBackend>, ConfigError> {
-    use std::time::Duration;
-
-    let BackendConfig::S3 {
-        bucket,
-        prefix,
-        endpoint,
-        region,
-        path_style,
-        access_key_id,
-        secret_access_key,
-        max_attempts,
-        attempt_timeout_ms,
-        timeout_ms,
-        max_payload_len,
-    } = settings
-    else {
-        unreachable!("open_s3 is called with S3 settings")
-    };
-    let mut config = laminar_state_s3::S3Config::new(bucket, prefix);
-    config.endpoint = endpoint.clone();
-    config.region = region.clone();
-    config.force_path_style = path_style.unwrap_or(endpoint.is_some());
-    config.credentials = match (access_key_id, secret_access_key) {
-        (Some(id), Some(secret)) => Some((id.clone(), secret.expose().to_owned())),
-        (None, None) => None,
-        _ => {
-            return Err(ConfigError::Invalid {
-                input: format!("s3 bucket {bucket:?}"),
-                reason: "access_key_id and secret_access_key go together".into(),
-            });
-        }
-    };
-    if let Some(attempts) = max_attempts {
-        config.max_attempts = (*attempts).max(1);
-    }
-    if let Some(ms) = attempt_timeout_ms {
-        config.attempt_timeout = Duration::from_millis(*ms);
-    }
-    if let Some(ms) = timeout_ms {
-        config.operation_timeout = Duration::from_millis(*ms);
-    }
-    if let Some(limit) = max_payload_len {
-        config.max_payload_len = *limit;
-    }
-    Ok(Arc::new(
-        laminar_state_s3::S3Backend::connect(&config, instance_id, vnode_capacity).await?,
-    ))
-}
-
-#[cfg(not(feature = "s3"))]
-async fn open_s3(_: &BackendConfig, _: &str, _: u32) -> Result<Arc<dyn StateBackend>, ConfigError> {
-    Err(ConfigError::FeatureDisabled {
-        scheme: "s3".into(),
-        feature: "s3",
-    })
-}
-
-fn percent_decode(text: &str) -> Result<String, String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = text
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad percent escape at byte {i}"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| "the path is not UTF-8 once decoded".to_owned())
 }

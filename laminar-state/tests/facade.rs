@@ -2,7 +2,7 @@
 //! names the missing feature otherwise.
 
 use bytes::Bytes;
-use laminar_state::{ConfigError, StateBackendError, connect};
+use laminar_state::{BackendConfig, ConfigError, StateBackendError, connect};
 
 #[cfg(feature = "memory")]
 #[tokio::test]
@@ -89,22 +89,89 @@ async fn missing_features_and_bad_urls_are_named() {
     assert!(
         matches!(connect("postgres://x", "a", 4).await, Err(ConfigError::UnknownScheme(s)) if s == "postgres")
     );
-    assert!(matches!(
-        connect("memory", "a", 4).await,
-        Err(ConfigError::Invalid { .. })
-    ));
-    assert!(matches!(
-        connect("redb://", "a", 4).await,
-        Err(ConfigError::Invalid { .. })
-    ));
-    assert!(matches!(
-        connect("memory://?max_payload_len=lots", "a", 4).await,
-        Err(ConfigError::Invalid { .. })
-    ));
-    assert!(matches!(
-        connect("memory://?colour=blue", "a", 4).await,
-        Err(ConfigError::Invalid { .. })
-    ));
+    // A bad URL fails when it is parsed, naming the parameter to blame.
+    let mut bad = vec![("memory", None)];
+    if cfg!(feature = "memory") {
+        bad.extend([
+            ("memory://?max_payload_len=lots", Some("max_payload_len")),
+            ("memory://?colour=blue", Some("colour")),
+            (
+                "memory://?max_payload_len=1&max_payload_len=2",
+                Some("max_payload_len"),
+            ),
+        ]);
+    }
+    if cfg!(feature = "redb") {
+        bad.extend([
+            ("redb://", None),
+            (
+                "redb:///tmp/x.redb?verify_on_open=maybe",
+                Some("verify_on_open"),
+            ),
+            ("redb:///tmp/x.redb?sync=always", Some("sync")),
+        ]);
+    }
+    for (url, parameter) in bad {
+        match BackendConfig::from_url(url) {
+            Err(ConfigError::Url(error)) => {
+                assert_eq!(error.parameter(), parameter, "{url}: {error}");
+                if let Some(parameter) = parameter {
+                    assert!(
+                        error.to_string().contains(&format!("`{parameter}`")),
+                        "{error}"
+                    );
+                }
+            }
+            other => panic!("{url}: {other:?}"),
+        }
+        assert!(
+            matches!(connect(url, "a", 4).await, Err(ConfigError::Url(_))),
+            "{url}"
+        );
+    }
+}
+
+/// Every URL the facade took before it parsed through the backend crates
+/// still opens the same store.
+#[cfg(all(feature = "memory", feature = "redb"))]
+#[test]
+fn urls_of_every_embedded_backend_parse_as_before() {
+    use std::path::PathBuf;
+
+    for (url, expected) in [
+        (
+            "memory://",
+            BackendConfig::Memory {
+                store: None,
+                max_payload_len: Some(64 << 20),
+            },
+        ),
+        (
+            "memory://a%20b+c?max_payload_len=5",
+            BackendConfig::Memory {
+                store: Some("a b+c".into()),
+                max_payload_len: Some(5),
+            },
+        ),
+        (
+            "redb:///var/lib/a%20b.redb?max_payload_len=7&verify_on_open=false",
+            BackendConfig::Redb {
+                path: PathBuf::from("/var/lib/a b.redb"),
+                max_payload_len: Some(7),
+                verify_on_open: Some(false),
+            },
+        ),
+        (
+            "redb://relative/state.redb",
+            BackendConfig::Redb {
+                path: PathBuf::from("relative/state.redb"),
+                max_payload_len: Some(64 << 20),
+                verify_on_open: Some(true),
+            },
+        ),
+    ] {
+        assert_eq!(BackendConfig::from_url(url).unwrap(), expected, "{url}");
+    }
 }
 
 #[cfg(feature = "redb")]
@@ -129,7 +196,7 @@ async fn a_damaged_redb_file_is_a_typed_error() {
 #[cfg(all(feature = "memory", feature = "redb"))]
 #[tokio::test]
 async fn configs_deserialize_and_open() {
-    use laminar_state::{BackendConfig, Config};
+    use laminar_state::Config;
 
     let dir = tempfile::tempdir().unwrap();
     let json = format!(
@@ -169,8 +236,6 @@ async fn configs_deserialize_and_open() {
 #[cfg(feature = "redis")]
 #[tokio::test]
 async fn redis_urls_reach_the_redis_backend() {
-    use laminar_state::BackendConfig;
-
     let config =
         BackendConfig::from_url("redis://127.0.0.1:1/?namespace=n&timeout_ms=200").unwrap();
     assert!(matches!(config, BackendConfig::Redis { .. }));
@@ -180,13 +245,24 @@ async fn redis_urls_reach_the_redis_backend() {
         matches!(error, ConfigError::Backend(StateBackendError::Io(_))),
         "{error}"
     );
+    // A bad redis URL fails when it is parsed, before any connection.
+    for (bad, parameter) in [
+        ("redis://127.0.0.1:1/?groups=0", Some("groups")),
+        ("rediss://127.0.0.1:1/?colour=red", Some("colour")),
+        ("redis://127.0.0.1:port/", None),
+        ("redis://127.0.0.1:1/notadb", None),
+    ] {
+        assert!(
+            matches!(BackendConfig::from_url(bad), Err(ConfigError::Url(ref e)) if e.parameter() == parameter),
+            "{bad}: {:?}",
+            BackendConfig::from_url(bad)
+        );
+    }
 }
 
 #[cfg(feature = "s3")]
 #[tokio::test]
 async fn s3_urls_and_configs_become_s3_settings() {
-    use laminar_state::BackendConfig;
-
     let url = BackendConfig::from_url(
         "s3://state/engine/a?endpoint=http://127.0.0.1:1&region=eu-west-1&max_attempts=1&timeout_ms=500&access_key_id=id&secret_access_key=hush",
     )
@@ -220,57 +296,110 @@ async fn s3_urls_and_configs_become_s3_settings() {
             "{error}"
         );
     }
-    for bad in [
-        "s3://",
-        "s3://b/p?max_attempts=none",
-        "s3://b/p?shape=round",
+    for (bad, parameter) in [
+        ("s3://", None),
+        ("s3://b/p?max_attempts=none", Some("max_attempts")),
+        ("s3://b/p?shape=round", Some("shape")),
+        ("s3://b/p?access_key_id=id", Some("secret_access_key")),
     ] {
         assert!(
-            matches!(
-                BackendConfig::from_url(bad),
-                Err(ConfigError::Invalid { .. })
-            ),
-            "{bad}"
+            matches!(BackendConfig::from_url(bad), Err(ConfigError::Url(ref e)) if e.parameter() == parameter),
+            "{bad}: {:?}",
+            BackendConfig::from_url(bad)
         );
     }
 }
 
-/// No `Debug` or error text of a config, a bad URL or a failed connect
-/// holds a password or secret key given in the URL.
-#[cfg(all(feature = "redis", feature = "s3"))]
+/// No `Debug` or error text of a config (the facade's and every
+/// backend's), a bad URL of any backend, or a failed connect holds a
+/// password or secret key given in the URL.
+#[cfg(all(
+    feature = "memory",
+    feature = "redb",
+    feature = "redis",
+    feature = "s3"
+))]
 #[tokio::test]
 async fn credentials_never_leave_the_url() {
-    use laminar_state::{BackendConfig, Config};
+    use laminar_state::memory::MemoryConfig;
+    use laminar_state::redb::RedbConfig;
+    use laminar_state::redis::RedisConfig;
+    use laminar_state::s3::S3Config;
+    use laminar_state::{Config, UrlError};
 
     let secret = "hunter2-ZQX";
-    let url = format!("redis://user:{secret}@127.0.0.1:1/?namespace=n&timeout_ms=200");
-    let config = BackendConfig::from_url(&url).unwrap();
-    let full = Config {
-        instance_id: "a".into(),
-        vnode_capacity: 4,
-        backend: config.clone(),
-    };
-    let redis_config = laminar_state::redis::RedisConfig::from_url(&url).unwrap();
-    let mut shown = vec![
-        format!("{config:?}"),
-        format!("{full:?}"),
-        format!("{redis_config:?}"),
+    let redis_url = format!("redis://user:{secret}@127.0.0.1:1/?namespace=n&timeout_ms=200");
+    let cluster_url = format!(
+        "redis://user:{secret}@127.0.0.1:1/?namespace=n&timeout_ms=200&cluster=true&nodes=127.0.0.1:2"
+    );
+    let s3_url = format!(
+        "s3://bucket/p?endpoint=http://127.0.0.1:1&access_key_id=id&secret_access_key={secret}&max_attempts=1&timeout_ms=500"
+    );
+    let s3_json = format!(
+        r#"{{"backend": "s3", "bucket": "b", "endpoint": "http://127.0.0.1:1", "max_attempts": 1, "timeout_ms": 500, "access_key_id": "id", "secret_access_key": "{secret}"}}"#
+    );
+    let mut configs = vec![
+        BackendConfig::from_url(&redis_url).unwrap(),
+        BackendConfig::from_url(&cluster_url).unwrap(),
+        BackendConfig::from_url(&s3_url).unwrap(),
+        serde_json::from_str(&s3_json).unwrap(),
+        serde_json::from_str(&format!(r#"{{"backend": "redis", "url": "{redis_url}"}}"#)).unwrap(),
     ];
-    match config.open("a", 4).await {
-        Ok(_) => panic!("nothing listens on port 1"),
-        Err(error) => shown.push(format!("{error} / {error:?}")),
+    let mut shown = vec![
+        format!("{:?}", RedisConfig::from_url(&redis_url).unwrap()),
+        format!("{:?}", RedisConfig::from_url(&cluster_url).unwrap()),
+        format!("{:?}", S3Config::from_url(&s3_url).unwrap()),
+    ];
+    // Every failed connect: redis standalone and cluster, S3 by URL and by
+    // config; nothing listens on ports 1 and 2.
+    for config in configs.drain(..) {
+        let full = Config {
+            instance_id: "a".into(),
+            vnode_capacity: 4,
+            backend: config.clone(),
+        };
+        shown.push(format!("{config:?} {full:?}"));
+        match config.open("a", 4).await {
+            Ok(_) => panic!("nothing listens on port 1: {config:?}"),
+            Err(error) => shown.push(format!("{error} / {error:?}")),
+        }
     }
-    for bad in [
+    // Every backend's bad URLs, through the facade and the backend crate.
+    let bad_urls = [
         format!("redis://user:{secret}@127.0.0.1:1/?groups=many"),
-        format!("rediss://:{secret}@h:1/?timeout_ms=x"),
+        format!("rediss://:{secret}@h:1/?timeout_ms=x#insecure"),
+        format!("redis://user:{secret}@h:port/"),
+        format!("redis://h:1/?namespace=n&password={secret}"),
         format!("s3://bucket/p?secret_access_key={secret}&access_key_id=id&max_attempts=x"),
+        format!("s3://id:{secret}@bucket/p"),
+        format!("s3://bucket/p?secret_access_key={secret}"),
         format!("redb://user:{secret}@h/?x=1"),
-    ] {
-        let error = match BackendConfig::from_url(&bad) {
+        format!("redb://user:{secret}@h/state.redb"),
+        format!("memory://user:{secret}@name"),
+        format!("memory://name?token={secret}"),
+        format!("postgres://user:{secret}@h/"),
+        format!("user:{secret}@h"),
+    ];
+    for bad in &bad_urls {
+        let error = match BackendConfig::from_url(bad) {
             Ok(config) => config.open("a", 4).await.err().expect("a bad URL opened"),
             Err(error) => error,
         };
         shown.push(format!("{error} / {error:?}"));
+    }
+    type Parse = fn(&str) -> Result<(), UrlError>;
+    let backend_errors: [Parse; 4] = [
+        |url| MemoryConfig::parse_url(url).map(drop),
+        |url| RedbConfig::parse_url(url).map(drop),
+        |url| RedisConfig::parse_url(url).map(drop),
+        |url| S3Config::parse_url(url).map(drop),
+    ];
+    for bad in &bad_urls[..11] {
+        for parse in backend_errors {
+            if let Err(error) = parse(bad) {
+                shown.push(format!("{error} / {error:?}"));
+            }
+        }
     }
     for text in shown {
         assert!(!text.contains(secret), "a secret was shown: {text}");

@@ -334,6 +334,24 @@ mod tests {
     }
 
     #[test]
+    fn layered_runs_when_named_or_with_all_only() {
+        assert!(!args_name("embedded", "laminar-state-layers"));
+        assert!(args_name("layered", "laminar-state-layers"));
+        assert!(!args_name("layered", "laminar-state-memory"));
+        assert!(
+            crate::select("all")
+                .unwrap()
+                .iter()
+                .any(|b| b.name == "layered")
+        );
+    }
+
+    /// Whether building the conformance tests of `choice` names `package`.
+    fn args_name(choice: &str, package: &str) -> bool {
+        build_args(&crate::select(choice).unwrap()).contains(&package)
+    }
+
+    #[test]
     fn the_matrix_is_json_even_with_quotes_and_control_characters() {
         let columns = vec![(
             "redb".to_owned(),

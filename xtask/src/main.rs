@@ -3,7 +3,10 @@
 
 mod bench;
 mod cargo;
+mod chaos;
 mod conformance;
+mod release;
+mod roundtrip;
 #[cfg(test)]
 mod tidy;
 
@@ -17,7 +20,8 @@ commands:
                            redis-server, SeaweedFS), then run every test of the
                            workspace: doc tests, the facade with only `memory`,
                            then unit, conformance, integration and the tidy test
-                           (nextest if installed, else cargo test)
+                           (nextest if installed, else cargo test); then
+                           `roundtrip`
   lint                     cargo fmt --check, clippy -D warnings, rustdoc -D warnings
   conformance [--backend NAME|embedded|all]
                            build the chosen backends' conformance tests (only
@@ -26,15 +30,37 @@ commands:
                            property by backend; also written to
                            target/conformance/matrix.json (default: embedded =
                            memory, redb; redis and s3 install and start their
-                           own servers: redis-server, SeaweedFS)
+                           own servers: redis-server, SeaweedFS; layered = memory
+                           and redb wrapped in every layer of
+                           laminar-state-layers, in `all` but not `embedded`)
   bench [--backend NAME|all]
                            benchmarks against the raw store, in release mode
                            (default: all; redis and s3 install and start their
-                           own servers); results in target/bench/
+                           own servers; layered: the overhead of the tracing and
+                           metrics layers, and compression, against the
+                           unwrapped backend); results in target/bench/
+  chaos --backend NAME|all [--seconds N] [--seed S] [--broken[=fence|seal|lose]]
+                           engine processes over one store under faults drawn
+                           from the seed (kills, pauses, server restarts, a
+                           fault proxy), then a check of the recorded history;
+                           one summary line per backend, non-zero exit on any
+                           violation (backends: redb, redis, redis-cluster, s3;
+                           default 60 s and a random seed, printed)
+  release <patch|minor|major|X.Y.Z> [--registry NAME] [--execute] [--no-tests]
+                           dry run unless --execute: refuse a dirty tree, lint,
+                           test, bump the version and the internal pins, move
+                           CHANGELOG's Unreleased section, semver checks,
+                           commit, cargo package (verified), cargo publish each
+                           crate in dependency order, tag vX.Y.Z (not pushed);
+                           also --no-lints, --no-verify
+  roundtrip                the release against a registry on a loopback port
+                           (xtask/registry.py), in a scratch copy of the tree,
+                           then fresh projects using the crates from it (also
+                           the last step of `test`)
   ci                       what .ci/run does: lint, conformance --backend all,
                            test
 
-backends: memory, redb, redis, s3
+backends: memory, redb, redis, s3, layered
 ";
 
 /// The `cargo xtask` steps of `ci`, in order: exactly what `.ci/run` runs
@@ -47,21 +73,31 @@ pub(crate) const BACKENDS: &[Backend] = &[
         name: "memory",
         package: "laminar-state-memory",
         embedded: true,
+        layers: false,
     },
     Backend {
         name: "redb",
         package: "laminar-state-redb",
         embedded: true,
+        layers: false,
     },
     Backend {
         name: "redis",
         package: "laminar-state-redis",
         embedded: false,
+        layers: false,
     },
     Backend {
         name: "s3",
         package: "laminar-state-s3",
         embedded: false,
+        layers: false,
+    },
+    Backend {
+        name: "layered",
+        package: "laminar-state-layers",
+        embedded: true,
+        layers: true,
     },
 ];
 
@@ -70,13 +106,19 @@ pub(crate) struct Backend {
     pub(crate) name: &'static str,
     pub(crate) package: &'static str,
     pub(crate) embedded: bool,
+    /// Not a backend: memory and redb wrapped in laminar-state-layers. Run
+    /// when named, or with `all`; not part of `embedded`.
+    pub(crate) layers: bool,
 }
 
 /// The backends a `--backend` value selects.
 pub(crate) fn select(choice: &str) -> Result<Vec<&'static Backend>, String> {
     match choice {
         "all" => Ok(BACKENDS.iter().collect()),
-        "embedded" => Ok(BACKENDS.iter().filter(|b| b.embedded).collect()),
+        "embedded" => Ok(BACKENDS
+            .iter()
+            .filter(|b| b.embedded && !b.layers)
+            .collect()),
         name => BACKENDS
             .iter()
             .find(|b| b.name == name)
@@ -108,11 +150,14 @@ fn run(args: &[String]) -> Result<(), String> {
             Ok(())
         }
         Some((command, rest)) => match command.as_str() {
-            "test" if rest.is_empty() => cargo::test(),
+            "test" if rest.is_empty() => cargo::test().and_then(|()| roundtrip::run_roundtrip()),
+            "roundtrip" if rest.is_empty() => roundtrip::run_roundtrip(),
+            "release" => release::run_release(rest),
             "lint" if rest.is_empty() => cargo::lint(),
             "ci" if rest.is_empty() => ci(),
             "conformance" => conformance::run(&select(&backend_arg(rest, "embedded")?)?),
             "bench" => bench::run(&select(&backend_arg(rest, "all")?)?),
+            "chaos" => chaos::run(rest),
             "help" | "--help" | "-h" => {
                 print!("{HELP}");
                 Ok(())

@@ -11,7 +11,12 @@
 //!   markdown files (inline links and reference definitions, outside code),
 //!   in `include_str!`/`include_bytes!`, and in doc comments.
 //! - Every published crate (no `publish = false`) has a `README.md` and says
-//!   `readme = "README.md"`.
+//!   `readme = "README.md"`, and has what a registry and docs.rs need: a
+//!   description, the workspace's license and repository, keywords and
+//!   categories, the license text itself (`LICENSE`, the same as the root's),
+//!   and `[package.metadata.docs.rs]` with all features and `--cfg docsrs`.
+//! - The workspace's `rust-version` is the toolchain's, and every member
+//!   inherits it.
 //! - `cargo xtask ci` runs the same steps as `.ci/run`.
 
 use std::path::{Component, Path, PathBuf};
@@ -26,6 +31,10 @@ fn tidy() {
     let mut problems = Vec::new();
     let members = members(&root);
     let internal: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
+    let root_license = std::fs::read(root.join("LICENSE")).ok();
+    if root_license.is_none() {
+        problems.push("LICENSE: missing at the root".to_owned());
+    }
     for member in &members {
         let manifest = member.dir.join("Cargo.toml");
         let shown = relative(&root, &manifest);
@@ -36,6 +45,13 @@ fn tidy() {
         );
         problems.extend(
             readme_problems(&member.text, member.dir.join("README.md").is_file())
+                .into_iter()
+                .map(|p| format!("{shown}: {p}")),
+        );
+        let license = std::fs::read(member.dir.join("LICENSE")).ok();
+        let same_license = license.is_some() && license == root_license;
+        problems.extend(
+            registry_problems(&member.text, same_license)
                 .into_iter()
                 .map(|p| format!("{shown}: {p}")),
         );
@@ -194,6 +210,146 @@ fn readme_problems(manifest: &str, has_readme: bool) -> Vec<String> {
         problems.push("the crate is published: set `readme = \"README.md\"`".into());
     }
     problems
+}
+
+/// Problems with a published crate's registry metadata: what crates.io
+/// shows and searches (description, license, repository, keywords,
+/// categories), the license text in the package (`same_license`: its
+/// `LICENSE` is the root's, e.g. a symlink to it, which `cargo package`
+/// copies in), and the docs.rs build (all features, `--cfg docsrs` for the
+/// feature badges). Crates with `publish = false` need none.
+fn registry_problems(manifest: &str, same_license: bool) -> Vec<String> {
+    let manifest: DocumentMut = match manifest.parse() {
+        Ok(manifest) => manifest,
+        Err(e) => return vec![format!("does not parse: {e}")],
+    };
+    let package = manifest.get("package");
+    let field = |name: &str| package.and_then(|p| p.get(name));
+    if field("publish").and_then(Item::as_bool) == Some(false) {
+        return Vec::new();
+    }
+    let inherits = |name: &str| {
+        field(name)
+            .and_then(|f| f.get("workspace"))
+            .and_then(Item::as_bool)
+            == Some(true)
+    };
+    let mut problems = Vec::new();
+    if field("description")
+        .and_then(Item::as_str)
+        .is_none_or(|d| d.trim().is_empty())
+    {
+        problems.push("the crate is published: give it a `description`".to_owned());
+    }
+    for name in ["license", "repository", "rust-version", "version"] {
+        if !inherits(name) {
+            problems.push(format!(
+                "the crate is published: write `{name}.workspace = true`"
+            ));
+        }
+    }
+    let strings = |name: &str| -> Vec<String> {
+        field(name)
+            .and_then(Item::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let keywords = strings("keywords");
+    if keywords.is_empty() || keywords.len() > 5 {
+        problems.push(format!(
+            "the crate is published: give it 1 to 5 `keywords` (has {})",
+            keywords.len()
+        ));
+    }
+    for keyword in &keywords {
+        let valid = keyword.len() <= 20
+            && keyword.starts_with(|c: char| c.is_ascii_alphabetic())
+            && keyword
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_+".contains(c));
+        if !valid {
+            problems.push(format!(
+                "keyword {keyword:?} is not one crates.io takes (ASCII letters, digits, - _ +, a letter first, at most 20)"
+            ));
+        }
+    }
+    if strings("categories").is_empty() {
+        problems
+            .push("the crate is published: give it `categories` (crates.io's slugs)".to_owned());
+    }
+    if !same_license {
+        problems.push(
+            "the crate is published: its LICENSE must be the root's (ln -s ../LICENSE LICENSE), so the package carries the license text".to_owned(),
+        );
+    }
+    let docs_rs = package
+        .and_then(|p| p.get("metadata"))
+        .and_then(|m| m.get("docs"))
+        .and_then(|d| d.get("rs"));
+    let all_features = docs_rs
+        .and_then(|d| d.get("all-features"))
+        .and_then(Item::as_bool)
+        == Some(true);
+    let rustdoc_args: Vec<&str> = docs_rs
+        .and_then(|d| d.get("rustdoc-args"))
+        .and_then(Item::as_array)
+        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    if !all_features || !rustdoc_args.windows(2).any(|w| w == ["--cfg", "docsrs"]) {
+        problems.push(
+            "the crate is published: add [package.metadata.docs.rs] with `all-features = true` and `rustdoc-args = [\"--cfg\", \"docsrs\"]`".to_owned(),
+        );
+    }
+    problems
+}
+
+/// The workspace's `rust-version` must be the toolchain's `MAJOR.MINOR`
+/// (`rustc --version`): the MSRV the README states is the one CI builds
+/// with.
+fn rust_version_problems(manifest: &str, rustc_version: &str) -> Vec<String> {
+    let manifest: DocumentMut = match manifest.parse() {
+        Ok(manifest) => manifest,
+        Err(e) => return vec![format!("Cargo.toml does not parse: {e}")],
+    };
+    let stated = manifest
+        .get("workspace")
+        .and_then(|w| w.get("package"))
+        .and_then(|p| p.get("rust-version"))
+        .and_then(Item::as_str);
+    // "rustc 1.95.0 (59807616e 2026-03-20)" -> "1.95"
+    let toolchain: Option<String> = rustc_version
+        .split_whitespace()
+        .nth(1)
+        .map(|v| v.split('.').take(2).collect::<Vec<_>>().join("."));
+    match (stated, toolchain) {
+        (None, _) => vec!["Cargo.toml: set [workspace.package] rust-version".to_owned()],
+        (_, None) => vec![format!(
+            "cannot read the toolchain's version from {rustc_version:?}"
+        )],
+        (Some(stated), Some(toolchain)) if stated != toolchain => vec![format!(
+            "Cargo.toml: [workspace.package] rust-version is {stated}, but CI's toolchain is {toolchain}: keep them equal (and the README's MSRV)"
+        )],
+        _ => Vec::new(),
+    }
+}
+
+#[test]
+fn rust_version_is_the_toolchains() {
+    let root = root();
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let output = std::process::Command::new(&rustc)
+        .arg("--version")
+        .output()
+        .expect("rustc runs");
+    let version = String::from_utf8_lossy(&output.stdout);
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).expect("the root manifest");
+    let problems = rust_version_problems(&manifest, &version);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
 /// The link targets of a markdown text: inline links `[text](target)`
@@ -473,6 +629,66 @@ serde_json = "1"
         assert!(readme_problems(named, true).is_empty());
         let private = "[package]\nname = \"x\"\npublish = false\n";
         assert!(readme_problems(private, false).is_empty());
+    }
+
+    const PUBLISHED: &str = r#"
+[package]
+name = "x"
+description = "X."
+version.workspace = true
+rust-version.workspace = true
+license.workspace = true
+repository.workspace = true
+keywords = ["streaming", "state"]
+categories = ["database"]
+
+[package.metadata.docs.rs]
+all-features = true
+rustdoc-args = ["--cfg", "docsrs"]
+"#;
+
+    #[test]
+    fn published_crates_need_registry_metadata() {
+        assert!(registry_problems(PUBLISHED, true).is_empty());
+        assert_eq!(registry_problems(PUBLISHED, false).len(), 1);
+        for (from, to) in [
+            ("description = \"X.\"\n", ""),
+            ("repository.workspace = true\n", ""),
+            ("license.workspace = true\n", "license = \"MIT\"\n"),
+            ("keywords = [\"streaming\", \"state\"]", "keywords = []"),
+            ("\"state\"]", "\"state\", \"a\", \"b\", \"c\", \"d\"]"),
+            ("\"state\"]", "\"not a keyword\"]"),
+            ("categories = [\"database\"]", ""),
+            ("all-features = true\n", ""),
+            (
+                "rustdoc-args = [\"--cfg\", \"docsrs\"]",
+                "rustdoc-args = [\"--cfg\", \"doc\"]",
+            ),
+        ] {
+            let bad = PUBLISHED.replace(from, to);
+            assert_eq!(
+                registry_problems(&bad, true).len(),
+                1,
+                "not caught: {from:?} -> {to:?}"
+            );
+        }
+        let private = "[package]\nname = \"x\"\npublish = false\n";
+        assert!(registry_problems(private, false).is_empty());
+    }
+
+    #[test]
+    fn rust_version_must_be_the_toolchains() {
+        let manifest = "[workspace.package]\nrust-version = \"1.95\"\n";
+        assert!(rust_version_problems(manifest, "rustc 1.95.0 (59807616e 2026-03-20)").is_empty());
+        let err = rust_version_problems(manifest, "rustc 1.96.1 (0 2026-05-01)");
+        assert!(
+            err[0].contains("rust-version is 1.95, but CI's toolchain is 1.96"),
+            "{err:?}"
+        );
+        assert_eq!(
+            rust_version_problems("[workspace.package]\n", "rustc 1.95.0").len(),
+            1
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod durability;
 mod fence;
 mod pruning;
 mod recovery;
+mod stalls;
 
 pub use bad_input::{p12_bad_input, p12_corruption};
 pub use commit::{p08_commit_gate, p09_one_committer, p15_fenced_seal};
@@ -24,6 +25,7 @@ pub use fence::{
 };
 pub use pruning::{p11_prune_races_seals, p11_pruning};
 pub use recovery::p14_recovery_queries;
+pub use stalls::{p07_stalled_raise, p07_stalled_zombie, p09_stalled_seal};
 
 pub(crate) use durability::run_child_if_requested;
 
@@ -63,8 +65,11 @@ macro_rules! __with_properties {
             (P6, p06_shared_fence_across_processes, child, [SharedFence, CrossProcess], "a raise in another process fences a handle here"),
             (P7, p07_atomic_fence, plain, [Fencing], "no zombie write lands after a raise is acknowledged"),
             (P7, p07_cancelled_raise, plain, [SharedFence], "a raise cancelled half-way is finished by the next acknowledged raise"),
+            (P7, p07_stalled_zombie, plain, [Fencing], "a zombie write (or deposed seal) held in flight across a raise is refused, or landed before it"),
+            (P7, p07_stalled_raise, plain, [SharedFence], "a raise held in flight while another handle raises higher never lowers the fence"),
             (P8, p08_commit_gate, plain, [], "epoch_complete is false and seals nothing while a partial is missing"),
             (P9, p09_one_committer, plain, [], "racing sealers: exactly one wins, the others learn its id"),
+            (P9, p09_stalled_seal, plain, [], "a seal held in flight while another instance seals: still one winner, the loser told who"),
             (P10, p10_durability_reopen, plain, [Durable], "writes, seals and the fence survive a reopen"),
             (P10, p10_durability_crash, child, [CrossProcessReopen], "nothing acknowledged is lost when a writer is SIGKILLed"),
             (P11, p11_pruning, plain, [], "prune removes exactly the older epochs and races writes safely"),

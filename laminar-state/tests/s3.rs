@@ -1,10 +1,12 @@
-//! The facade opens `s3://` URLs and S3 configs against a real server.
+//! The facade opens `s3://` URLs and S3 configs against a real server
+//! (SeaweedFS, started by the test).
 
-mod support;
+#![cfg(feature = "s3")]
 
 use bytes::Bytes;
 use laminar_state::{Config, StateBackendError, connect};
-use support::{ACCESS_KEY, BUCKET, SECRET_KEY, TestServer, fresh_prefix};
+use laminar_state_test_support::fresh_prefix;
+use laminar_state_test_support::seaweed::{ACCESS_KEY, BUCKET, SECRET_KEY, TestServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_urls_and_configs_open_one_shared_store() {

@@ -1,44 +1,36 @@
-//! Real redis-server processes for the tests and benchmarks: standalone or
-//! a 3-node cluster, on free loopback ports, each in its own temporary
-//! directory, stopped on drop. A watchdog shell kills a server if the test
-//! process dies without dropping it (a SIGKILL from a test runner's time
-//! limit), so no server outlives its test.
+//! Real `redis-server` processes: standalone (restartable on the same port
+//! and data), replicas, and a 3-node Redis Cluster, on free loopback ports,
+//! each in its own directory, under a [`Watched`] shell and killed on drop.
 
-#![allow(dead_code, unreachable_pub, missing_docs)]
-
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+pub use crate::TcpRelay;
+use crate::free_port;
+use crate::lazy::Servers;
+use crate::process::Watched;
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A loopback port nobody listens on now (and, for a cluster node, whose
-/// bus port, +10000, is free too).
-pub fn free_port(with_bus: bool) -> u16 {
-    loop {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-        let port = listener.local_addr().expect("local addr").port();
-        if !with_bus || (port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()) {
-            return port;
-        }
-    }
-}
-
-/// One redis-server process, restartable on the same port and data.
+/// One redis-server process, restartable on the same port and data. It
+/// fsyncs every write before answering (`appendfsync always`).
+#[derive(Debug)]
 pub struct RedisServer {
+    /// Its port on 127.0.0.1.
     pub port: u16,
     dir: PathBuf,
     args: Vec<String>,
-    watchdog: Option<Child>,
-    pid: u32,
+    process: Option<Watched>,
 }
 
 impl RedisServer {
-    /// A standalone server that fsyncs every write before answering.
+    /// A standalone server with its data in `dir`, started with the extra
+    /// redis-server arguments `extra`.
     pub fn start(dir: &Path, extra: &[&str]) -> Self {
-        Self::start_on(dir, free_port(false), extra)
+        Self::start_on(dir, free_port(false, &[]), extra)
     }
 
     fn start_on(dir: &Path, port: u16, extra: &[&str]) -> Self {
@@ -67,77 +59,61 @@ impl RedisServer {
             port,
             dir: dir.to_path_buf(),
             args,
-            watchdog: None,
-            pid: 0,
+            process: None,
         };
         server.launch();
         server
     }
 
     fn launch(&mut self) {
-        // The shell prints the server's pid, then watches both processes.
-        let script = r#"redis-server "$@" & s=$!; echo $s; while kill -0 "$WATCH" 2>/dev/null && kill -0 $s 2>/dev/null; do sleep 0.2; done; kill -9 $s 2>/dev/null; wait $s 2>/dev/null"#;
-        let mut watchdog = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .arg("sh")
-            .arg("--port")
-            .arg(self.port.to_string())
-            .arg("--dir")
-            .arg(&self.dir)
-            .args(&self.args)
-            .env("WATCH", std::process::id().to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (bash .ci/install)");
-        let mut line = String::new();
-        BufReader::new(watchdog.stdout.take().expect("piped"))
-            .read_line(&mut line)
-            .expect("server pid");
-        self.pid = line.trim().parse().expect("a pid");
-        self.watchdog = Some(watchdog);
+        let port = self.port.to_string();
+        let dir = self.dir.display().to_string();
+        let args = ["--port", &port, "--dir", &dir]
+            .into_iter()
+            .chain(self.args.iter().map(String::as_str));
+        self.process = Some(Watched::start(
+            "redis-server",
+            args,
+            &self.dir.join("redis.out"),
+        ));
         self.wait_until_ready();
     }
 
     /// Wait for PING, and make sure the server answering is ours: if
     /// another process took the port first, ours has exited.
     fn wait_until_ready(&self) {
+        let pid = self.process.as_ref().map_or(0, Watched::pid);
         let deadline = Instant::now() + START_TIMEOUT;
         while Instant::now() < deadline {
             if ping(self.port) {
                 let info = self.cli(&["info", "server"]);
                 assert!(
-                    info.contains(&format!("process_id:{}\r", self.pid))
-                        || info.contains(&format!("process_id:{}\n", self.pid)),
-                    "port {} is served by another process, not our redis-server {}",
+                    info.contains(&format!("process_id:{pid}\r"))
+                        || info.contains(&format!("process_id:{pid}\n")),
+                    "port {} is served by another process, not our redis-server {pid}",
                     self.port,
-                    self.pid
                 );
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let log = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
+        let out = std::fs::read_to_string(self.dir.join("redis.out")).unwrap_or_default();
         panic!(
-            "redis-server on port {} did not answer PING within {START_TIMEOUT:?}; log:\n{log}",
+            "redis-server on port {} did not answer PING within {START_TIMEOUT:?} (is it installed? bash .ci/install); log:\n{log}{out}",
             self.port
         );
     }
 
+    /// `redis://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
     /// SIGKILL the server: no shutdown, no final fsync.
     pub fn kill(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-9")
-            .arg(self.pid.to_string())
-            .status();
-        if let Some(mut watchdog) = self.watchdog.take() {
-            let _ = watchdog.wait();
+        if let Some(mut process) = self.process.take() {
+            process.kill();
         }
     }
 
@@ -161,7 +137,7 @@ impl RedisServer {
         replica
     }
 
-    /// Start it again on the same port with the same data directory.
+    /// SIGKILL it, then start it again on the same port and data.
     pub fn restart(&mut self) {
         self.kill();
         self.launch();
@@ -179,12 +155,6 @@ impl RedisServer {
     }
 }
 
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 fn ping(port: u16) -> bool {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
         return false;
@@ -198,17 +168,24 @@ fn ping(port: u16) -> bool {
 }
 
 /// Three cluster nodes with every slot assigned, no replicas.
+#[derive(Debug)]
 pub struct RedisCluster {
+    /// The nodes, the seed first.
     pub nodes: Vec<RedisServer>,
 }
 
 impl RedisCluster {
+    /// Start the nodes in `dir/node0` to `dir/node2` and create the
+    /// cluster; returned once every node reports `cluster_state:ok`.
     pub fn start(dir: &Path) -> Self {
+        let mut ports = Vec::new();
         let nodes: Vec<RedisServer> = (0..3)
             .map(|i| {
+                let port = free_port(true, &ports);
+                ports.extend([port, port + 10_000]);
                 RedisServer::start_on(
                     &dir.join(format!("node{i}")),
-                    free_port(true),
+                    port,
                     &[
                         "--cluster-enabled",
                         "yes",
@@ -281,70 +258,47 @@ impl RedisCluster {
     }
 }
 
-/// A TCP relay on a free loopback port to `target`, that can be told to
-/// hold all traffic: a network partition. Held bytes stay in the senders'
-/// socket buffers, so a process killed while held loses them, as it would
-/// behind a real partition.
-pub struct TcpRelay {
-    pub port: u16,
-    hold: std::sync::Arc<std::sync::atomic::AtomicBool>,
+/// The servers of a conformance factory: one standalone server or one
+/// cluster. A reopen restarts them (SIGKILL, then the same data), since a
+/// redis store's durability is its server's.
+#[derive(Debug)]
+pub enum RedisServers {
+    /// One standalone server.
+    Standalone(RedisServer),
+    /// A 3-node cluster.
+    Cluster(RedisCluster),
 }
 
-impl TcpRelay {
-    pub fn start(target: u16) -> Self {
-        use std::sync::Arc;
-        use std::sync::atomic::AtomicBool;
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the relay");
-        let port = listener.local_addr().expect("relay addr").port();
-        let hold = Arc::new(AtomicBool::new(false));
-        let held = Arc::clone(&hold);
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { return };
-                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
-                    continue;
-                };
-                for (from, to) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server, client),
-                ] {
-                    let held = Arc::clone(&held);
-                    std::thread::spawn(move || relay(from, to, &held));
-                }
-            }
-        });
-        Self { port, hold }
+impl RedisServers {
+    /// Start a cluster or a standalone server in `dir`.
+    pub fn start(dir: &Path, cluster: bool) -> Self {
+        if cluster {
+            RedisServers::Cluster(RedisCluster::start(dir))
+        } else {
+            RedisServers::Standalone(RedisServer::start(dir, &[]))
+        }
     }
 
-    /// Stop forwarding in both directions (nothing is read while held).
-    pub fn hold(&self) {
-        self.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+    /// The backend URL that reaches them, ending in the query (`/` or
+    /// `/?cluster=true&nodes=...`), to which a test adds its parameters.
+    pub fn url(&self) -> String {
+        match self {
+            RedisServers::Standalone(server) => format!("{}/", server.url()),
+            RedisServers::Cluster(cluster) => cluster.url(),
+        }
+    }
+
+    /// SIGKILL them and start them again on their data.
+    pub fn restart(&mut self) {
+        match self {
+            RedisServers::Standalone(server) => server.restart(),
+            RedisServers::Cluster(cluster) => cluster.restart(),
+        }
     }
 }
 
-fn relay(mut from: TcpStream, mut to: TcpStream, held: &std::sync::atomic::AtomicBool) {
-    let _ = from.set_read_timeout(Some(Duration::from_millis(20)));
-    let mut buffer = [0u8; 16 << 10];
-    loop {
-        if held.load(std::sync::atomic::Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(10));
-            continue;
-        }
-        match from.read(&mut buffer) {
-            Ok(0) => return,
-            // Bytes read while the hold was being set are held too.
-            Ok(_) if held.load(std::sync::atomic::Ordering::SeqCst) => return,
-            Ok(n) => {
-                if to.write_all(&buffer[..n]).is_err() {
-                    return;
-                }
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => return,
-        }
+impl Servers for RedisServers {
+    fn on_reopen(&mut self) {
+        self.restart();
     }
 }

@@ -35,16 +35,22 @@ pub enum Action {
 /// target (path and query) contains `contains`.
 #[derive(Debug, Clone)]
 pub struct Rule {
+    /// The HTTP method, e.g. `PUT`.
     pub method: &'static str,
+    /// A part of the request target (path and query).
     pub contains: String,
+    /// What to do.
     pub action: Action,
+    /// How many matching requests it applies to.
     pub times: usize,
 }
 
 /// One request the proxy saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Seen {
+    /// The HTTP method.
     pub method: String,
+    /// The request target (path and query).
     pub target: String,
     /// The action taken, `None` when forwarded untouched.
     pub fault: Option<Action>,
@@ -61,6 +67,7 @@ struct State {
 /// A running proxy; it stops with the test's runtime.
 #[derive(Clone)]
 pub struct FaultProxy {
+    /// The proxy's port on 127.0.0.1.
     pub port: u16,
     state: Arc<Mutex<State>>,
     held: Arc<Semaphore>,
@@ -91,10 +98,12 @@ impl FaultProxy {
         proxy
     }
 
+    /// The proxy as an S3 endpoint, `http://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// Add a fault rule; the first matching rule with `times` left applies.
     pub fn add(&self, rule: Rule) {
         self.state.lock().unwrap().rules.push(rule);
     }
@@ -104,6 +113,7 @@ impl FaultProxy {
         self.held.add_permits(count);
     }
 
+    /// Drop every rule.
     pub fn clear_rules(&self) {
         self.state.lock().unwrap().rules.clear();
     }

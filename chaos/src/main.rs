@@ -1,0 +1,135 @@
+//! `laminar-state-chaos`: `run` a chaos run, `check` a finished run's
+//! history again, or (internally) be one `worker` engine process.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use laminar_state_chaos::broken::Breakage;
+use laminar_state_chaos::run::{self, Backend, Options};
+use laminar_state_chaos::worker::{self, WorkerArgs};
+
+const HELP: &str = "\
+laminar-state-chaos run --backend redb|redis|redis-cluster|s3 [--seconds N] [--seed S]
+                        [--broken[=fence|seal|lose]] [--dir DIR]
+    engine processes over one store under faults drawn from the seed, then a
+    check of their history; one summary line; exit 1 on any violation
+    (default: 60 s, a random seed, DIR = target/chaos/BACKEND-SEED)
+laminar-state-chaos check DIR [--all]
+    check the history of a finished run again (--all: every violation)
+";
+
+fn default_dir(backend: Backend, seed: u64) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/chaos")
+        .join(format!("{}-{seed}", backend.name()))
+}
+
+fn parse_run(args: &[String]) -> Result<Options, String> {
+    let mut backend = None;
+    let mut seconds = 60;
+    let mut seed = None;
+    let mut broken = None;
+    let mut dir = None;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((name, value)) => (name, Some(value.to_owned())),
+            None => (arg.as_str(), None),
+        };
+        if name == "--broken" {
+            broken = Some(Breakage::parse(inline.as_deref().unwrap_or("fence"))?);
+            continue;
+        }
+        let value = match inline {
+            Some(value) => value,
+            None => args
+                .next()
+                .cloned()
+                .ok_or_else(|| format!("{name} wants a value\n\n{HELP}"))?,
+        };
+        let number = || {
+            value
+                .parse::<u64>()
+                .map_err(|_| format!("{name} wants a number, got {value:?}"))
+        };
+        match name {
+            "--backend" => backend = Some(Backend::parse(&value)?),
+            "--seconds" => seconds = number()?.max(3),
+            "--seed" => seed = Some(number()?),
+            "--dir" => dir = Some(PathBuf::from(&value)),
+            other => return Err(format!("unknown argument {other}\n\n{HELP}")),
+        }
+    }
+    let backend = backend.ok_or_else(|| format!("--backend is required\n\n{HELP}"))?;
+    let seed = seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64 % 1_000_000_007)
+    });
+    Ok(Options {
+        backend,
+        seconds,
+        seed,
+        broken,
+        dir: dir.unwrap_or_else(|| default_dir(backend, seed)),
+        verbose: true,
+    })
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.split_first() {
+        Some((command, rest)) if command == "worker" => WorkerArgs::parse(rest)
+            .and_then(worker::main)
+            .map(|()| true),
+        Some((command, rest)) if command == "run" => parse_run(rest).and_then(|options| {
+            let outcome = run::run(&options)?;
+            println!("{}", outcome.summary);
+            if let Some(first) = outcome.report.describe_first(&outcome.history) {
+                println!("violations by kind: {}", outcome.report.by_kind());
+                print!("{first}");
+            }
+            if let Err(useless) = outcome.useful() {
+                println!("{useless}");
+            }
+            println!(
+                "history: {} (replay the faults: --seed {})",
+                options.dir.join("history").display(),
+                options.seed
+            );
+            Ok(outcome.passed())
+        }),
+        Some((command, [dir, more @ ..])) if command == "check" && more.len() <= 1 => {
+            let all = more.first().is_some_and(|a| a == "--all");
+            run::check_dir(Path::new(dir)).map(|(report, history)| {
+                println!(
+                    "operations={} violations={}",
+                    report.stats.operations,
+                    report.violations.len()
+                );
+                if let Some(first) = report.describe_first(&history) {
+                    println!("violations by kind: {}", report.by_kind());
+                    print!("{first}");
+                }
+                if all {
+                    for index in 1..report.violations.len() {
+                        print!("{}", report.describe(&history, index).unwrap_or_default());
+                    }
+                }
+                report.violations.is_empty()
+            })
+        }
+        _ => {
+            print!("{HELP}");
+            Ok(args.is_empty() || args[0] == "--help")
+        }
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(message) => {
+            eprintln!("laminar-state-chaos: {message}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! A real S3-compatible server: SeaweedFS (`weed mini`, installed by
+//! `.ci/install`), on free loopback ports, in its own directory, under a
+//! [`Watched`] shell and killed on drop.
+//!
+//! SeaweedFS honours `If-None-Match: *` and `If-Match` atomically, which the
+//! S3 backend's fence and markers rely on; the stores that ignore them
+//! (s3rver) or race them (s3s-fs) cannot stand in for S3 here.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::free_port;
+use crate::lazy::Servers;
+use crate::process::Watched;
+
+/// The bucket every server is started with.
+pub const BUCKET: &str = "laminar";
+/// The access key id of the test clients; a SeaweedFS without an identity
+/// configuration accepts any signed request.
+pub const ACCESS_KEY: &str = "laminar-test";
+/// The secret access key of the test clients.
+pub const SECRET_KEY: &str = "laminar-test-secret";
+
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The `weed` binary: `$LAMINAR_WEED`, else the one `.ci/install` puts under
+/// `target/tools`, else `weed` on the PATH.
+pub fn weed_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("LAMINAR_WEED") {
+        return PathBuf::from(path);
+    }
+    let installed =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/seaweedfs/bin/weed");
+    if installed.exists() {
+        return installed;
+    }
+    PathBuf::from("weed")
+}
+
+/// One `weed mini` process: master, volume, filer and S3 gateway.
+#[derive(Debug)]
+pub struct SeaweedServer {
+    /// The S3 gateway's port on 127.0.0.1.
+    pub port: u16,
+    dir: PathBuf,
+    process: Option<Watched>,
+}
+
+impl SeaweedServer {
+    /// Start a server whose data lives in `dir`, with bucket [`BUCKET`].
+    /// Ports are picked free just before the start; if another process
+    /// takes one first, the server fails to bind and is started again on
+    /// new ports.
+    pub fn start(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).expect("server dir");
+        let mut last_log = String::new();
+        for _ in 0..5 {
+            let mut ports = Vec::new();
+            for _ in 0..5 {
+                let port = free_port(true, &ports);
+                ports.extend([port, port + 10_000]);
+            }
+            let mut server = Self {
+                port: ports[6],
+                dir: dir.to_path_buf(),
+                process: None,
+            };
+            server.launch([ports[0], ports[2], ports[4], ports[6], ports[8]]);
+            if server.wait_until_ready() {
+                return server;
+            }
+            last_log = server.log();
+            server.kill();
+        }
+        panic!("SeaweedFS did not start; last log:\n{last_log}");
+    }
+
+    fn launch(&mut self, [master, volume, filer, s3, admin]: [u16; 5]) {
+        let args = [
+            format!("-dir={}", self.dir.display()),
+            "-ip=127.0.0.1".into(),
+            "-ip.bind=127.0.0.1".into(),
+            format!("-master.port={master}"),
+            format!("-volume.port={volume}"),
+            format!("-filer.port={filer}"),
+            format!("-s3.port={s3}"),
+            format!("-admin.port={admin}"),
+            "-admin.ui=false".into(),
+            "-webdav=false".into(),
+            "-s3.port.iceberg=0".into(),
+            "-s3.port.lance=0".into(),
+            format!("-bucket={BUCKET}"),
+        ];
+        self.process = Some(Watched::start(
+            weed_binary(),
+            std::iter::once("mini".to_owned()).chain(args),
+            &self.dir.join("weed.log"),
+        ));
+    }
+
+    /// Wait until a PUT into the bucket succeeds on our port while our
+    /// process lives (if another process took a port, ours has exited).
+    fn wait_until_ready(&self) -> bool {
+        let deadline = Instant::now() + START_TIMEOUT;
+        while Instant::now() < deadline {
+            if !self.alive() {
+                return false;
+            }
+            if put_ready_marker(self.port) {
+                return self.alive();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "SeaweedFS on port {} did not accept a PUT within {START_TIMEOUT:?} (is it installed? bash .ci/install); log:\n{}",
+            self.port,
+            self.log()
+        );
+    }
+
+    fn alive(&self) -> bool {
+        self.process.as_ref().is_some_and(Watched::alive)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("weed.log")).unwrap_or_default()
+    }
+
+    /// The S3 endpoint, `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL the server.
+    pub fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill();
+        }
+    }
+}
+
+/// A reopen leaves the server up: an S3 store's durability is the bucket's,
+/// and the store reads it afresh through a new client.
+impl Servers for SeaweedServer {}
+
+/// An anonymous PUT of a small object: SeaweedFS without identities
+/// accepts it once the filer and a volume are up.
+fn put_ready_marker(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let request = format!(
+        "PUT /{BUCKET}/.ready HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+    );
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut reply = [0u8; 12];
+    stream.read_exact(&mut reply).is_ok() && reply.starts_with(b"HTTP/1.1 200")
+}
+
+/// A server in its own temporary directory, for one test.
+#[derive(Debug)]
+pub struct TestServer {
+    /// The server.
+    pub server: SeaweedServer,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// Start one.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self {
+            server: SeaweedServer::start(dir.path()),
+            _dir: dir,
+        }
+    }
+
+    /// The S3 endpoint.
+    pub fn endpoint(&self) -> String {
+        self.server.endpoint()
+    }
+
+    /// `host:port`, for a proxy in front of it.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.server.port)
+    }
+}
