@@ -175,9 +175,22 @@ impl StateBackend for S3Backend {
             if shared.names(&fence, &key, etag.as_deref()).await? {
                 return Ok(());
             }
-            // Not named: invisible now and under every later fence, so the
-            // answer below is true whether or not this delete succeeds; it
-            // only keeps the bucket clean.
+            // Not named, and still there: it was no part of the snapshot's
+            // listing, or was listed invisible; invisible now and under
+            // every later fence. Gone: a prune of the epoch deleted it,
+            // maybe before that listing and after readers saw it (it may
+            // have landed before the raise), so neither answer is known to
+            // be true.
+            if !shared.exists(&what, &key).await? {
+                return Err(StateBackendError::Io(format!(
+                    "s3 {what}: the fence rose past this write's period ({period}) and the \
+                     epoch was pruned while the write was being decided; whether it took effect \
+                     before the raise is unknown (the fence is {} now)",
+                    fence.value
+                )));
+            }
+            // The answer below is true whether or not this delete succeeds;
+            // it only keeps the bucket clean.
             shared.discard(&key).await;
             if version < fence.value {
                 return Err(Self::stale(version, fence.value));
@@ -249,13 +262,16 @@ impl StateBackend for S3Backend {
         // The ETag of a marker found at the key that is no seal: replaced,
         // not created.
         let mut occupant: Option<String> = None;
+        // Whether a marker of this gate landed and then a prune of the
+        // epoch showed in the registry: a seal or not, nobody can tell.
+        let mut undecided = false;
         for _ in 0..MAX_RESTARTS {
             if before.registry.blocking(epoch, now_ms()) {
                 before = shared.read_registry(&what).await?;
                 if before.registry.blocking(epoch, now_ms()) {
                     // A prune of this epoch is running: ordered after it,
                     // the seal finds its partials gone.
-                    return Ok(false);
+                    return settle(&what, undecided, Ok(false));
                 }
             }
             let listed = shared.list(&what, &prefix, None).await?;
@@ -266,11 +282,11 @@ impl StateBackend for S3Backend {
             let fence = shared.fresh_fence().await?;
             let told = self.told.load(Ordering::Acquire);
             if told > 0 && told < fence.value {
-                return Err(Self::stale(told, fence.value));
+                return settle(&what, undecided, Err(Self::stale(told, fence.value)));
             }
             let present = shared.visible(listed, &fence).await?;
             if !vnodes.iter().all(|v| present.contains_key(v)) {
-                return Ok(false);
+                return settle(&what, undecided, Ok(false));
             }
             let marker = Marker {
                 began: before.registry.began,
@@ -292,12 +308,19 @@ impl StateBackend for S3Backend {
                     if shared.seals(&after.registry, &key, epoch, &marker)? {
                         return Ok(true);
                     }
-                    // No seal, now or ever (nothing treats it as one), so it
-                    // can stay until it is replaced or pruned. Start over:
-                    // the prune is running (`Ok(false)` above) or took the
-                    // partials (`Ok(false)` on the listing), unless the
-                    // epoch was written again since (then this marker is
-                    // replaced).
+                    // A prune of the epoch began after `before` was read.
+                    // If it began after the marker landed, this was a seal
+                    // (then pruned), and a handle that read the registry
+                    // before the prune began was told so; if before, it
+                    // never was one. Nothing tells the two apart, so from
+                    // here the gate answers `Ok(true)` (its marker made a
+                    // seal again, below) or an `Io` error, never that it
+                    // did not seal. From now on the marker is no seal (every
+                    // reader sees the prune), so it can stay until it is
+                    // replaced or pruned. Start over: the prune is running
+                    // or took the partials, unless the epoch was written
+                    // again since (then this marker is replaced).
+                    undecided = true;
                     occupant = etag;
                     before = after;
                     continue;
@@ -313,11 +336,18 @@ impl StateBackend for S3Backend {
                     let found = Marker::parse(&key, framed)?;
                     let after = shared.read_registry(&what).await?;
                     if shared.seals(&after.registry, &key, epoch, &found)? {
-                        return seal_outcome(&found.committer, &self.instance_id);
+                        return settle(
+                            &what,
+                            undecided,
+                            seal_outcome(&found.committer, &self.instance_id),
+                        );
                     }
                     // Left by a gate that raced a prune of this epoch: no
-                    // seal. Start over, and replace it if the epoch can be
-                    // sealed again.
+                    // seal now. Start over, and replace it if the epoch can
+                    // be sealed again. If this very instance left it (an
+                    // attempt whose answer was lost), it may have been a
+                    // seal, as above.
+                    undecided |= found.committer == self.instance_id;
                     occupant = etag;
                     before = after;
                 }
@@ -373,5 +403,25 @@ impl StateBackend for S3Backend {
     async fn persist_authoritative_version(&self, version: u64) -> Result<(), StateBackendError> {
         self.set_authoritative_version(version);
         self.carry_fence().await
+    }
+}
+
+/// The gate's answer, unless a marker of this gate may have been a seal
+/// that others were told of (see `undecided` in `epoch_complete`): then
+/// anything but `Ok(true)` becomes an `Io` error, since the seal may have
+/// happened before a prune of the epoch took it away.
+fn settle(
+    what: &str,
+    undecided: bool,
+    answer: Result<bool, StateBackendError>,
+) -> Result<bool, StateBackendError> {
+    match answer {
+        Ok(true) => Ok(true),
+        other if undecided => Err(StateBackendError::Io(format!(
+            "s3 {what}: this gate's marker landed and a prune of the epoch began around then, \
+             so whether it sealed the epoch before the prune is unknown (the gate would now \
+             answer {other:?})"
+        ))),
+        other => other,
     }
 }

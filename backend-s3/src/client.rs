@@ -147,6 +147,23 @@ impl Shared {
         Ok((body.into_bytes(), etag))
     }
 
+    /// Whether the object exists: one HEAD.
+    pub(crate) async fn exists(&self, what: &str, key: &str) -> Result<bool, StateBackendError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| classify(what, key, e))
+        {
+            Ok(_) => Ok(true),
+            Err(Failure::Missing(_)) => Ok(false),
+            Err(other) => Err(other.into()),
+        }
+    }
+
     pub(crate) async fn list_page(
         &self,
         what: &str,

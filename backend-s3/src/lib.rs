@@ -72,7 +72,12 @@
 //!    [`StateBackendError::StaleVersion`] when the writer's version is below
 //!    `G`, or is written again in period `G` when it is not. Either way the
 //!    object left behind is then deleted, but only as garbage collection:
-//!    the answer is true whether or not that delete succeeds.
+//!    the answer is true whether or not that delete succeeds. One case
+//!    differs: if the snapshot does not name the object and the object is
+//!    gone, a prune of its epoch deleted it, perhaps after readers saw it
+//!    and before the snapshot's listing, so the write answers
+//!    [`StateBackendError::Io`] (outcome unknown), never `StaleVersion`
+//!    (tested by `a_write_read_by_others_and_then_pruned_is_never_refused`).
 //!
 //! A raise is acknowledged once its snapshot exists; until then any handle
 //! that needs it builds it the same way (the first `If-None-Match` write
@@ -231,13 +236,20 @@
 //!    answers `Ok(false)`: ordered after that prune, the seal finds the
 //!    partials gone.
 //! 4. After its marker landed, the gate reads the registry and answers
-//!    `Ok(true)` only if the marker is a seal under it. If not, it starts
-//!    over from that registry: the prune is running (`Ok(false)`), or took
-//!    the partials (`Ok(false)` from the listing), or the epoch was written
-//!    again since, and the gate replaces its marker (`If-Match`) with one at
-//!    the new count. The marker left meanwhile is no seal, so nothing
-//!    needs to take it back; the next gate of its epoch replaces it, or the
-//!    next prune above it deletes it.
+//!    `Ok(true)` only if the marker is a seal under it. If not, a prune of
+//!    the epoch began after the gate's copy: after the marker landed (then
+//!    it was a seal, ordered before the prune, and a handle that read the
+//!    registry before the prune registered was told so), or before (then
+//!    it never was one). Nothing tells the two apart, so from here the
+//!    gate answers `Ok(true)` or an [`StateBackendError::Io`] error saying
+//!    the outcome is unknown, never `Ok(false)` or a split brain. It starts
+//!    over from that registry: the prune is running, or took the partials
+//!    (both `Io`), or the epoch was written again since (or the prune
+//!    finished before the listing and took none of its partials), and the
+//!    gate replaces its marker (`If-Match`) with one at the new count
+//!    (`Ok(true)`). The marker left meanwhile is no seal for any reader
+//!    from then on, so nothing needs to take it back; the next gate of its
+//!    epoch replaces it, or the next prune above it deletes it.
 //! 5. Readers list first and read the registry after, then count only
 //!    seals: `latest_committed_epoch` and `sealed_epochs` (a marker at or
 //!    above every bound ever pruned is a seal whatever its count; one below
@@ -264,12 +276,14 @@
 //! new object). So a gate that dies anywhere, or whose answers are lost,
 //! leaves at worst a marker that is no seal.
 //!
-//! An epoch sealed while a prune of it begins may thus end with no winner:
-//! a gate whose marker landed just before the prune registered, and whose
-//! read after it shows the prune, answers `Ok(false)` (or `Ok(false)` on a
-//! retry whose first answer was lost), while another gate that read the
-//! marker before the prune showed was told `SplitBrainCommit` naming it.
-//! Neither commits its sinks, and the epoch is being pruned.
+//! An epoch sealed while a prune of it begins may thus end with an `Io`
+//! answer to its sealing gate while another gate that read the marker
+//! before the prune showed was told `SplitBrainCommit` naming it: the
+//! truth (sealed, then pruned) is one the sealing gate cannot see. It never
+//! answers `Ok(false)` there (found by `cargo xtask chaos --backend s3`,
+//! tested by `a_gate_named_as_committer_never_answers_that_it_did_not_seal`).
+//! A retry whose first answer was lost may still answer `Ok(false)`: the
+//! first attempt's outcome is the one that was unknown.
 //!
 //! ## A prune that dies, and its lease
 //!
