@@ -44,6 +44,11 @@ pub use laminar_state_api::{
     BackendUrl, InputLimits, StateBackend, StateBackendError, UrlError, redact_url,
 };
 
+/// Layers over any backend: tracing, metrics, retries, timeouts,
+/// compression and encryption (see "Layers" above).
+pub use laminar_state_layers as layers;
+use laminar_state_layers::{LayerConfig, LayerError, Target};
+
 /// The in-process backend.
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
@@ -92,6 +97,11 @@ pub enum ConfigError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The layers cannot be built: a layer whose feature is not compiled
+    /// in (the facade's feature of the same name brings it), or a bad
+    /// setting.
+    #[error(transparent)]
+    Layer(#[from] LayerError),
     /// The backend refused to open.
     #[error(transparent)]
     Backend(#[from] StateBackendError),
@@ -230,6 +240,11 @@ pub struct Config {
     /// The backend and its settings.
     #[serde(flatten)]
     pub backend: BackendConfig,
+    /// The layers around the backend, under `"layers"` (see
+    /// [`LayerConfig`]; by default tracing and metrics if compiled in,
+    /// nothing else).
+    #[serde(default)]
+    pub layers: LayerConfig,
 }
 
 /// The backends this crate knows, compiled in or not: the one table of
@@ -262,6 +277,13 @@ impl Backend {
             Backend::Redis => "redis",
             Backend::S3 => "s3",
         }
+    }
+
+    /// Whether the backend's own URL takes the query parameter `name`, which
+    /// then is not a layer setting (`timeout_ms`: use `layer_timeout_ms`
+    /// for the timeout layer).
+    fn owns(self, name: &str) -> bool {
+        name == "timeout_ms" && matches!(self, Backend::Redis | Backend::S3)
     }
 
     /// The error for a URL or config of this backend in a build without it.
@@ -320,24 +342,53 @@ impl BackendConfig {
         }
     }
 
-    /// Build a handle for `instance_id` serving vnodes `0..vnode_capacity`.
+    /// Build a handle for `instance_id` serving vnodes `0..vnode_capacity`,
+    /// with no layers.
     pub async fn open(
         &self,
         instance_id: &str,
         vnode_capacity: u32,
     ) -> Result<Arc<dyn StateBackend>, ConfigError> {
+        Ok(self.open_limited(instance_id, vnode_capacity, 0).await?.0)
+    }
+
+    /// Build a handle wrapped in the layers `layers` switches on. The
+    /// caller may still write partials of the configured `max_payload_len`:
+    /// the backend inside is opened with room for what the layers add.
+    pub async fn open_layered(
+        &self,
+        layers: &LayerConfig,
+        instance_id: &str,
+        vnode_capacity: u32,
+    ) -> Result<Arc<dyn StateBackend>, ConfigError> {
+        let (backend, limit) = self
+            .open_limited(instance_id, vnode_capacity, layers.stored_overhead())
+            .await?;
+        let target = Target::new(self.backend().feature(), instance_id, limit);
+        Ok(laminar_state_layers::layer(backend, layers, &target)?)
+    }
+
+    /// The handle, opened with `extra` bytes above the configured payload
+    /// limit, and that limit.
+    async fn open_limited(
+        &self,
+        instance_id: &str,
+        vnode_capacity: u32,
+        extra: usize,
+    ) -> Result<(Arc<dyn StateBackend>, usize), ConfigError> {
         match self {
             #[cfg(feature = "memory")]
             BackendConfig::Memory {
                 store,
                 max_payload_len,
             } => {
-                let defaults = memory::MemoryConfig::default();
+                let limit =
+                    max_payload_len.unwrap_or(memory::MemoryConfig::default().max_payload_len);
                 let config = memory::MemoryConfig {
                     name: store.clone(),
-                    max_payload_len: max_payload_len.unwrap_or(defaults.max_payload_len),
+                    max_payload_len: limit.saturating_add(extra),
                 };
-                Ok(Arc::new(config.open(instance_id, vnode_capacity)))
+                Ok((Arc::new(config.open(instance_id, vnode_capacity)), limit))
             }
             #[cfg(feature = "redb")]
             BackendConfig::Redb {
@@ -346,8 +397,9 @@ impl BackendConfig {
                 verify_on_open,
             } => {
                 let defaults = redb::RedbConfig::new(path);
+                let limit = max_payload_len.unwrap_or(defaults.max_payload_len);
                 let config = redb::RedbConfig {
-                    max_payload_len: max_payload_len.unwrap_or(defaults.max_payload_len),
+                    max_payload_len: limit.saturating_add(extra),
                     verify_on_open: verify_on_open.unwrap_or(defaults.verify_on_open),
                     ..defaults
                 };
@@ -358,22 +410,28 @@ impl BackendConfig {
                     .map_err(|e| {
                         StateBackendError::Io(format!("opening the redb store failed: {e}"))
                     })??;
-                Ok(Arc::new(store.handle(instance_id, vnode_capacity)))
+                Ok((Arc::new(store.handle(instance_id, vnode_capacity)), limit))
             }
             #[cfg(feature = "redis")]
             BackendConfig::Redis { url } => {
-                let config = redis::RedisConfig::parse_url(url.expose())?;
-                Ok(Arc::new(
-                    redis::RedisBackend::connect(&config, instance_id, vnode_capacity).await?,
-                ))
+                let mut config = redis::RedisConfig::parse_url(url.expose())?;
+                let limit = config.max_payload_len;
+                config.max_payload_len = limit.saturating_add(extra);
+                let backend =
+                    redis::RedisBackend::connect(&config, instance_id, vnode_capacity).await?;
+                Ok((Arc::new(backend), limit))
             }
             #[cfg(feature = "s3")]
-            BackendConfig::S3 { .. } => Ok(Arc::new(
-                s3::S3Backend::connect(&self.s3_config()?, instance_id, vnode_capacity).await?,
-            )),
+            BackendConfig::S3 { .. } => {
+                let mut config = self.s3_config()?;
+                let limit = config.max_payload_len;
+                config.max_payload_len = limit.saturating_add(extra);
+                let backend = s3::S3Backend::connect(&config, instance_id, vnode_capacity).await?;
+                Ok((Arc::new(backend), limit))
+            }
             #[allow(unreachable_patterns)]
             disabled => {
-                let _ = (instance_id, vnode_capacity);
+                let _ = (instance_id, vnode_capacity, extra);
                 let backend = disabled.backend();
                 Err(backend.disabled(backend.feature()))
             }
@@ -478,21 +536,64 @@ impl From<s3::S3Config> for BackendConfig {
 }
 
 impl Config {
-    /// Build the configured handle.
+    /// Build the configured handle, wrapped in its layers.
     pub async fn open(&self) -> Result<Arc<dyn StateBackend>, ConfigError> {
         self.backend
-            .open(&self.instance_id, self.vnode_capacity)
+            .open_layered(&self.layers, &self.instance_id, self.vnode_capacity)
             .await
     }
 }
 
-/// Build a handle from a backend URL (see [`BackendConfig::from_url`]).
+/// Split a URL into the backend's URL and the layer settings of its query
+/// (see [`LayerConfig::from_query`]; a parameter the backend's own URL
+/// takes, like `timeout_ms` for redis and s3, stays with the backend). The
+/// query ends at a `#` (redis's `#insecure`).
+pub fn split_layers(url: &str) -> Result<(String, LayerConfig), ConfigError> {
+    let Some((base, after)) = url.split_once('?') else {
+        return Ok((url.to_owned(), LayerConfig::default()));
+    };
+    let (query, fragment) = match after.split_once('#') {
+        Some((query, fragment)) => (query, Some(fragment)),
+        None => (after, None),
+    };
+    let backend = url
+        .split_once("://")
+        .and_then(|(scheme, _)| Backend::of_scheme(&scheme.to_ascii_lowercase()));
+    let (mut layer_pairs, mut backend_pairs) = (Vec::new(), Vec::new());
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+        let layer = laminar_state_layers::QUERY_KEYS.contains(&name)
+            && !backend.is_some_and(|b| b.owns(name));
+        if layer {
+            layer_pairs.push(pair);
+        } else {
+            backend_pairs.push(pair);
+        }
+    }
+    let (layers, _) = LayerConfig::from_query(&layer_pairs.join("&"))?;
+    let mut backend_url = base.to_owned();
+    if !backend_pairs.is_empty() {
+        backend_url.push('?');
+        backend_url.push_str(&backend_pairs.join("&"));
+    }
+    if let Some(fragment) = fragment {
+        backend_url.push('#');
+        backend_url.push_str(fragment);
+    }
+    Ok((backend_url, layers))
+}
+
+/// Build a handle from a URL: the backend's (see
+/// [`BackendConfig::from_url`]), with layer settings in its query if
+/// wanted (see "Layers" above), e.g.
+/// `redb:///var/lib/engine/state.redb?compression=lz4&retry=4`.
 pub async fn connect(
     url: &str,
     instance_id: &str,
     vnode_capacity: u32,
 ) -> Result<Arc<dyn StateBackend>, ConfigError> {
-    BackendConfig::from_url(url)?
-        .open(instance_id, vnode_capacity)
+    let (backend_url, layers) = split_layers(url)?;
+    BackendConfig::from_url(&backend_url)?
+        .open_layered(&layers, instance_id, vnode_capacity)
         .await
 }

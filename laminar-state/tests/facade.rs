@@ -405,3 +405,145 @@ async fn credentials_never_leave_the_url() {
         assert!(!text.contains(secret), "a secret was shown: {text}");
     }
 }
+
+/// Layer settings in a URL's query wrap the backend; the rest of the query
+/// reaches the backend, and a plain URL of the same store sees what the
+/// layers stored.
+#[tokio::test]
+async fn layer_settings_in_a_url_wrap_the_backend() {
+    let store = format!("layers-{}", std::process::id());
+    let layered = connect(
+        &format!(
+            "memory://{store}?compression=lz4&retry=2&layer_timeout_ms=5000&max_payload_len=1000"
+        ),
+        "n1",
+        4,
+    )
+    .await
+    .expect("a layered memory URL");
+    let plain = connect(&format!("memory://{store}"), "n2", 4)
+        .await
+        .expect("the same store, without layers");
+    // Compressible, and exactly at the caller's limit: the layers' header
+    // must still fit in the store below.
+    let payload = Bytes::from(vec![b'a'; 1000]);
+    layered
+        .write_partial(0, 1, 0, payload.clone())
+        .await
+        .unwrap();
+    assert_eq!(layered.read_partial(0, 1).await.unwrap(), Some(payload));
+    let stored = plain.read_partial(0, 1).await.unwrap().expect("stored");
+    assert_eq!(
+        &stored[..4],
+        &laminar_state::layers::COMPRESSION_MAGIC,
+        "the layer's frame"
+    );
+    assert!(
+        stored.len() < 100,
+        "1000 equal bytes compress: {} stored",
+        stored.len()
+    );
+    // The caller's limit is the URL's, not the room made for the header.
+    match layered
+        .write_partial(0, 2, 0, Bytes::from(vec![b'a'; 1001]))
+        .await
+    {
+        Err(StateBackendError::Serialization(reason)) => {
+            assert!(reason.contains("1000"), "{reason}")
+        }
+        other => panic!("a payload over the URL's limit gave {other:?}"),
+    }
+}
+
+#[test]
+fn layer_settings_are_split_from_the_backends_own() {
+    let (url, layers) = laminar_state::split_layers(
+        "redis://h:1/?namespace=n&timeout_ms=50&retry=3&layer_timeout_ms=9#insecure",
+    )
+    .unwrap();
+    // redis takes `timeout_ms` itself; `layer_timeout_ms` is the layer's.
+    assert_eq!(url, "redis://h:1/?namespace=n&timeout_ms=50#insecure");
+    assert_eq!(layers.retry, 3);
+    assert_eq!(layers.timeout_ms, Some(9));
+    let (url, layers) = laminar_state::split_layers("memory://x?timeout_ms=7").unwrap();
+    assert_eq!(url, "memory://x");
+    assert_eq!(layers.timeout_ms, Some(7));
+    let (url, layers) = laminar_state::split_layers("redb:///tmp/a.redb").unwrap();
+    assert_eq!(url, "redb:///tmp/a.redb");
+    assert_eq!(layers, Default::default());
+    match laminar_state::split_layers("memory://?compression=zip") {
+        Err(ConfigError::Layer(e)) => assert!(e.to_string().contains("compression"), "{e}"),
+        other => panic!("a bad layer setting gave {other:?}"),
+    }
+}
+
+/// A config's `layers` section wraps the backend the same way, with the
+/// encryption key from the environment variable it names. Run in a child
+/// process of this test binary with the variable set, since setting the
+/// environment of a running process is `unsafe`.
+#[test]
+fn a_configs_layers_section_wraps_the_backend() {
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "a_configs_layers_section_child", "--nocapture"])
+        .env("LAMINAR_FACADE_CHILD", "1")
+        .env("LAMINAR_FACADE_TEST_KEY", "11".repeat(32))
+        .output()
+        .expect("run the child");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "the child failed or did not run:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The child of `a_configs_layers_section_wraps_the_backend`; on its own it
+/// has nothing to check.
+#[tokio::test]
+async fn a_configs_layers_section_child() {
+    if std::env::var_os("LAMINAR_FACADE_CHILD").is_none() {
+        return;
+    }
+    let config: laminar_state::Config = serde_json::from_value(serde_json::json!({
+        "instance_id": "n1",
+        "vnode_capacity": 4,
+        "backend": "memory",
+        "store": "config-layers",
+        "layers": {
+            "encryption": {"key": {"id": 7, "env": "LAMINAR_FACADE_TEST_KEY"}},
+        },
+    }))
+    .expect("a config with layers");
+    let layered = config.open().await.expect("open");
+    layered
+        .write_partial(1, 1, 0, Bytes::from_static(b"secret state"))
+        .await
+        .unwrap();
+    assert_eq!(
+        layered.read_partial(1, 1).await.unwrap(),
+        Some(Bytes::from_static(b"secret state"))
+    );
+    let plain = connect("memory://config-layers", "n2", 4).await.unwrap();
+    let stored = plain.read_partial(1, 1).await.unwrap().expect("stored");
+    assert!(
+        !stored.windows(6).any(|w| w == b"secret"),
+        "the stored bytes are encrypted"
+    );
+    // A key variable that is not set is a clear error, naming it.
+    let missing: laminar_state::Config = serde_json::from_value(serde_json::json!({
+        "instance_id": "n1",
+        "vnode_capacity": 4,
+        "backend": "memory",
+        "layers": {"encryption": {"key": {"id": 7, "env": "LAMINAR_FACADE_NO_SUCH_KEY"}}},
+    }))
+    .unwrap();
+    match missing.open().await {
+        Err(ConfigError::Layer(e)) => {
+            assert!(e.to_string().contains("LAMINAR_FACADE_NO_SUCH_KEY"), "{e}")
+        }
+        other => panic!(
+            "a missing key variable gave {:?}",
+            other.map(|_| "a handle")
+        ),
+    }
+}
