@@ -116,6 +116,7 @@ impl BackendFactory for S3Factory {
             .cross_process_reopen()
             .recovery_queries()
             .corruption_detection()
+            .atomic_prune()
     }
 
     async fn create_store(&self) -> Result<Box<dyn TestStore>, StateBackendError> {
