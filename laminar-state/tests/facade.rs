@@ -357,6 +357,7 @@ async fn credentials_never_leave_the_url() {
             instance_id: "a".into(),
             vnode_capacity: 4,
             backend: config.clone(),
+            layers: Default::default(),
         };
         shown.push(format!("{config:?} {full:?}"));
         match config.open("a", 4).await {
