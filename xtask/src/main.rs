@@ -58,14 +58,22 @@ commands:
                            then fresh projects using the crates from it (also
                            the last step of `test`)
   ci                       what .ci/run does: lint, conformance --backend all,
-                           test
+                           test, chaos --backend all --seconds 30 --seed 5
 
 backends: memory, redb, redis, s3, layered
 ";
 
 /// The `cargo xtask` steps of `ci`, in order: exactly what `.ci/run` runs
 /// (the tidy test checks it).
-pub(crate) const CI_STEPS: &[&str] = &["lint", "conformance --backend all", "test"];
+pub(crate) const CI_STEPS: &[&str] = &[
+    "lint",
+    "conformance --backend all",
+    "test",
+    // Bounded, with a fixed seed so the fault schedule is the same every
+    // run; long runs with fresh seeds are `chaos --backend all --seconds
+    // 1200` (see chaos/README.md).
+    "chaos --backend all --seconds 30 --seed 5",
+];
 
 /// The backends xtask knows: name, package, whether it needs a server.
 pub(crate) const BACKENDS: &[Backend] = &[
