@@ -8,7 +8,8 @@
 //! gate. It injects faults on a [schedule] drawn from the seed:
 //! SIGKILL of engine processes (restarted with new instance ids), SIGSTOP
 //! and SIGCONT (a paused zombie that wakes up after a takeover), restarts
-//! of the server on its data, stalls, dropped answers and reset
+//! of the server on its data (servers started by the workspace's
+//! test-support launchers), stalls, dropped answers and reset
 //! connections at the proxy. Every call's invocation and answer goes into a
 //! [history]; at the end the server is restarted once more, a
 //! fresh handle reads the recent epochs, and the [checker] verifies the
@@ -21,5 +22,4 @@ pub mod history;
 pub mod proxy;
 pub mod run;
 pub mod schedule;
-pub mod servers;
 pub mod worker;

@@ -2,12 +2,15 @@
 //! processes, inject the seed's faults on schedule, stop, sweep, check.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use laminar_state::BackendConfig;
+use laminar_state_test_support::redis::{RedisCluster, RedisServer};
+use laminar_state_test_support::seaweed::{self, SeaweedServer};
 use serde_json::json;
 
 use crate::broken::Breakage;
@@ -15,7 +18,6 @@ use crate::checker::{self, History, Report};
 use crate::history::{self, Kind, Recorder, decode_payload, now_ns};
 use crate::proxy::FaultProxy;
 use crate::schedule::{self, Fault, Planned, Shape};
-use crate::servers::{self, Redis, RedisCluster, Seaweed};
 use crate::worker::{self, WorkerArgs};
 
 /// The stores a run can use.
@@ -107,9 +109,9 @@ impl Outcome {
 /// The deployment: servers (kept alive by being held), proxies, engine
 /// configuration per slot, and the configuration of the final sweep.
 struct Deployment {
-    redis: Option<Redis>,
+    redis: Option<RedisServer>,
     cluster: Option<RedisCluster>,
-    seaweed: Option<Seaweed>,
+    seaweed: Option<SeaweedServer>,
     proxies: Vec<FaultProxy>,
     /// The engines' configuration, per slot.
     configs: Vec<serde_json::Value>,
@@ -125,16 +127,21 @@ const VNODES: u32 = 8;
 fn s3_config(endpoint: &str, prefix: &str) -> serde_json::Value {
     json!({
         "backend": "s3",
-        "bucket": servers::BUCKET,
+        "bucket": seaweed::BUCKET,
         "prefix": prefix,
         "endpoint": endpoint,
         "region": "us-east-1",
-        "access_key_id": servers::ACCESS_KEY,
-        "secret_access_key": servers::SECRET_KEY,
+        "access_key_id": seaweed::ACCESS_KEY,
+        "secret_access_key": seaweed::SECRET_KEY,
         "max_attempts": 3,
         "attempt_timeout_ms": 1000,
         "timeout_ms": 4000,
     })
+}
+
+/// A loopback address.
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 fn redis_url(port: u16, query: &str) -> String {
@@ -156,8 +163,7 @@ impl Deployment {
             restart_gap_ms: 5_000,
         };
         let proxy = |port: u16| {
-            FaultProxy::start(servers::local(port))
-                .map_err(|e| format!("cannot start a proxy: {e}"))
+            FaultProxy::start(local(port)).map_err(|e| format!("cannot start a proxy: {e}"))
         };
         match options.backend {
             Backend::Redb => {
@@ -171,8 +177,9 @@ impl Deployment {
                 deployment.configs = vec![config; 2];
             }
             Backend::Redis => {
-                let port = servers::free_port_pair(&[]);
-                deployment.redis = Some(Redis::start(&dir.join("redis"), port, &[])?);
+                let redis = RedisServer::try_start(&dir.join("redis"), &[])?;
+                let port = redis.port;
+                deployment.redis = Some(redis);
                 deployment.proxies = vec![proxy(port)?, proxy(port)?];
                 deployment.configs = (0..deployment.slots)
                     .map(|slot| {
@@ -182,15 +189,12 @@ impl Deployment {
                     .collect();
             }
             Backend::RedisCluster => {
-                let mut ports = Vec::new();
-                for _ in 0..3 {
-                    ports.push(servers::free_port_pair(&ports));
-                }
+                let ports = RedisCluster::free_ports(3);
                 for &port in &ports {
                     deployment.proxies.push(proxy(port)?);
                 }
                 let announce: Vec<u16> = deployment.proxies.iter().map(|p| p.port).collect();
-                deployment.cluster = Some(RedisCluster::start(
+                deployment.cluster = Some(RedisCluster::try_start_on(
                     &dir.join("cluster"),
                     &ports,
                     &announce,
@@ -205,7 +209,7 @@ impl Deployment {
                 deployment.restart_gap_ms = 10_000;
             }
             Backend::S3 => {
-                let seaweed = Seaweed::start(&dir.join("seaweedfs"))?;
+                let seaweed = SeaweedServer::try_start(&dir.join("seaweedfs"))?;
                 deployment.proxies = vec![proxy(seaweed.port)?, proxy(seaweed.port)?];
                 let prefix = format!("chaos-{}", options.seed);
                 deployment.configs = (0..deployment.slots)
@@ -237,15 +241,15 @@ impl Deployment {
     /// Kill the server and start it again on its data.
     fn restart_server(&mut self) -> Result<(), String> {
         if let Some(redis) = &mut self.redis {
-            redis.restart()?;
+            redis.try_restart()?;
         }
         if let Some(cluster) = &mut self.cluster {
-            cluster.restart()?;
+            cluster.try_restart()?;
         }
         if let Some(seaweed) = &mut self.seaweed {
-            seaweed.restart()?;
+            seaweed.try_restart()?;
             for proxy in &self.proxies {
-                proxy.set_upstream(servers::local(seaweed.port));
+                proxy.set_upstream(local(seaweed.port));
             }
         }
         Ok(())

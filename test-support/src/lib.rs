@@ -13,9 +13,14 @@
 //! temporary directory, and are killed (SIGKILL) on drop. `bash
 //! .ci/install` installs `redis-server` and SeaweedFS.
 //!
-//! Internal: a path-only dev-dependency of the workspace's crates, never
-//! published. It depends on no backend crate, so no backend's tests form a
-//! dependency cycle through it.
+//! Each launcher has a panicking constructor for tests (`start`) and a
+//! fallible one (`try_start`, `try_restart`) for the chaos runner, which
+//! starts, kills and restarts the same servers on given ports and data.
+//!
+//! Internal: a path-only dev-dependency of the workspace's crates (and a
+//! dependency of the unpublished chaos runner), never published. It
+//! depends on no backend crate, so no backend's tests form a dependency
+//! cycle through it.
 
 use std::net::TcpListener;
 use std::sync::Arc;

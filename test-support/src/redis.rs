@@ -14,9 +14,13 @@ use crate::lazy::Servers;
 use crate::process::Watched;
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a cluster may take to report `cluster_state:ok`, after its
+/// creation or a restart of its nodes.
+const CLUSTER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One redis-server process, restartable on the same port and data. It
-/// fsyncs every write before answering (`appendfsync always`).
+/// fsyncs every write before answering (`--appendonly yes --appendfsync
+/// always`), so what it acknowledged survives a SIGKILL.
 #[derive(Debug)]
 pub struct RedisServer {
     /// Its port on 127.0.0.1.
@@ -28,12 +32,19 @@ pub struct RedisServer {
 
 impl RedisServer {
     /// A standalone server with its data in `dir`, started with the extra
-    /// redis-server arguments `extra`.
+    /// redis-server arguments `extra`; panics if it does not start.
     pub fn start(dir: &Path, extra: &[&str]) -> Self {
-        Self::start_on(dir, free_port(false, &[]), extra)
+        Self::try_start(dir, extra).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn start_on(dir: &Path, port: u16, extra: &[&str]) -> Self {
+    /// [`start`](Self::start) on a free port, with an error instead of a
+    /// panic.
+    pub fn try_start(dir: &Path, extra: &[&str]) -> Result<Self, String> {
+        Self::try_start_on(dir, free_port(false, &[]), extra)
+    }
+
+    /// [`try_start`](Self::try_start) on `port`.
+    pub fn try_start_on(dir: &Path, port: u16, extra: &[&str]) -> Result<Self, String> {
         let mut args: Vec<String> = [
             "--bind",
             "127.0.0.1",
@@ -54,55 +65,57 @@ impl RedisServer {
         .map(|s| s.to_string())
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
-        std::fs::create_dir_all(dir).expect("server dir");
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let mut server = Self {
             port,
             dir: dir.to_path_buf(),
             args,
             process: None,
         };
-        server.launch();
-        server
+        server.launch()?;
+        Ok(server)
     }
 
-    fn launch(&mut self) {
+    fn launch(&mut self) -> Result<(), String> {
         let port = self.port.to_string();
         let dir = self.dir.display().to_string();
         let args = ["--port", &port, "--dir", &dir]
             .into_iter()
             .chain(self.args.iter().map(String::as_str));
-        self.process = Some(Watched::start(
+        self.process = Some(Watched::try_start(
             "redis-server",
             args,
             &self.dir.join("redis.out"),
-        ));
-        self.wait_until_ready();
+        )?);
+        self.wait_until_ready()
     }
 
     /// Wait for PING, and make sure the server answering is ours: if
     /// another process took the port first, ours has exited.
-    fn wait_until_ready(&self) {
+    fn wait_until_ready(&self) -> Result<(), String> {
         let pid = self.process.as_ref().map_or(0, Watched::pid);
         let deadline = Instant::now() + START_TIMEOUT;
         while Instant::now() < deadline {
             if ping(self.port) {
-                let info = self.cli(&["info", "server"]);
-                assert!(
-                    info.contains(&format!("process_id:{pid}\r"))
-                        || info.contains(&format!("process_id:{pid}\n")),
+                let info = self.try_cli(&["info", "server"])?;
+                if info.contains(&format!("process_id:{pid}\r"))
+                    || info.contains(&format!("process_id:{pid}\n"))
+                {
+                    return Ok(());
+                }
+                return Err(format!(
                     "port {} is served by another process, not our redis-server {pid}",
                     self.port,
-                );
-                return;
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let log = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
         let out = std::fs::read_to_string(self.dir.join("redis.out")).unwrap_or_default();
-        panic!(
+        Err(format!(
             "redis-server on port {} did not answer PING within {START_TIMEOUT:?} (is it installed? bash .ci/install); log:\n{log}{out}",
             self.port
-        );
+        ))
     }
 
     /// `redis://127.0.0.1:PORT`.
@@ -137,21 +150,31 @@ impl RedisServer {
         replica
     }
 
-    /// SIGKILL it, then start it again on the same port and data.
+    /// SIGKILL it, then start it again on the same port and data; panics
+    /// if it does not come back.
     pub fn restart(&mut self) {
+        self.try_restart().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// [`restart`](Self::restart), with an error instead of a panic.
+    pub fn try_restart(&mut self) -> Result<(), String> {
         self.kill();
-        self.launch();
+        self.launch()
     }
 
     /// A redis-cli command against this server; its stdout.
     pub fn cli(&self, args: &[&str]) -> String {
+        self.try_cli(args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_cli(&self, args: &[&str]) -> Result<String, String> {
         let output = Command::new("redis-cli")
             .arg("-p")
             .arg(self.port.to_string())
             .args(args)
             .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&output.stdout).into_owned()
+            .map_err(|e| format!("redis-cli: {e}"))?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 }
 
@@ -175,62 +198,97 @@ pub struct RedisCluster {
 }
 
 impl RedisCluster {
-    /// Start the nodes in `dir/node0` to `dir/node2` and create the
-    /// cluster; returned once every node reports `cluster_state:ok`.
+    /// Start the nodes in `dir/node0` to `dir/node2` on free ports and
+    /// create the cluster; returned once every node reports
+    /// `cluster_state:ok`. Panics if it does not start.
     pub fn start(dir: &Path) -> Self {
-        let mut ports = Vec::new();
-        let nodes: Vec<RedisServer> = (0..3)
-            .map(|i| {
-                let port = free_port(true, &ports);
-                ports.extend([port, port + 10_000]);
-                RedisServer::start_on(
-                    &dir.join(format!("node{i}")),
-                    port,
-                    &[
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        "nodes.conf",
-                        "--cluster-node-timeout",
-                        "5000",
-                    ],
-                )
-            })
-            .collect();
-        let addresses: Vec<String> = nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
-            .collect();
+        let ports = Self::free_ports(3);
+        Self::try_start_on(dir, &ports, &ports).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `n` free ports for cluster nodes, each with its bus port (+10000)
+    /// free too.
+    pub fn free_ports(n: usize) -> Vec<u16> {
+        let mut taken = Vec::new();
+        for _ in 0..n {
+            let port = free_port(true, &taken);
+            taken.extend([port, port + 10_000]);
+        }
+        taken.into_iter().step_by(2).collect()
+    }
+
+    /// Start a node on each of `ports` (with its bus port +10000 free) in
+    /// `dir/node0`, `dir/node1`, ..., node `i` announcing `announce[i]` as
+    /// its client port (the port of a proxy in front of it, or its own),
+    /// and create the cluster; returned once every node reports
+    /// `cluster_state:ok`.
+    pub fn try_start_on(dir: &Path, ports: &[u16], announce: &[u16]) -> Result<Self, String> {
+        if ports.len() != announce.len() {
+            return Err(format!(
+                "{} cluster ports but {} announced ports",
+                ports.len(),
+                announce.len()
+            ));
+        }
+        let mut nodes = Vec::new();
+        for (i, (&port, &announced)) in ports.iter().zip(announce).enumerate() {
+            let announced = announced.to_string();
+            let bus = (port + 10_000).to_string();
+            nodes.push(RedisServer::try_start_on(
+                &dir.join(format!("node{i}")),
+                port,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "5000",
+                    "--cluster-announce-ip",
+                    "127.0.0.1",
+                    "--cluster-announce-port",
+                    &announced,
+                    "--cluster-announce-bus-port",
+                    &bus,
+                ],
+            )?);
+        }
+        let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let output = Command::new("redis-cli")
             .arg("--cluster")
             .arg("create")
             .args(&addresses)
             .args(["--cluster-replicas", "0", "--cluster-yes"])
             .output()
-            .expect("redis-cli --cluster create");
-        assert!(
-            output.status.success(),
-            "cluster create failed: {}",
-            String::from_utf8_lossy(&output.stdout)
-        );
+            .map_err(|e| format!("redis-cli --cluster create: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "cluster create failed: {}",
+                String::from_utf8_lossy(&output.stdout)
+            ));
+        }
         let cluster = Self { nodes };
-        cluster.wait_until_ok();
-        cluster
+        cluster.wait_until_ok()?;
+        Ok(cluster)
     }
 
-    fn wait_until_ok(&self) {
-        let deadline = Instant::now() + START_TIMEOUT;
+    fn wait_until_ok(&self) -> Result<(), String> {
+        let deadline = Instant::now() + CLUSTER_TIMEOUT;
         while Instant::now() < deadline {
-            if self
-                .nodes
-                .iter()
-                .all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok"))
-            {
-                return;
+            let mut ok = true;
+            for node in &self.nodes {
+                ok &= node
+                    .try_cli(&["cluster", "info"])?
+                    .contains("cluster_state:ok");
+            }
+            if ok {
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("the cluster did not reach cluster_state:ok within {START_TIMEOUT:?}");
+        Err(format!(
+            "the cluster did not reach cluster_state:ok within {CLUSTER_TIMEOUT:?}"
+        ))
     }
 
     /// The seed URL plus the other nodes, as a backend URL query.
@@ -246,15 +304,21 @@ impl RedisCluster {
         )
     }
 
-    /// SIGKILL every node, then start them again on their data.
+    /// SIGKILL every node, then start them again on their data; panics if
+    /// the cluster does not come back.
     pub fn restart(&mut self) {
+        self.try_restart().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// [`restart`](Self::restart), with an error instead of a panic.
+    pub fn try_restart(&mut self) -> Result<(), String> {
         for node in &mut self.nodes {
             node.kill();
         }
         for node in &mut self.nodes {
-            node.launch();
+            node.launch()?;
         }
-        self.wait_until_ok();
+        self.wait_until_ok()
     }
 }
 

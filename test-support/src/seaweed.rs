@@ -39,45 +39,87 @@ pub fn weed_binary() -> PathBuf {
     PathBuf::from("weed")
 }
 
-/// One `weed mini` process: master, volume, filer and S3 gateway.
+/// One `weed mini` process: master, volume, filer and S3 gateway,
+/// restartable on its data directory.
 #[derive(Debug)]
 pub struct SeaweedServer {
-    /// The S3 gateway's port on 127.0.0.1.
+    /// The S3 gateway's port on 127.0.0.1 (it may change on a restart).
     pub port: u16,
+    /// The master, volume, filer, S3 and admin ports of the last start.
+    ports: Option<[u16; 5]>,
     dir: PathBuf,
     process: Option<Watched>,
 }
 
 impl SeaweedServer {
-    /// Start a server whose data lives in `dir`, with bucket [`BUCKET`].
-    /// Ports are picked free just before the start; if another process
-    /// takes one first, the server fails to bind and is started again on
-    /// new ports.
+    /// Start a server whose data lives in `dir`, with bucket [`BUCKET`];
+    /// panics if it does not start. Ports are picked free just before the
+    /// start; if another process takes one first, the server fails to bind
+    /// and is started again on new ports.
     pub fn start(dir: &Path) -> Self {
-        std::fs::create_dir_all(dir).expect("server dir");
-        let mut last_log = String::new();
-        for _ in 0..5 {
-            let mut ports = Vec::new();
-            for _ in 0..5 {
-                let port = free_port(true, &ports);
-                ports.extend([port, port + 10_000]);
-            }
-            let mut server = Self {
-                port: ports[6],
-                dir: dir.to_path_buf(),
-                process: None,
-            };
-            server.launch([ports[0], ports[2], ports[4], ports[6], ports[8]]);
-            if server.wait_until_ready() {
-                return server;
-            }
-            last_log = server.log();
-            server.kill();
-        }
-        panic!("SeaweedFS did not start; last log:\n{last_log}");
+        Self::try_start(dir).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn launch(&mut self, [master, volume, filer, s3, admin]: [u16; 5]) {
+    /// [`start`](Self::start), with an error instead of a panic.
+    pub fn try_start(dir: &Path) -> Result<Self, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut server = Self {
+            port: 0,
+            ports: None,
+            dir: dir.to_path_buf(),
+            process: None,
+        };
+        server.launch_anywhere()?;
+        Ok(server)
+    }
+
+    /// SIGKILL it, then start it again on its data, on the ports of the
+    /// last start if they are still free, else on new ones (so callers
+    /// re-read [`port`](Self::port)).
+    pub fn try_restart(&mut self) -> Result<(), String> {
+        self.kill();
+        self.launch_anywhere()
+    }
+
+    /// Launch on the ports of the last start, if any, else on free ones;
+    /// up to five times, on new free ports after a failure.
+    fn launch_anywhere(&mut self) -> Result<(), String> {
+        let mut last_log = String::new();
+        for attempt in 0..5 {
+            let ports = match self.ports {
+                Some(ports) if attempt == 0 => ports,
+                _ => {
+                    let mut taken = Vec::new();
+                    for _ in 0..5 {
+                        let port = free_port(true, &taken);
+                        taken.extend([port, port + 10_000]);
+                    }
+                    [taken[0], taken[2], taken[4], taken[6], taken[8]]
+                }
+            };
+            self.ports = Some(ports);
+            self.port = ports[3];
+            self.launch(ports)?;
+            if self.wait_until_ready() {
+                return Ok(());
+            }
+            last_log = self.log();
+            self.kill();
+        }
+        let tail: String = last_log
+            .chars()
+            .rev()
+            .take(3000)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        Err(format!(
+            "SeaweedFS did not accept a PUT within {START_TIMEOUT:?} in five starts (is it installed? bash .ci/install); last log:\n{tail}"
+        ))
+    }
+
+    fn launch(&mut self, [master, volume, filer, s3, admin]: [u16; 5]) -> Result<(), String> {
         let args = [
             format!("-dir={}", self.dir.display()),
             "-ip=127.0.0.1".into(),
@@ -93,15 +135,17 @@ impl SeaweedServer {
             "-s3.port.lance=0".into(),
             format!("-bucket={BUCKET}"),
         ];
-        self.process = Some(Watched::start(
+        self.process = Some(Watched::try_start(
             weed_binary(),
             std::iter::once("mini".to_owned()).chain(args),
             &self.dir.join("weed.log"),
-        ));
+        )?);
+        Ok(())
     }
 
     /// Wait until a PUT into the bucket succeeds on our port while our
-    /// process lives (if another process took a port, ours has exited).
+    /// process lives (if another process took a port, ours has exited);
+    /// false if it exits or `START_TIMEOUT` passes first.
     fn wait_until_ready(&self) -> bool {
         let deadline = Instant::now() + START_TIMEOUT;
         while Instant::now() < deadline {
@@ -113,11 +157,7 @@ impl SeaweedServer {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!(
-            "SeaweedFS on port {} did not accept a PUT within {START_TIMEOUT:?} (is it installed? bash .ci/install); log:\n{}",
-            self.port,
-            self.log()
-        );
+        false
     }
 
     fn alive(&self) -> bool {
