@@ -1,5 +1,4 @@
-//! An in-process [`StateBackend`]: fast, shared by any number of handles in
-//! one process, gone when the process exits.
+#![doc = include_str!("../README.md")]
 //!
 //! # Layout
 //!

@@ -1,4 +1,4 @@
-//! The durable embedded [`StateBackend`]: one redb file, no server.
+#![doc = include_str!("../README.md")]
 //!
 //! # Layout
 //!

@@ -1,5 +1,4 @@
-//! A [`StateBackend`] on Redis or Redis Cluster, for engines that already
-//! run Redis and want low-latency state shared by several nodes.
+#![doc = include_str!("../README.md")]
 //!
 //! # Layout
 //!
@@ -145,7 +144,6 @@
 //! | `writer` | the write path and group commit |
 //! | `backend` | [`RedisBackend`] and the trait implementation, in the trait's order |
 //!
-//! [`StateBackend`]: laminar_state_api::StateBackend
 //! [`StateBackendError::Io`]: laminar_state_api::StateBackendError::Io
 //! [`StateBackend::persist_authoritative_version`]: laminar_state_api::StateBackend::persist_authoritative_version
 //! [`StateBackend::set_authoritative_version`]: laminar_state_api::StateBackend::set_authoritative_version

@@ -1,5 +1,6 @@
-//! A [`StateBackend`] on Amazon S3 or an S3-compatible object store, for
-//! engines whose state must outlive any machine and be shared by a cluster.
+#![doc = include_str!("../README.md")]
+//!
+//! # The primitives
 //!
 //! An object store has no transactions across keys, so every guarantee here
 //! is built from the two atomic primitives S3 offers: a conditional create
@@ -374,7 +375,6 @@
 //! | `store` | [`S3Store`]: the client, shared state, the checks at connect |
 //! | `backend` | [`S3Backend`] and the trait implementation, in the trait's order |
 //!
-//! [`StateBackend`]: laminar_state_api::StateBackend
 //! [`StateBackendError::Io`]: laminar_state_api::StateBackendError::Io
 //! [`StateBackendError::Serialization`]: laminar_state_api::StateBackendError::Serialization
 //! [`StateBackendError::SplitBrainCommit`]: laminar_state_api::StateBackendError::SplitBrainCommit

@@ -1,48 +1,13 @@
-//! The conformance suite for [`StateBackend`] implementations: the
-//! contract's properties P1 to P15, checked with proptest, real concurrency,
-//! injected faults and real process kills, against any backend.
+#![doc = include_str!("../README.md")]
 //!
-//! # Test your own backend
+//! # Where to start
 //!
 //! Implement [`BackendFactory`] (fresh isolated stores) and [`TestStore`]
-//! (handles on one store), then run the properties one of two ways.
-//!
-//! **The harness** (recommended): in `tests/harness.rs`, with
-//! `[[test]] name = "harness" harness = false` in your `Cargo.toml`,
-//!
-//! ```text
-//! laminar_state_conformance::conformance_main!(my_backend, MyFactory::new());
-//! ```
-//!
-//! It runs each property as a trial under `cargo test` and `cargo nextest`
-//! (filters, `--list`, `--ignored` work as usual). A property that does not
-//! apply to the capabilities the backend claims is reported **ignored**
-//! with the missing capability, not passed; each property's time is printed
-//! after the run; and properties can be marked as expected failures while
-//! the backend is being built (`expect_failure = [p09_one_committer]`). See
-//! [`harness`].
-//!
-//! **The macro**: in `tests/conformance.rs`,
-//!
-//! ```text
-//! laminar_state_conformance::conformance_tests!(my_backend, MyFactory::new());
-//! ```
-//!
-//! That expands to one `#[test]` per property, so `cargo test` lists and
-//! reports each on its own line. libtest cannot mark a test skipped at run
-//! time, and capabilities are known only at run time, so there a property
-//! whose capability the backend does not claim **passes**, printing a
-//! `NOT APPLICABLE: P10 p10_durability_reopen on mine: the backend does not
-//! claim ...` line, naming the capability, on stderr (past the capture);
-//! prefer the harness, which reports it ignored. The macro takes `expect_failure = [...]` too: an
-//! expected failure that fails passes, printing `EXPECTED FAILURE: ...`; one
-//! that passes fails. Other harnesses call [`run_all`], which returns a
-//! [`Report`], or the property functions in [`properties`] one by one.
-//!
-//! # Faults
-//!
-//! [`faults`] holds wrappers that turn any backend into a faulty one (lost
-//! answers, stalled calls), for the suite's properties and your own tests.
+//! (handles on one store), then run the properties with
+//! [`conformance_main!`] and the [`harness`] (or [`Harness`] by hand), with
+//! [`conformance_tests!`], or, from another harness, with [`run_all`], which
+//! returns a [`Report`], or the functions of [`properties`] one by one.
+//! [`faults`] holds the faulty wrappers.
 //!
 //! # Knobs
 //!
@@ -53,8 +18,6 @@
 //! | `LAMINAR_CONFORMANCE_KILLS` | 8 | child processes killed by the crash property |
 //! | `LAMINAR_CONFORMANCE_SEED` | random | hex seed, printed on failure, to replay one |
 //! | `LAMINAR_CONFORMANCE_TIMEOUT_SECS` | 900 | per-property time limit |
-//!
-//! [`StateBackend`]: laminar_state_api::StateBackend
 
 mod factory;
 pub mod faults;

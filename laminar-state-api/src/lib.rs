@@ -1,4 +1,6 @@
-//! The contract between a streaming engine and its state tier.
+#![doc = include_str!("../README.md")]
+//!
+//! # The model
 //!
 //! Operators persist one opaque blob per `(vnode, epoch)`: the partial
 //! aggregate a virtual node held when a checkpoint barrier passed. A

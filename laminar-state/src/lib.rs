@@ -1,39 +1,13 @@
-//! Pluggable state backends for streaming engines.
+#![doc = include_str!("../README.md")]
 //!
-//! Engines code against [`StateBackend`] (re-exported from
-//! `laminar-state-api`) and pick a backend at start-up, from a URL or a
-//! serde config, as an `Arc<dyn StateBackend>`. Cargo features decide which
-//! backends are compiled in:
+//! # Where to start
 //!
-//! | feature | URL | backend |
-//! |---|---|---|
-//! | `memory` (default) | `memory://` or `memory://NAME` | [`memory`]: in-process; a name shares one store between handles |
-//! | `redb` (default) | `redb:///path/to/state.redb` | [`redb`]: durable, one file, no server |
-//! | `redis` | `redis://host:port/?namespace=NS`, `rediss://...` | [`redis`]: Redis or Redis Cluster (`&cluster=true`) |
-//! | `s3` | `s3://BUCKET/PREFIX?endpoint=URL&region=R` | [`s3`]: Amazon S3 or an S3-compatible store (path-style with an endpoint) |
-//!
-//! Every backend crate parses its own URL (`MemoryConfig::from_url`,
-//! `RedbConfig::from_url`, `RedisConfig::from_url`, `S3Config::from_url`),
-//! all by the one dialect of [`BackendUrl`]: the location is
-//! percent-decoded, the query is form-encoded (`+` is a space), and an
-//! unknown parameter is refused. A bad URL fails when it is parsed, before
-//! any connection, with [`ConfigError::Url`] naming the parameter; a URL
-//! whose backend is not compiled in fails with
-//! [`ConfigError::FeatureDisabled`], which names the feature to enable.
-//! Passwords and secret keys never leave the URL: every `Debug` and every
-//! error shows it redacted ([`redact_url`]).
-//!
-//! ```
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), laminar_state::ConfigError> {
-//! use laminar_state::{StateBackend, connect};
-//!
-//! let backend = connect("memory://", "node-1", 256).await?;
-//! backend.write_partial(0, 1, 0, "partial".into()).await?;
-//! assert!(backend.epoch_complete(1, &[0]).await?);
-//! # Ok(())
-//! # }
-//! ```
+//! [`connect`] builds a handle from a URL, [`Config::open`] from a serde
+//! [`Config`] (a [`BackendConfig`] and who the handle is); both fail with a
+//! [`ConfigError`]. Each backend crate compiled in is re-exported as the
+//! module its feature is named after (`memory`, `redb`, `redis`, `s3`), and
+//! the contract's types ([`StateBackend`], [`StateBackendError`],
+//! [`BackendUrl`]) are re-exported at the root.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -490,6 +464,7 @@ impl BackendConfig {
 }
 
 #[cfg(feature = "memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 impl From<memory::MemoryConfig> for BackendConfig {
     fn from(config: memory::MemoryConfig) -> Self {
         BackendConfig::Memory {
@@ -500,6 +475,7 @@ impl From<memory::MemoryConfig> for BackendConfig {
 }
 
 #[cfg(feature = "redb")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redb")))]
 impl From<redb::RedbConfig> for BackendConfig {
     fn from(config: redb::RedbConfig) -> Self {
         BackendConfig::Redb {
@@ -513,6 +489,7 @@ impl From<redb::RedbConfig> for BackendConfig {
 /// Every setting but the connect timeout, which the S3 settings do not
 /// carry (the backend's default applies).
 #[cfg(feature = "s3")]
+#[cfg_attr(docsrs, doc(cfg(feature = "s3")))]
 impl From<s3::S3Config> for BackendConfig {
     fn from(config: s3::S3Config) -> Self {
         let (access_key_id, secret_access_key) = config
