@@ -7,7 +7,9 @@
 //! [`ConfigError`]. Each backend crate compiled in is re-exported as the
 //! module its feature is named after (`memory`, `redb`, `redis`, `s3`), and
 //! the contract's types ([`StateBackend`], [`StateBackendError`],
-//! [`BackendUrl`]) are re-exported at the root.
+//! [`BackendUrl`]) are re-exported at the root. [`layers`] is the layer
+//! crate; [`BackendConfig::open_layered`] and [`split_layers`] are what
+//! [`connect`] and [`Config::open`] use to wrap a backend in layers.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -19,7 +21,7 @@ pub use laminar_state_api::{
 };
 
 /// Layers over any backend: tracing, metrics, retries, timeouts,
-/// compression and encryption (see "Layers" above).
+/// compression and encryption (see [Layers](crate#layers)).
 pub use laminar_state_layers as layers;
 use laminar_state_layers::{LayerConfig, LayerError, Target};
 
@@ -562,7 +564,7 @@ pub fn split_layers(url: &str) -> Result<(String, LayerConfig), ConfigError> {
 
 /// Build a handle from a URL: the backend's (see
 /// [`BackendConfig::from_url`]), with layer settings in its query if
-/// wanted (see "Layers" above), e.g.
+/// wanted (see [Layers](crate#layers)), e.g.
 /// `redb:///var/lib/engine/state.redb?compression=lz4&retry=4`.
 pub async fn connect(
     url: &str,
