@@ -286,34 +286,16 @@ async fn seal_racing_raise(factory: &dyn BackendFactory) -> Checked {
         let outcome = sealer
             .await
             .map_err(|e| format!("the sealer panicked: {e}"))?;
-        match &outcome {
-            Ok(true) => ensure!(
-                sealed_then,
-                "round {round}: the deposed leader (told {old_version}) won the seal of epoch {epoch}, but right after the raise to {new_version} was acknowledged the epoch was not sealed: the seal took effect after the raise"
-            ),
-            Err(StateBackendError::StaleVersion {
-                caller,
-                authoritative,
-            }) if *caller == old_version && *authoritative >= new_version => {}
-            _ => {
-                return Err(format!(
-                    "round {round}: the deposed leader's seal racing the raise gave {}, expected Ok(true) or StaleVersion {{ caller: {old_version}, authoritative: >= {new_version} }}",
-                    describe(&outcome)
-                ));
-            }
+        DeposedSeal {
+            round,
+            epoch,
+            old: old_version,
+            new: new_version,
+            deposed_id: &deposed_id,
+            how: "racing the raise",
         }
-        let mine = leader.epoch_complete(epoch, &all).await;
-        let one_winner = match outcome {
-            Ok(true) => {
-                matches!(&mine, Err(StateBackendError::SplitBrainCommit { committer, .. }) if *committer == deposed_id)
-            }
-            _ => matches!(mine, Ok(true)),
-        };
-        ensure!(
-            one_winner,
-            "round {round}: after the race, the new leader's seal of epoch {epoch} gave {}",
-            describe(&mine)
-        );
+        .judge(&leader, &all, sealed_then, outcome)
+        .await?;
     }
     Ok(())
 }
@@ -324,4 +306,68 @@ fn summarize(results: &[(String, Result<bool, StateBackendError>)]) -> String {
         .map(|(id, r)| format!("{id}: {}", describe(r)))
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// A deposed leader's seal of `epoch` (told `old`) that met the raise to
+/// `new` in flight, `how`: the verdict both P15's race and P7's stalled seal
+/// give.
+pub(crate) struct DeposedSeal<'a> {
+    pub(crate) round: u64,
+    pub(crate) epoch: u64,
+    pub(crate) old: u64,
+    pub(crate) new: u64,
+    pub(crate) deposed_id: &'a str,
+    pub(crate) how: &'a str,
+}
+
+impl DeposedSeal<'_> {
+    /// The seal may come back won only if the epoch was sealed right after
+    /// the raise was acknowledged (`sealed_then`: it took effect before the
+    /// raise), else it is refused with `StaleVersion` naming the new fence;
+    /// either way the new leader's own seal finds exactly one winner.
+    pub(crate) async fn judge(
+        &self,
+        leader: &Arc<dyn StateBackend>,
+        all: &[u32],
+        sealed_then: bool,
+        outcome: Result<bool, StateBackendError>,
+    ) -> Checked {
+        let Self {
+            round,
+            epoch,
+            old,
+            new,
+            deposed_id,
+            how,
+        } = *self;
+        match &outcome {
+            Ok(true) => ensure!(
+                sealed_then,
+                "round {round}: the deposed leader's seal (told {old}), {how} to {new}, came back won, but right after the raise was acknowledged epoch {epoch} was not sealed: the seal took effect after the raise (a fence check and a marker write that are two steps let a raise in between)"
+            ),
+            Err(StateBackendError::StaleVersion {
+                caller,
+                authoritative,
+            }) if *caller == old && *authoritative >= new => {}
+            _ => {
+                return Err(format!(
+                    "round {round}: the deposed leader's seal {how} to {new} gave {}, expected Ok(true) or StaleVersion {{ caller: {old}, authoritative: >= {new} }}",
+                    describe(&outcome)
+                ));
+            }
+        }
+        let mine = leader.epoch_complete(epoch, all).await;
+        let one_winner = match outcome {
+            Ok(true) => {
+                matches!(&mine, Err(StateBackendError::SplitBrainCommit { committer, .. }) if *committer == deposed_id)
+            }
+            _ => matches!(mine, Ok(true)),
+        };
+        ensure!(
+            one_winner,
+            "round {round}: after the deposed leader's seal {how}, the new leader's seal of epoch {epoch} gave {}",
+            describe(&mine)
+        );
+        Ok(())
+    }
 }

@@ -17,6 +17,7 @@ use laminar_state_api::{StateBackend, StateBackendError};
 
 use crate::factory::BackendFactory;
 use crate::faults::{StallPlan, StallPoint, Stalls};
+use crate::properties::commit::DeposedSeal;
 use crate::runner::{Checked, ensure, race_rounds, run_seed};
 use crate::support::{describe, fresh_store, open, payload, read, unique_tag, write};
 
@@ -183,34 +184,16 @@ async fn stalled_deposed_seal(factory: &dyn BackendFactory) -> Checked {
             .contains(&epoch);
         deposed.release();
         let outcome = joined(task).await?;
-        match &outcome {
-            Ok(true) => ensure!(
-                sealed_then,
-                "round {round}: the deposed leader's seal (told {old}), held {point:?} across the raise to {new}, came back won, but right after the raise was acknowledged epoch {epoch} was not sealed: the seal took effect after the raise (its fence check and its marker are two steps)"
-            ),
-            Err(StateBackendError::StaleVersion {
-                caller,
-                authoritative,
-            }) if *caller == old && *authoritative >= new => {}
-            _ => {
-                return Err(format!(
-                    "round {round}: the deposed leader's seal held {point:?} across the raise to {new} gave {}, expected Ok(true) or StaleVersion {{ caller: {old}, authoritative: >= {new} }}",
-                    describe(&outcome)
-                ));
-            }
+        DeposedSeal {
+            round,
+            epoch,
+            old,
+            new,
+            deposed_id: &deposed_id,
+            how: &format!("held {point:?} across the raise"),
         }
-        let mine = leader.epoch_complete(epoch, &all).await;
-        let one_winner = match outcome {
-            Ok(true) => {
-                matches!(&mine, Err(StateBackendError::SplitBrainCommit { committer, .. }) if *committer == deposed_id)
-            }
-            _ => matches!(mine, Ok(true)),
-        };
-        ensure!(
-            one_winner,
-            "round {round}: after the held seal, the new leader's seal of epoch {epoch} gave {}",
-            describe(&mine)
-        );
+        .judge(&leader, &all, sealed_then, outcome)
+        .await?;
     }
     Ok(())
 }
