@@ -80,6 +80,11 @@ enum Flaw {
     WriteChecksFenceThenYields,
     /// A seal checks the fence, awaits once, then seals.
     SealChecksFenceThenYields,
+    /// A write stores its bytes, awaits once (a round trip), then judges
+    /// from what it finds: its key gone (pruned meanwhile) and the fence
+    /// above its version, it answers `StaleVersion`, though others may have
+    /// read its bytes.
+    WriteJudgedAfterPrune,
     /// A raise is carried to the store by reading the fence, awaiting once,
     /// and writing `max(read, own)`: a raise held in between lowers a
     /// higher one made meanwhile.
@@ -362,6 +367,15 @@ impl StateBackend for Handle {
             self.check_fence(&self.shared.state.lock().unwrap().0, version)?;
             tokio::task::yield_now().await;
             return self.store(vnode, epoch, None, bytes);
+        }
+        if self.shared.flaw == Flaw::WriteJudgedAfterPrune {
+            self.store(vnode, epoch, Some(version), bytes)?;
+            tokio::task::yield_now().await;
+            let guard = self.shared.state.lock().unwrap();
+            if !guard.0.partials.contains_key(&(epoch, vnode)) {
+                self.check_fence(&guard.0, version)?;
+            }
+            return Ok(());
         }
         self.store(vnode, epoch, Some(version), bytes)
     }
@@ -895,6 +909,11 @@ fn write_checking_the_fence_before_a_stall_is_caught_by_p7_stalled_zombie() {
 #[test]
 fn seal_checking_the_fence_before_a_stall_is_caught_by_p7_stalled_zombie() {
     caught("p07_stalled_zombie", Flaw::SealChecksFenceThenYields);
+}
+
+#[test]
+fn a_write_judged_after_its_epoch_was_pruned_is_caught_by_p7_seen_write_never_refused() {
+    caught("p07_seen_write_never_refused", Flaw::WriteJudgedAfterPrune);
 }
 
 #[test]

@@ -25,7 +25,9 @@ pub use fence::{
 };
 pub use pruning::{p11_prune_races_seals, p11_pruning};
 pub use recovery::p14_recovery_queries;
-pub use stalls::{p07_stalled_raise, p07_stalled_zombie, p09_stalled_seal};
+pub use stalls::{
+    p07_seen_write_never_refused, p07_stalled_raise, p07_stalled_zombie, p09_stalled_seal,
+};
 
 pub(crate) use durability::run_child_if_requested;
 
@@ -66,6 +68,7 @@ macro_rules! __with_properties {
             (P7, p07_atomic_fence, plain, [Fencing], "no zombie write lands after a raise is acknowledged"),
             (P7, p07_cancelled_raise, plain, [SharedFence], "a raise cancelled half-way is finished by the next acknowledged raise"),
             (P7, p07_stalled_zombie, plain, [Fencing], "a zombie write (or deposed seal) held in flight across a raise is refused, or landed before it"),
+            (P7, p07_seen_write_never_refused, plain, [Fencing], "a write whose bytes another handle read is never refused, even once its epoch is pruned and the fence has risen past it"),
             (P7, p07_stalled_raise, plain, [SharedFence], "a raise held in flight while another handle raises higher never lowers the fence"),
             (P8, p08_commit_gate, plain, [], "epoch_complete is false and seals nothing while a partial is missing"),
             (P9, p09_one_committer, plain, [], "racing sealers: exactly one wins, the others learn its id"),

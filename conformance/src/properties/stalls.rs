@@ -1,5 +1,6 @@
 //! Calls stalled in flight (see [`Stalls`]): a zombie's write or seal sent
-//! before a raise that reaches the store after it (P7), a raise held
+//! before a raise that reaches the store after it (P7), a write read by
+//! others, then pruned and fenced out while held (P7), a raise held
 //! part-way while another handle raises higher (P7), and a seal held
 //! part-way while another instance seals the same epoch (P9).
 //!
@@ -139,6 +140,92 @@ pub async fn p07_stalled_zombie(factory: &dyn BackendFactory) -> Checked {
     }
     if capabilities.fenced_seal && capabilities.recovery_queries {
         stalled_deposed_seal(factory).await?;
+    }
+    Ok(())
+}
+
+/// How long a round of [`p07_seen_write_never_refused`] waits for the held
+/// write's bytes to become readable.
+const VISIBLE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The longest [`p07_seen_write_never_refused`] holds its write if the
+/// round does not release it first.
+const SEEN_HOLD_LIMIT: Duration = Duration::from_secs(5);
+
+/// P7, the other half: a write whose bytes another handle read is never
+/// refused. A write at `v` is held part-way (its request may be at the
+/// store already) until another handle has read its bytes, pruned its
+/// epoch and raised the fence past `v`; then it resumes. Had it answered
+/// `StaleVersion` ("nothing was written"), the store would have shown a
+/// refused write. `Ok` (it took effect, then was pruned) or an `Io` error
+/// (its outcome unknown) are both true. A backend that decides a write's
+/// fate from what it finds after the prune (a snapshot of visible objects
+/// listed after the epoch was deleted, say) fails. Rounds in which the
+/// bytes never became readable while the write was held check nothing
+/// more than P7 does.
+pub async fn p07_seen_write_never_refused(factory: &dyn BackendFactory) -> Checked {
+    let capabilities = factory.capabilities();
+    let seed = run_seed();
+    let store = fresh_store(factory).await?;
+    let tag = unique_tag("p07-seen");
+    for round in 0..u64::from(race_rounds().min(8)) {
+        let point = StallPoint::Inside(1 + (round % 2) as u32);
+        let (old, new, epoch) = (2 * round + 1, 2 * round + 2, round + 1);
+        let writer_inner = open(&*store, &format!("{tag}-writer-{round}"), 2).await?;
+        // Without a shared fence, the other handle is the writer's own.
+        let other = if capabilities.shared_fence {
+            open(&*store, &format!("{tag}-other-{round}"), 2).await?
+        } else {
+            Arc::clone(&writer_inner)
+        };
+        writer_inner
+            .persist_authoritative_version(old)
+            .await
+            .map_err(|e| format!("round {round}: the raise to {old} failed: {e:?}"))?;
+        // Held longer than the other properties' stalls: the read, the
+        // prune and the raise all happen inside it.
+        let writer = Arc::new(Stalls::new(
+            writer_inner,
+            seed ^ round,
+            StallPlan::NONE
+                .writes()
+                .at(point)
+                .lasting(SEEN_HOLD_LIMIT, SEEN_HOLD_LIMIT),
+        ));
+        let bytes = Bytes::from(format!("{tag} round {round}"));
+        let task = {
+            let (writer, bytes) = (Arc::clone(&writer), bytes.clone());
+            tokio::spawn(async move { writer.write_partial(0, epoch, old, bytes).await })
+        };
+        stall_begun(&writer, round, "the write").await?;
+        let deadline = tokio::time::Instant::now() + VISIBLE_TIMEOUT;
+        let seen = loop {
+            if read(&other, 0, epoch).await?.as_ref() == Some(&bytes) {
+                break true;
+            }
+            if tokio::time::Instant::now() >= deadline || writer.stalling() == 0 {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        other
+            .prune_before(epoch + 1)
+            .await
+            .map_err(|e| format!("round {round}: prune_before({}) failed: {e:?}", epoch + 1))?;
+        other
+            .persist_authoritative_version(new)
+            .await
+            .map_err(|e| format!("round {round}: the raise to {new} failed: {e:?}"))?;
+        let held_throughout = writer.stalling() > 0;
+        writer.release();
+        let result = joined(task).await?;
+        if seen && held_throughout {
+            ensure!(
+                matches!(result, Ok(()) | Err(StateBackendError::Io(_))),
+                "round {round}: a write at {old}, held {point:?}, was read by another handle, then its epoch {epoch} was pruned and the fence raised to {new}; released, the write gave {}, but a write whose bytes were read took effect (expected Ok, or an Io error if its outcome is unknown)",
+                describe(&result)
+            );
+        }
     }
     Ok(())
 }
