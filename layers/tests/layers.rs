@@ -293,6 +293,110 @@ fn answers_are_never_retried() {
     });
 }
 
+/// The first write applies, then another handle raises the fence past it,
+/// then its answer is lost (`Io`); later writes pass through.
+struct LandsThenFencedThenLost {
+    inner: Arc<dyn StateBackend>,
+    raiser: Arc<dyn StateBackend>,
+    raise_to: u64,
+    first: AtomicU32,
+}
+
+#[async_trait]
+impl StateBackend for LandsThenFencedThenLost {
+    async fn write_partial(
+        &self,
+        vnode: u32,
+        epoch: u64,
+        version: u64,
+        bytes: Bytes,
+    ) -> Result<(), StateBackendError> {
+        self.inner
+            .write_partial(vnode, epoch, version, bytes)
+            .await?;
+        if self.first.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.raiser
+                .persist_authoritative_version(self.raise_to)
+                .await?;
+            return Err(io("the answer was lost"));
+        }
+        Ok(())
+    }
+
+    async fn read_partial(
+        &self,
+        vnode: u32,
+        epoch: u64,
+    ) -> Result<Option<Bytes>, StateBackendError> {
+        self.inner.read_partial(vnode, epoch).await
+    }
+
+    async fn epoch_complete(&self, epoch: u64, vnodes: &[u32]) -> Result<bool, StateBackendError> {
+        self.inner.epoch_complete(epoch, vnodes).await
+    }
+
+    async fn prune_before(&self, before: u64) -> Result<(), StateBackendError> {
+        self.inner.prune_before(before).await
+    }
+
+    fn set_authoritative_version(&self, version: u64) {
+        self.inner.set_authoritative_version(version)
+    }
+
+    fn authoritative_version(&self) -> u64 {
+        self.inner.authoritative_version()
+    }
+}
+
+/// A write whose first attempt landed and whose answer was lost, retried
+/// after the fence rose past it: the retry is refused, but the call must
+/// not answer `StaleVersion` ("nothing was written"): its bytes are there
+/// for anyone to read. It answers `Io`: outcome unknown.
+#[test]
+fn a_retry_refused_after_a_lost_answer_is_not_a_refusal() {
+    rt().block_on(async {
+        let store = MemoryStore::new();
+        let writer: Arc<dyn StateBackend> = Arc::new(store.open("writer", 4));
+        let leader: Arc<dyn StateBackend> = Arc::new(store.open("leader", 4));
+        writer.persist_authoritative_version(1).await.unwrap();
+        let faulty = Arc::new(LandsThenFencedThenLost {
+            inner: Arc::clone(&writer),
+            raiser: Arc::clone(&leader),
+            raise_to: 2,
+            first: AtomicU32::new(0),
+        });
+        let retry = RetryLayer::new(faulty, fast(3));
+        let answer = retry
+            .write_partial(0, 1, 1, Bytes::from_static(b"landed"))
+            .await;
+        assert_eq!(
+            leader.read_partial(0, 1).await.unwrap(),
+            Some(Bytes::from_static(b"landed")),
+            "the first attempt landed"
+        );
+        match answer {
+            Err(StateBackendError::Io(message)) => assert!(
+                message.contains("unknown") && message.contains("below the fence 2"),
+                "{message}"
+            ),
+            other => {
+                panic!("a write whose bytes landed, retried after the fence rose, gave {other:?}")
+            }
+        }
+        // Without an earlier failed attempt, a refusal stays a refusal.
+        match retry
+            .write_partial(0, 2, 1, Bytes::from_static(b"late"))
+            .await
+        {
+            Err(StateBackendError::StaleVersion {
+                caller: 1,
+                authoritative: 2,
+            }) => {}
+            other => panic!("a plain refusal through the retry layer gave {other:?}"),
+        }
+    });
+}
+
 /// A seed for which `LostAnswers(every = 2)` loses the answer of its first
 /// call and delivers its second.
 fn seed_losing_first_answer_only() -> u64 {
