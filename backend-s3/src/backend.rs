@@ -262,16 +262,13 @@ impl StateBackend for S3Backend {
         // The ETag of a marker found at the key that is no seal: replaced,
         // not created.
         let mut occupant: Option<String> = None;
-        // Whether a marker of this gate landed and then a prune of the
-        // epoch showed in the registry: a seal or not, nobody can tell.
-        let mut undecided = false;
         for _ in 0..MAX_RESTARTS {
             if before.registry.blocking(epoch, now_ms()) {
                 before = shared.read_registry(&what).await?;
                 if before.registry.blocking(epoch, now_ms()) {
                     // A prune of this epoch is running: ordered after it,
                     // the seal finds its partials gone.
-                    return settle(&what, undecided, Ok(false));
+                    return Ok(false);
                 }
             }
             let listed = shared.list(&what, &prefix, None).await?;
@@ -282,49 +279,37 @@ impl StateBackend for S3Backend {
             let fence = shared.fresh_fence().await?;
             let told = self.told.load(Ordering::Acquire);
             if told > 0 && told < fence.value {
-                return settle(&what, undecided, Err(Self::stale(told, fence.value)));
+                return Err(Self::stale(told, fence.value));
             }
             let present = shared.visible(listed, &fence).await?;
             if !vnodes.iter().all(|v| present.contains_key(v)) {
-                return settle(&what, undecided, Ok(false));
+                return Ok(false);
             }
             let marker = Marker {
                 began: before.registry.began,
                 committer: self.instance_id.clone(),
             };
+            // Read after the listing was answered and before the marker
+            // goes out: a prune of this epoch that began since `before` may
+            // be deleting what was just counted, so start over from this
+            // registry. One that began later is ordered after this seal
+            // (see "Sealing and pruning" in the crate docs).
+            let now = shared.read_registry(&what).await?;
+            if !shared.seals(&now.registry, &key, epoch, &marker)? {
+                before = now;
+                continue;
+            }
             let condition = match &occupant {
                 Some(etag) => Condition::Matches(etag),
                 None => Condition::Absent,
             };
             let body = Marker::frame(marker.began, &marker.committer);
             match shared.put(&what, &key, body, condition).await {
-                Ok(etag) => {
-                    // A seal if no prune of this epoch began since `before`
-                    // was read: one may have deleted the partials counted
-                    // above after the listing. Read after the marker
-                    // landed, so a prune that began later deletes the
-                    // marker before the partials.
-                    let after = shared.read_registry(&what).await?;
-                    if shared.seals(&after.registry, &key, epoch, &marker)? {
-                        return Ok(true);
-                    }
-                    // A prune of the epoch began after `before` was read.
-                    // If it began after the marker landed, this was a seal
-                    // (then pruned), and a handle that read the registry
-                    // before the prune began was told so; if before, it
-                    // never was one. Nothing tells the two apart, so from
-                    // here the gate answers `Ok(true)` (its marker made a
-                    // seal again, below) or an `Io` error, never that it
-                    // did not seal. From now on the marker is no seal (every
-                    // reader sees the prune), so it can stay until it is
-                    // replaced or pruned. Start over: the prune is running
-                    // or took the partials, unless the epoch was written
-                    // again since (then this marker is replaced).
-                    undecided = true;
-                    occupant = etag;
-                    before = after;
-                    continue;
-                }
+                // Sealed: no prune of the epoch had begun since `before` when
+                // `now` was read, after the listing. A prune that began
+                // since is ordered after the seal: the marker is a seal for
+                // every reader until it shows, and no seal once it does.
+                Ok(_) => return Ok(true),
                 Err(Failure::Precondition(_) | Failure::Missing(_)) => {}
                 Err(other) => return Err(other.into()),
             }
@@ -336,18 +321,11 @@ impl StateBackend for S3Backend {
                     let found = Marker::parse(&key, framed)?;
                     let after = shared.read_registry(&what).await?;
                     if shared.seals(&after.registry, &key, epoch, &found)? {
-                        return settle(
-                            &what,
-                            undecided,
-                            seal_outcome(&found.committer, &self.instance_id),
-                        );
+                        return seal_outcome(&found.committer, &self.instance_id);
                     }
-                    // Left by a gate that raced a prune of this epoch: no
-                    // seal now. Start over, and replace it if the epoch can
-                    // be sealed again. If this very instance left it (an
-                    // attempt whose answer was lost), it may have been a
-                    // seal, as above.
-                    undecided |= found.committer == self.instance_id;
+                    // Left by a gate that raced a prune of this epoch (a seal
+                    // before that prune, or none): no seal now. Start over,
+                    // and replace it if the epoch can be sealed again.
                     occupant = etag;
                     before = after;
                 }
@@ -403,25 +381,5 @@ impl StateBackend for S3Backend {
     async fn persist_authoritative_version(&self, version: u64) -> Result<(), StateBackendError> {
         self.set_authoritative_version(version);
         self.carry_fence().await
-    }
-}
-
-/// The gate's answer, unless a marker of this gate may have been a seal
-/// that others were told of (see `undecided` in `epoch_complete`): then
-/// anything but `Ok(true)` becomes an `Io` error, since the seal may have
-/// happened before a prune of the epoch took it away.
-fn settle(
-    what: &str,
-    undecided: bool,
-    answer: Result<bool, StateBackendError>,
-) -> Result<bool, StateBackendError> {
-    match answer {
-        Ok(true) => Ok(true),
-        other if undecided => Err(StateBackendError::Io(format!(
-            "s3 {what}: this gate's marker landed and a prune of the epoch began around then, \
-             so whether it sealed the epoch before the prune is unknown (the gate would now \
-             answer {other:?})"
-        ))),
-        other => other,
     }
 }

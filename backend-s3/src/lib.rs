@@ -236,21 +236,15 @@
 //!    lease is not over, the gate reads the registry, and if it still does,
 //!    answers `Ok(false)`: ordered after that prune, the seal finds the
 //!    partials gone.
-//! 4. After its marker landed, the gate reads the registry and answers
-//!    `Ok(true)` only if the marker is a seal under it. If not, a prune of
-//!    the epoch began after the gate's copy: after the marker landed (then
-//!    it was a seal, ordered before the prune, and a handle that read the
-//!    registry before the prune registered was told so), or before (then
-//!    it never was one). Nothing tells the two apart, so from here the
-//!    gate answers `Ok(true)` or an [`StateBackendError::Io`] error saying
-//!    the outcome is unknown, never `Ok(false)` or a split brain. It starts
-//!    over from that registry: the prune is running, or took the partials
-//!    (both `Io`), or the epoch was written again since (or the prune
-//!    finished before the listing and took none of its partials), and the
-//!    gate replaces its marker (`If-Match`) with one at the new count
-//!    (`Ok(true)`). The marker left meanwhile is no seal for any reader
-//!    from then on, so nothing needs to take it back; the next gate of its
-//!    epoch replaces it, or the next prune above it deletes it.
+//! 4. After the listing was answered, and before its marker goes out, the
+//!    gate reads the registry again. If a prune of the epoch began since
+//!    its copy, it starts over from this registry (the prune is running:
+//!    `Ok(false)`; it took the partials: `Ok(false)` from the listing; it
+//!    took none, the epoch having been written again or the copy being
+//!    old: a marker at the new count). If not, it creates the marker (or
+//!    replaces, `If-Match`, a marker at the key that is no seal) and
+//!    answers `Ok(true)` once it landed: the seal is ordered before any
+//!    prune of the epoch that began later, and that prune takes it away.
 //! 5. Readers list first and read the registry after, then count only
 //!    seals: `latest_committed_epoch` and `sealed_epochs` (a marker at or
 //!    above every bound ever pruned is a seal whatever its count; one below
@@ -262,30 +256,29 @@
 //! Why. Take a marker of epoch `e` at count `c` and a prune `P` whose bound
 //! is above `e`. If `P` began after the first `c`, it shows in every
 //! registry read after it registered, before it deleted anything, and from
-//! then on the marker is no seal: a reader whose read does not show `P`
-//! read before `P` deleted anything, when the marker (listed before) and
-//! the partials its gate counted were still stored; a gate whose read after
-//! its marker landed does not show `P` answered before `P` registered, and
-//! `P`'s first marker pass, which comes after, deletes the marker before any
-//! partial (a seal ordered before the prune loses its marker to it). If `P`
-//! began at or before count `c`, the
-//! gate's copy showed it, and its lease was over (below), or it was
-//! unfinished (the gate answered `Ok(false)` and made no marker), or it
-//! had unregistered, after every request it sent had been answered: the
-//! gate listed after all of `P`'s deletes, and counted partials `P` never
-//! deletes (a prune deletes the objects it listed, and every write makes a
-//! new object). So a gate that dies anywhere, or whose answers are lost,
-//! leaves at worst a marker that is no seal.
-//!
-//! An epoch sealed while a prune of it begins may thus end with an `Io`
-//! answer to its sealing gate while another gate that read the marker
-//! before the prune showed was told `SplitBrainCommit` naming it: the
-//! truth (sealed, then pruned) is one the sealing gate cannot see. It never
-//! answers `Ok(false)` there (found by `cargo xtask chaos --backend s3`,
-//! tested by `a_gate_named_as_committer_never_answers_that_it_did_not_seal`).
-//! A retry whose first answer was lost may still answer `Ok(false)`: the
-//! first attempt's outcome is the one that was unknown.
-//!
+//! then on the marker is no seal for any reader: a reader whose read does
+//! not show `P` read before `P` deleted anything, when the marker (listed
+//! before) and the partials its gate counted were still stored. The gate
+//! created the marker only after a read that did not show `P` either, so
+//! `P` began after that read, when every partial the gate counted was still
+//! stored: the gate's `Ok(true)` is a seal ordered before `P`, and `P`
+//! takes it away (for readers at once; its marker passes delete the marker
+//! if it landed in time, and a later prune or gate does otherwise). If `P`
+//! began at or before count `c`, the gate's copy showed it, and its lease
+//! was over (below), or it was unfinished (the gate answered `Ok(false)`
+//! and made no marker), or it had unregistered, after every request it
+//! sent had been answered: the gate listed after all of `P`'s deletes, and
+//! counted partials `P` never deletes (a prune deletes the objects it
+//! listed, and every write makes a new object). So a gate that dies
+//! anywhere, or whose answers are lost, leaves at worst a marker that is
+//! no seal, and every marker was a seal when its gate answered (or would
+//! have answered) `Ok(true)`: a gate told `SplitBrainCommit` never names an
+//! instance that was told it did not seal. (The gate used to read the
+//! registry after its marker landed, and to answer `Ok(false)` when a
+//! prune showed there, though another gate may have read the marker as a
+//! seal before the prune began: `cargo xtask chaos --backend s3` found it,
+//! `a_gate_named_as_committer_never_answers_that_it_did_not_seal` tests it.)
+
 //! ## A prune that dies, and its lease
 //!
 //! A prune that dies registered (its process killed, or an error that stops
