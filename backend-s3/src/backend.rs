@@ -319,15 +319,24 @@ impl StateBackend for S3Backend {
             match shared.get(&what, &key).await {
                 Ok((framed, etag)) => {
                     let found = Marker::parse(&key, framed)?;
-                    let after = shared.read_registry(&what).await?;
-                    if shared.seals(&after.registry, &key, epoch, &found)? {
+                    // Its gate created it after a registry read that showed
+                    // no prune of the epoch since its count, so it was a
+                    // seal before any prune `now` does not show: judged
+                    // under `now` (no second read) unless its gate read a
+                    // newer registry than `now`.
+                    let judge = if found.began <= now.registry.began {
+                        now
+                    } else {
+                        shared.read_registry(&what).await?
+                    };
+                    if shared.seals(&judge.registry, &key, epoch, &found)? {
                         return seal_outcome(&found.committer, &self.instance_id);
                     }
                     // Left by a gate that raced a prune of this epoch (a seal
                     // before that prune, or none): no seal now. Start over,
                     // and replace it if the epoch can be sealed again.
                     occupant = etag;
-                    before = after;
+                    before = judge;
                 }
                 // Pruned between the two requests, and the partials with it
                 // (prune deletes markers first): start over from the

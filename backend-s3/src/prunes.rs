@@ -410,9 +410,9 @@ impl Shared {
         )))
     }
 
-    /// Whether `marker`, stored at `key` for `epoch`, is a seal under
-    /// `registry` (read after the marker was): no prune that deletes
-    /// `epoch` began after its gate read the registry.
+    /// Whether `marker`, stored (or about to be) at `key` for `epoch`, is a
+    /// seal under `registry`: no prune that deletes `epoch` began after its
+    /// gate read the registry before listing.
     pub(crate) fn seals(
         &self,
         registry: &Registry,

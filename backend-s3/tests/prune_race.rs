@@ -577,3 +577,59 @@ async fn a_write_read_by_others_and_then_pruned_is_never_refused() {
     ));
     assert_eq!(leader.read_partial(0, 5).await.unwrap(), None);
 }
+
+/// The lost-answer twin of the test above: the marker PUT lands but its
+/// answer is lost (the connection drops), and the client's retry of the PUT
+/// reaches the store only after another handle was told the sealer won and
+/// a prune of the epoch ran (and deleted the marker, so the retry creates
+/// it again). The gate must still answer that it sealed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_whose_marker_answer_was_lost_still_answers_that_it_sealed() {
+    let server = TestServer::start();
+    let proxy = FaultProxy::start(&server.address()).await;
+    let prefix = fresh_prefix("race-lost-marker");
+    let direct = store(&config(&server.endpoint(), &prefix)).await;
+    let (rival, pruner) = (direct.handle("rival", 4), direct.handle("pruner", 4));
+    let sealer = store(&config(&proxy.endpoint(), &prefix))
+        .await
+        .handle("sealer", 4);
+    let vnodes = [0, 1];
+    write_epoch(&sealer, 3, &vnodes).await;
+    // The first marker PUT lands and its answer is lost; the retry waits.
+    proxy.add(Rule {
+        method: "PUT",
+        contains: "/m/".into(),
+        action: Action::ForwardThenDrop,
+        times: 1,
+    });
+    proxy.add(Rule {
+        method: "PUT",
+        contains: "/m/".into(),
+        action: Action::Hold,
+        times: 1,
+    });
+    let gate = sealer.epoch_complete(3, &vnodes);
+    let others = async {
+        wait_for(&proxy, "the retried marker PUT to be held", |p| {
+            p.seen().iter().any(|s| s.fault == Some(Action::Hold))
+        })
+        .await;
+        match rival.epoch_complete(3, &vnodes).await {
+            Err(StateBackendError::SplitBrainCommit { committer, .. }) => {
+                assert_eq!(
+                    committer, "sealer",
+                    "the rival was told the wrong committer"
+                )
+            }
+            other => panic!("the rival's gate, after the sealer's marker landed, gave {other:?}"),
+        }
+        pruner.prune_before(4).await.expect("the prune");
+        proxy.release(1);
+    };
+    let (gated, ()) = tokio::join!(gate, others);
+    assert!(
+        matches!(gated, Ok(true)),
+        "the rival was told the sealer sealed epoch 3, but the sealer's own gate gave {gated:?}"
+    );
+    every_sealed_epoch_has_its_partials(&pruner, &vnodes).await;
+}
