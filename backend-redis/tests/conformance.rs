@@ -109,3 +109,14 @@ impl BackendFactory for RedisFactory {
 
 laminar_state_conformance::conformance_tests!(redis_standalone, RedisFactory::standalone());
 laminar_state_conformance::conformance_tests!(redis_cluster, RedisFactory::cluster());
+// The suite through every layer of laminar-state-layers at once (on the
+// standalone server: the layers see one handle whatever the deployment),
+// with a quarter of the proptest cases: the plain column covers the cases,
+// this one every call forwarded through every layer.
+laminar_state_conformance::conformance_tests!(
+    layered_redis,
+    laminar_state_conformance::Wrapped::new(
+        RedisFactory::standalone(),
+        laminar_state_test_support::layered::EveryLayer::over("redis").with_fewer_cases(4)
+    )
+);

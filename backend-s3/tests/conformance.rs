@@ -136,3 +136,13 @@ impl BackendFactory for S3Factory {
 }
 
 laminar_state_conformance::conformance_tests!(s3, S3Factory::new());
+// The suite through every layer of laminar-state-layers at once, with a
+// quarter of the proptest cases: the plain column covers the cases, this
+// one every call forwarded through every layer.
+laminar_state_conformance::conformance_tests!(
+    layered_s3,
+    laminar_state_conformance::Wrapped::new(
+        S3Factory::new(),
+        laminar_state_test_support::layered::EveryLayer::over("s3").with_fewer_cases(4)
+    )
+);

@@ -7,7 +7,8 @@
 //! [`conformance_main!`] and the [`harness`] (or [`Harness`] by hand), with
 //! [`conformance_tests!`], or, from another harness, with [`run_all`], which
 //! returns a [`Report`], or the functions of [`properties`] one by one.
-//! [`faults`] holds the faulty wrappers.
+//! [`faults`] holds the faulty wrappers. [`Wrapped`] runs the suite on any
+//! factory's stores through middleware of yours (a [`Wrapper`]).
 //!
 //! # Knobs
 //!
@@ -26,6 +27,7 @@ mod model;
 pub mod properties;
 mod runner;
 mod support;
+mod wrapped;
 
 use std::fmt;
 use std::io::Write;
@@ -35,6 +37,7 @@ pub use factory::{BackendFactory, Capabilities, Capability, Damage, TestStore};
 pub use harness::Harness;
 pub use properties::{ChildCommand, PROPERTIES, Property};
 pub use runner::{DEFAULT_CASES, DEFAULT_KILLS, DEFAULT_RACE_ROUNDS};
+pub use wrapped::{Wrapped, Wrapper};
 
 /// How one property went.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,6 +7,7 @@
 //! | [`redis`] | `redis-server` processes: standalone, replicas, a 3-node cluster; a [`TcpRelay`] to cut a link |
 //! | [`seaweed`] | SeaweedFS (`weed mini`), an S3-compatible store, with its bucket and test credentials |
 //! | [`proxy`] | an HTTP proxy in front of SeaweedFS that logs requests and injects faults |
+//! | [`layered`] | every layer of `laminar-state-layers` as a conformance [`Wrapper`](laminar_state_conformance::Wrapper), for the layered columns of the matrix |
 //! | [`lazy`] | servers started once per conformance factory, and the lazily connected conformance [`TestStore`](laminar_state_conformance::TestStore) of a networked backend |
 //!
 //! Servers listen on free loopback ports ([`free_port`]), each in its own
@@ -28,6 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use laminar_state_api::StateBackend;
 
+pub mod layered;
 pub mod lazy;
 pub mod process;
 pub mod proxy;

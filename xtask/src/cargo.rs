@@ -49,10 +49,16 @@ pub(crate) fn install() -> Result<(), String> {
     run(install)
 }
 
-/// Every test: the doc tests first (nextest does not run them), then the
+/// Every test: the doc tests first (nextest does not run them), the
+/// facade with only `memory`, then the conformance matrix of every backend
+/// (each property in its own process, see [`crate::conformance`]), then the
 /// rest with nextest (one process per test, so the crash tests' children
 /// and the per-test time limits are isolated) when it is installed, else
 /// with libtest.
+///
+/// The `tests/conformance.rs` binaries are the matrix's: nextest leaves
+/// them out rather than run every property twice. Without nextest, libtest
+/// cannot leave out a test target by name, and runs them again.
 pub(crate) fn test() -> Result<(), String> {
     install()?;
     let mut doc = cargo();
@@ -72,6 +78,7 @@ pub(crate) fn test() -> Result<(), String> {
         "facade",
     ]);
     run(minimal)?;
+    crate::conformance::run(&crate::BACKENDS.iter().collect::<Vec<_>>())?;
     let mut tests = cargo();
     let all = [
         "--workspace",
@@ -80,12 +87,18 @@ pub(crate) fn test() -> Result<(), String> {
         "--no-fail-fast",
     ];
     if have_nextest() {
-        tests.args(["nextest", "run"]).args(all);
+        tests
+            .args(["nextest", "run"])
+            .args(all)
+            .args(["-E", NOT_THE_MATRIX]);
     } else {
         tests.arg("test").args(all);
     }
     run(tests)
 }
+
+/// The nextest filter of every test the conformance matrix does not run.
+pub(crate) const NOT_THE_MATRIX: &str = "not binary(=conformance)";
 
 /// Formatting, lints and docs, all warnings denied.
 pub(crate) fn lint() -> Result<(), String> {

@@ -19,8 +19,10 @@ commands:
   test                     install the servers the tests start (.ci/install:
                            redis-server, SeaweedFS), then run every test of the
                            workspace: doc tests, the facade with only `memory`,
-                           then unit, conformance, integration and the tidy test
-                           (nextest if installed, else cargo test); then
+                           the conformance matrix of every backend (as
+                           `conformance --backend all`), then unit, integration
+                           and the tidy test (nextest if installed, leaving out
+                           the matrix's binaries; else cargo test); then
                            `roundtrip`
   lint                     cargo fmt --check, clippy -D warnings, rustdoc -D warnings
   conformance [--backend NAME|embedded|all]
@@ -30,9 +32,10 @@ commands:
                            property by backend; also written to
                            target/conformance/matrix.json (default: embedded =
                            memory, redb; redis and s3 install and start their
-                           own servers: redis-server, SeaweedFS; layered = memory
-                           and redb wrapped in every layer of
-                           laminar-state-layers, in `all` but not `embedded`)
+                           own servers: redis-server, SeaweedFS, and run the
+                           suite through every layer of laminar-state-layers
+                           too; layered = memory and redb wrapped in every
+                           layer, in `all` but not `embedded`)
   bench [--backend NAME|all]
                            benchmarks against the raw store, in release mode
                            (default: all; redis and s3 install and start their
@@ -57,8 +60,8 @@ commands:
                            (xtask/registry.py), in a scratch copy of the tree,
                            then fresh projects using the crates from it (also
                            the last step of `test`)
-  ci                       what .ci/run does: lint, conformance --backend all,
-                           test, chaos --backend all --seconds 30 --seed 5
+  ci                       what .ci/run does: lint, test (the matrix included),
+                           chaos --backend all --seconds 30 --seed 5
 
 backends: memory, redb, redis, s3, layered
 ";
@@ -67,7 +70,7 @@ backends: memory, redb, redis, s3, layered
 /// (the tidy test checks it).
 pub(crate) const CI_STEPS: &[&str] = &[
     "lint",
-    "conformance --backend all",
+    // The conformance matrix of every backend is part of `test`.
     "test",
     // Bounded, with a fixed seed so the fault schedule is the same every
     // run; long runs with fresh seeds are `chaos --backend all --seconds

@@ -12,8 +12,8 @@ use bytes::Bytes;
 use laminar_state_api::{StateBackend, StateBackendError};
 use laminar_state_conformance::{BackendFactory, Capabilities, Damage, TestStore};
 use laminar_state_layers::{
-    CompressionAlgorithm, CompressionLayer, EncryptionKey, EncryptionLayer, Keyring, LayerConfig,
-    MetricsLayer, RetryLayer, RetryPolicy, Target, TimeoutLayer, TracingLayer, layer_with_keyring,
+    CompressionLayer, EncryptionLayer, MetricsLayer, RetryLayer, RetryPolicy, Target, TimeoutLayer,
+    TracingLayer, layer_with_keyring,
 };
 use laminar_state_memory::MemoryStore;
 use laminar_state_redb::{RedbConfig, RedbStore};
@@ -35,12 +35,7 @@ const BLOCK: usize = 4096;
 /// layer's framing.
 pub const INNER_LIMIT: usize = LIMIT * STRETCH + 1024;
 
-/// The test key ring: fixed keys, so a crash test's child process reads
-/// what its parent wrote and the other way round.
-pub fn keyring() -> Keyring {
-    Keyring::new(2, EncryptionKey::from_bytes([0x5A; 32]))
-        .with_key(1, EncryptionKey::from_bytes([0xA5; 32]))
-}
+pub use laminar_state_test_support::layered::keyring;
 
 /// The backend inside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,20 +93,7 @@ impl Stack {
 }
 
 /// The configuration of [`Stack::All`]: every layer on.
-pub fn all_layers() -> LayerConfig {
-    LayerConfig {
-        tracing: Some(true),
-        metrics: Some(true),
-        retry: 3,
-        retry_initial_backoff_ms: Some(5),
-        retry_max_backoff_ms: Some(50),
-        retry_max_elapsed_ms: Some(2_000),
-        timeout_ms: Some(60_000),
-        compression: CompressionAlgorithm::Lz4,
-        compression_min_size: Some(0),
-        encryption: None,
-    }
-}
+pub use laminar_state_test_support::layered::every_layer_config as all_layers;
 
 /// Wrap `raw` (a handle of `inner`) in `stack`.
 pub fn wrap(
