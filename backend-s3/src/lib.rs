@@ -202,6 +202,11 @@
 //! - A raise lists every partial of the store and writes a snapshot of
 //!   about 100 bytes per partial older than the new fence; raises happen on
 //!   failover, and pruning keeps the store small.
+//! - Snapshots are never deleted (a reader judging under an older fence
+//!   may still need that fence's snapshot, and the next one is built from
+//!   it): one object per raise stays, which the growth soak shows
+//!   (`cargo xtask soak --backend s3 --raise-every K`). The footprint grows
+//!   with leader changes, not with checkpoints.
 //! - Every write is a new object; rewrites of a `(vnode, epoch)` (replays)
 //!   keep their older objects until the epoch is pruned. Objects of refused
 //!   writes whose clean-up failed stay (invisible) until then too.

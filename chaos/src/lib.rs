@@ -15,6 +15,9 @@
 //! fresh handle reads the recent epochs, and the [checker] verifies the
 //! history against the contract. A [broken] backend shows that it
 //! objects when a promise is broken.
+//!
+//! A [soak] runs many checkpoint cycles on one store and shows that its
+//! footprint (file, keys, memory, objects) stays flat.
 
 pub mod broken;
 pub mod checker;
@@ -22,4 +25,5 @@ pub mod history;
 pub mod proxy;
 pub mod run;
 pub mod schedule;
+pub mod soak;
 pub mod worker;

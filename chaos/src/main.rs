@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use laminar_state_chaos::broken::Breakage;
 use laminar_state_chaos::run::{self, Backend, Options};
+use laminar_state_chaos::soak::{self, SoakOptions};
 use laminar_state_chaos::worker::{self, WorkerArgs};
 
 const HELP: &str = "\
@@ -16,6 +17,13 @@ laminar-state-chaos run --backend redb|redis|redis-cluster|s3 [--seconds N] [--s
     (default: 60 s, a random seed, DIR = target/chaos/BACKEND-SEED)
 laminar-state-chaos check DIR [--all]
     check the history of a finished run again (--all: every violation)
+laminar-state-chaos soak --backend redb|redis|redis-cluster|s3 [--cycles N]
+                         [--vnodes V] [--bytes B] [--raise-every K] [--dir DIR]
+    N checkpoint cycles (V partials of B bytes written concurrently, the
+    gate, a prune keeping 2; a fence raise every K cycles, 0: never) on one
+    store, its footprint and latency sampled 20 times; exit 1 if the
+    footprint grows after the warm-up (default: 10000 cycles, 16 vnodes,
+    4096 bytes, K = 0, DIR = target/soak/BACKEND)
 ";
 
 fn default_dir(backend: Backend, seed: u64) -> PathBuf {
@@ -76,6 +84,54 @@ fn parse_run(args: &[String]) -> Result<Options, String> {
     })
 }
 
+fn parse_soak(args: &[String]) -> Result<SoakOptions, String> {
+    let mut options = SoakOptions {
+        backend: Backend::Redb,
+        cycles: 10_000,
+        vnodes: 16,
+        bytes: 4096,
+        raise_every: 0,
+        dir: PathBuf::new(),
+    };
+    let mut backend = None;
+    let mut dir = None;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let (name, value) = match arg.split_once('=') {
+            Some((name, value)) => (name, value.to_owned()),
+            None => (
+                arg.as_str(),
+                args.next()
+                    .cloned()
+                    .ok_or_else(|| format!("{arg} wants a value\n\n{HELP}"))?,
+            ),
+        };
+        let number = || {
+            value
+                .parse::<u64>()
+                .map_err(|_| format!("{name} wants a number, got {value:?}"))
+        };
+        match name {
+            "--backend" => backend = Some(Backend::parse(&value)?),
+            "--cycles" => options.cycles = number()?.max(1),
+            "--vnodes" => {
+                options.vnodes = u32::try_from(number()?.clamp(1, 65_536)).unwrap_or(16);
+            }
+            "--bytes" => options.bytes = usize::try_from(number()?).unwrap_or(4096),
+            "--raise-every" => options.raise_every = number()?,
+            "--dir" => dir = Some(PathBuf::from(&value)),
+            other => return Err(format!("unknown argument {other}\n\n{HELP}")),
+        }
+    }
+    options.backend = backend.ok_or_else(|| format!("--backend is required\n\n{HELP}"))?;
+    options.dir = dir.unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/soak")
+            .join(options.backend.name())
+    });
+    Ok(options)
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.split_first() {
@@ -98,6 +154,12 @@ fn main() -> ExitCode {
                 options.seed
             );
             Ok(outcome.passed())
+        }),
+        Some((command, rest)) if command == "soak" => parse_soak(rest).and_then(|options| {
+            let report = soak::soak(&options)?;
+            println!("{}", report.summary());
+            println!("samples: {}", options.dir.join("soak.json").display());
+            Ok(report.growth.is_none())
         }),
         Some((command, [dir, more @ ..])) if command == "check" && more.len() <= 1 => {
             let all = more.first().is_some_and(|a| a == "--all");

@@ -124,7 +124,7 @@ struct Deployment {
 
 const VNODES: u32 = 8;
 
-fn s3_config(endpoint: &str, prefix: &str) -> serde_json::Value {
+pub(crate) fn s3_config(endpoint: &str, prefix: &str) -> serde_json::Value {
     json!({
         "backend": "s3",
         "bucket": seaweed::BUCKET,
@@ -144,7 +144,7 @@ fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-fn redis_url(port: u16, query: &str) -> String {
+pub(crate) fn redis_url(port: u16, query: &str) -> String {
     format!("redis://127.0.0.1:{port}/?namespace=chaos&timeout_ms=1000{query}")
 }
 

@@ -16,9 +16,11 @@ const CHAOS_BACKENDS: &[(&str, bool)] = &[
     ("s3", true),
 ];
 
-const USAGE: &str = "cargo xtask chaos --backend redb|redis|redis-cluster|s3|all [--seconds N] [--seed S] [--broken[=fence|seal|lose]]";
+const USAGE: &str = "cargo xtask chaos|soak --backend redb|redis|redis-cluster|s3|all [options of laminar-state-chaos run|soak]";
 
-pub(crate) fn run(args: &[String]) -> Result<(), String> {
+/// `laminar-state-chaos <subcommand>` (`run`: a chaos run; `soak`: the
+/// growth soak) with `args`, once per backend `--backend` names.
+pub(crate) fn run(subcommand: &str, args: &[String]) -> Result<(), String> {
     let mut backend = None;
     let mut rest = Vec::new();
     let mut args = args.iter();
@@ -52,7 +54,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let mut failed = Vec::new();
     for (name, _) in chosen {
         let mut command = Command::new(&binary);
-        command.args(["run", "--backend", name]).args(&rest);
+        command.args([subcommand, "--backend", name]).args(&rest);
         eprintln!("$ {command:?}");
         let status = command
             .status()
@@ -64,7 +66,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     if failed.is_empty() {
         Ok(())
     } else {
-        Err(format!("chaos failed on {}", failed.join(", ")))
+        Err(format!("{subcommand} failed on {}", failed.join(", ")))
     }
 }
 

@@ -49,6 +49,13 @@ commands:
                            one summary line per backend, non-zero exit on any
                            violation (backends: redb, redis, redis-cluster, s3;
                            default 60 s and a random seed, printed)
+  soak --backend NAME|all [--cycles N] [--vnodes V] [--bytes B] [--raise-every K]
+                           the growth soak: N checkpoint cycles (write every
+                           vnode, gate, prune keeping 2) on one store, its
+                           footprint (file size, keys and memory, objects) and
+                           cycle latency sampled 20 times; non-zero exit if the
+                           footprint grows after the warm-up (default 10000
+                           cycles; backends as for chaos)
   release <patch|minor|major|X.Y.Z> [--registry NAME] [--execute] [--no-tests]
                            dry run unless --execute: refuse a dirty tree, lint,
                            test, bump the version and the internal pins, move
@@ -61,7 +68,8 @@ commands:
                            then fresh projects using the crates from it (also
                            the last step of `test`)
   ci                       what .ci/run does: lint, test (the matrix included),
-                           chaos --backend all --seconds 30 --seed 5
+                           chaos --backend all --seconds 30 --seed 5,
+                           soak --backend all --cycles 200
 
 backends: memory, redb, redis, s3, layered
 ";
@@ -76,6 +84,8 @@ pub(crate) const CI_STEPS: &[&str] = &[
     // run; long runs with fresh seeds are `chaos --backend all --seconds
     // 1200` (see chaos/README.md).
     "chaos --backend all --seconds 30 --seed 5",
+    // Bounded too; the long soaks are `soak --backend all` (10,000 cycles).
+    "soak --backend all --cycles 200",
 ];
 
 /// The backends xtask knows: name, package, whether it needs a server.
@@ -168,7 +178,8 @@ fn run(args: &[String]) -> Result<(), String> {
             "ci" if rest.is_empty() => ci(),
             "conformance" => conformance::run(&select(&backend_arg(rest, "embedded")?)?),
             "bench" => bench::run(&select(&backend_arg(rest, "all")?)?),
-            "chaos" => chaos::run(rest),
+            "chaos" => chaos::run("run", rest),
+            "soak" => chaos::run("soak", rest),
             "help" | "--help" | "-h" => {
                 print!("{HELP}");
                 Ok(())

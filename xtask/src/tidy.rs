@@ -741,10 +741,10 @@ See [the contract](CONTRACT.md#p7) and [docs](https://docs.rs/x).\n\
 
     #[test]
     fn ci_steps_must_match() {
-        let script = "bash .ci/install\n\ncargo xtask lint\ncargo xtask test\ncargo xtask chaos --backend all --seconds 30 --seed 5\n";
+        let script = "bash .ci/install\n\ncargo xtask lint\ncargo xtask test\ncargo xtask chaos --backend all --seconds 30 --seed 5\ncargo xtask soak --backend all --cycles 200\n";
         assert!(ci_problems(script).is_empty());
         assert_eq!(ci_problems("cargo xtask lint\ncargo xtask test\n").len(), 1);
-        let twice = "cargo xtask lint\ncargo xtask conformance --backend all\ncargo xtask test\ncargo xtask chaos --backend all --seconds 30 --seed 5\n";
+        let twice = "cargo xtask lint\ncargo xtask conformance --backend all\ncargo xtask test\ncargo xtask chaos --backend all --seconds 30 --seed 5\ncargo xtask soak --backend all --cycles 200\n";
         assert_eq!(ci_problems(twice).len(), 1);
     }
 }
