@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use laminar_state_api::StateBackend;
-use laminar_state_bench::{Mode, Row, Unit, report};
+use laminar_state_bench::{Mode, Row, Unit, alternate, report};
 use laminar_state_redb::RedbStore;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -117,20 +117,40 @@ fn main() {
         target: None,
     });
 
-    // Reads of what was just written.
+    // Reads of what was just written: the same keys on both sides (the
+    // raw side's 64-writer run wrote the fewest), the same count, from the
+    // same number of tasks on the same runtime, alternated in slices. Raw
+    // redb reads inline in each task: one read transaction per read, as the
+    // backend does.
+    let keys = scale.concurrent_writes / 10;
     for tasks in [1u64, 64] {
-        let raw = per_second(scale.reads, || {
-            raw_reads(&raw_db, 1, tasks, scale.reads, scale.concurrent_writes / 10)
-        });
-        let ours = per_second(scale.reads, || {
-            runtime.block_on(backend_reads(
-                &backend,
-                1,
-                tasks,
-                scale.reads,
-                scale.concurrent_writes,
-            ))
-        });
+        let db = Arc::clone(&raw_db);
+        let raw_read = move |i: u64| {
+            let db = Arc::clone(&db);
+            async move {
+                let txn = db.begin_read().expect("read");
+                let table = txn.open_table(RAW).expect("table");
+                let value = table
+                    .get((1, (i % keys) as u32))
+                    .expect("get")
+                    .expect("present");
+                std::hint::black_box(Bytes::copy_from_slice(value.value()));
+            }
+        };
+        let ours = Arc::clone(&backend);
+        let our_read = move |i: u64| {
+            let backend = Arc::clone(&ours);
+            async move {
+                std::hint::black_box(
+                    backend
+                        .read_partial((i % keys) as u32, 1)
+                        .await
+                        .expect("read")
+                        .expect("present"),
+                );
+            }
+        };
+        let (raw, ours) = runtime.block_on(alternate(tasks, scale.reads, raw_read, our_read));
         let name = if tasks == 1 {
             "reads/s, 1 reader"
         } else {
@@ -141,7 +161,7 @@ fn main() {
             unit: Unit::PerSecond,
             backend: ours,
             raw,
-            target: None,
+            target: Some(0.5),
         });
     }
 
@@ -272,28 +292,6 @@ fn raw_writes_at(db: &Database, epoch: u64, vnodes: u32, payload: &Bytes) {
     txn.commit().expect("commit");
 }
 
-/// `count` reads over `keys` keys, one read transaction per read (as the
-/// backend does), from up to 8 threads.
-fn raw_reads(db: &Arc<Database>, epoch: u64, readers: u64, count: u64, keys: u64) {
-    let threads = readers.min(8);
-    std::thread::scope(|scope| {
-        for reader in 0..threads {
-            let db = Arc::clone(db);
-            scope.spawn(move || {
-                for i in (reader..count).step_by(threads as usize) {
-                    let txn = db.begin_read().expect("read");
-                    let table = txn.open_table(RAW).expect("table");
-                    let value = table
-                        .get((epoch, (i % keys) as u32))
-                        .expect("get")
-                        .expect("present");
-                    std::hint::black_box(Bytes::copy_from_slice(value.value()));
-                }
-            });
-        }
-    });
-}
-
 /// The seal as raw redb does it: check every vnode, then write the marker.
 fn raw_seal(db: &Database, epoch: u64, vnodes: u32) {
     let txn = db.begin_write().expect("begin");
@@ -340,33 +338,5 @@ async fn backend_writes(
     }
     while let Some(done) = tasks.join_next().await {
         done.expect("writer task");
-    }
-}
-
-async fn backend_reads(
-    backend: &Arc<dyn StateBackend>,
-    epoch: u64,
-    readers: u64,
-    count: u64,
-    keys: u64,
-) {
-    let mut tasks = tokio::task::JoinSet::new();
-    for reader in 0..readers {
-        let backend = Arc::clone(backend);
-        tasks.spawn(async move {
-            for i in (reader..count).step_by(readers as usize) {
-                let vnode = (i % keys) as u32;
-                std::hint::black_box(
-                    backend
-                        .read_partial(vnode, epoch)
-                        .await
-                        .expect("read")
-                        .expect("present"),
-                );
-            }
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        done.expect("reader task");
     }
 }
