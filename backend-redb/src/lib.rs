@@ -758,6 +758,35 @@ impl StateBackend for RedbBackend {
             .submit(Request::PersistFence { reply }, answer)
             .await
     }
+
+    /// One read transaction for all of them, on the caller's task (see
+    /// "Reads"): a consistent view of one commit, one B-tree descent per
+    /// vnode.
+    async fn read_partials(
+        &self,
+        epoch: u64,
+        vnodes: &[u32],
+    ) -> Result<Vec<Option<Bytes>>, StateBackendError> {
+        for &vnode in vnodes {
+            self.limits.check_vnode(vnode)?;
+        }
+        let core = &self.store.inner.core;
+        let what = || format!("read_partials({epoch}, {} vnodes)", vnodes.len());
+        core.with_db(what, |db| {
+            let txn = db.begin_read().or_redb(what)?;
+            let table = txn.open_table(PARTIALS).or_redb(what)?;
+            vnodes
+                .iter()
+                .map(|&vnode| {
+                    let what = || format!("read_partials({epoch}, ...): vnode {vnode}");
+                    let stored = table.get((epoch, vnode)).or_redb(what)?;
+                    stored
+                        .map(|frame| unframe(frame.value(), &what).map(Bytes::copy_from_slice))
+                        .transpose()
+                })
+                .collect()
+        })
+    }
 }
 
 /// `prune_before(before)`: [`prune_step`] until none is left.

@@ -1,6 +1,7 @@
 //! [`RedisBackend`]: a handle with its own instance id, and the
 //! [`StateBackend`] implementation, in the trait's order.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
@@ -482,6 +483,42 @@ impl StateBackend for RedisBackend {
     async fn persist_authoritative_version(&self, version: u64) -> Result<(), StateBackendError> {
         self.set_authoritative_version(version);
         self.carry_fence().await.map(drop)
+    }
+
+    /// One `HMGET` per vnode group (the group's hash of the epoch), the
+    /// groups at once: on a cluster each goes to its own primary.
+    async fn read_partials(
+        &self,
+        epoch: u64,
+        vnodes: &[u32],
+    ) -> Result<Vec<Option<Bytes>>, StateBackendError> {
+        let keys = &self.store.shared.keys;
+        let mut by_group: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        for &vnode in vnodes {
+            self.limits.check_vnode(vnode)?;
+            by_group.entry(keys.group_of(vnode)).or_default().push(vnode);
+        }
+        let what = format!("read_partials({epoch}, {} vnodes)", vnodes.len());
+        let answers = self
+            .store
+            .in_groups(&what, by_group, |store, (group, asked)| {
+                let hash = store.shared.keys.epoch_partials(group, epoch);
+                let what = format!("read_partials({epoch}): group {group}");
+                async move {
+                    let values: Vec<Option<Vec<u8>>> = store
+                        .query(&what, redis::cmd("HMGET").arg(hash).arg(&asked).clone())
+                        .await?;
+                    Ok(asked.into_iter().zip(values).collect::<Vec<_>>())
+                }
+            })
+            .await?;
+        // Bytes, so a vnode asked twice shares one buffer.
+        let found: HashMap<u32, Bytes> = answers
+            .into_iter()
+            .flatten()
+            .filter_map(|(vnode, value)| value.map(|v| (vnode, Bytes::from(v))))
+            .collect();
+        Ok(vnodes.iter().map(|vnode| found.get(vnode).cloned()).collect())
     }
 }
 

@@ -34,6 +34,12 @@ pub(crate) enum Op {
         vnode: u32,
         epoch: u64,
     },
+    /// `read_partials`: any vnodes, in any order, repeats allowed.
+    ReadMany {
+        handle: usize,
+        epoch: u64,
+        vnodes: Vec<u32>,
+    },
     /// A raise followed by a write at or above it: the contract makes a raise
     /// shared no later than the raising handle's next write, so the model
     /// pairs them to stay exact for every backend.
@@ -68,6 +74,8 @@ pub(crate) fn op_strategy() -> impl Strategy<Value = Op> {
         ),
         2 => (handle.clone(), vnode.clone(), epoch.clone())
             .prop_map(|(handle, vnode, epoch)| Op::Read { handle, vnode, epoch }),
+        1 => (handle.clone(), epoch.clone(), proptest::collection::vec(vnode.clone(), 0..=2 * VNODES as usize))
+            .prop_map(|(handle, epoch, vnodes)| Op::ReadMany { handle, epoch, vnodes }),
         1 => (handle.clone(), 0u64..8, 0u64..2, vnode.clone(), epoch.clone(), bytes).prop_map(
             |(handle, raise, above, vnode, epoch, bytes)| Op::RaiseThenWrite {
                 handle, raise, above, vnode, epoch, bytes
@@ -84,6 +92,7 @@ pub(crate) fn op_strategy() -> impl Strategy<Value = Op> {
 pub(crate) enum Reply {
     Done,
     Read(Option<Vec<u8>>),
+    ReadMany(Vec<Option<Vec<u8>>>),
     Complete(bool),
     Stale { caller: u64, authoritative: u64 },
     SplitBrain { committer: String, self_id: String },
@@ -95,6 +104,7 @@ impl fmt::Debug for Reply {
         match self {
             Reply::Done => write!(f, "Ok(())"),
             Reply::Read(value) => write!(f, "Ok({value:?})"),
+            Reply::ReadMany(values) => write!(f, "Ok({values:?})"),
             Reply::Complete(sealed) => write!(f, "Ok({sealed})"),
             Reply::Stale {
                 caller,
@@ -251,6 +261,12 @@ impl Model {
             Op::Read { vnode, epoch, .. } => {
                 Reply::Read(self.partials.get(&(*epoch, *vnode)).cloned())
             }
+            Op::ReadMany { epoch, vnodes, .. } => Reply::ReadMany(
+                vnodes
+                    .iter()
+                    .map(|vnode| self.partials.get(&(*epoch, *vnode)).cloned())
+                    .collect(),
+            ),
             Op::RaiseThenWrite {
                 handle,
                 raise,
@@ -300,6 +316,14 @@ pub(crate) async fn execute(handles: &[Arc<dyn StateBackend>], op: &Op) -> Reply
         } => done(
             handles[*handle].read_partial(*vnode, *epoch).await,
             |value| Reply::Read(value.map(|b| b.to_vec())),
+        ),
+        Op::ReadMany {
+            handle,
+            epoch,
+            vnodes,
+        } => done(
+            handles[*handle].read_partials(*epoch, vnodes).await,
+            |values| Reply::ReadMany(values.into_iter().map(|v| v.map(|b| b.to_vec())).collect()),
         ),
         Op::RaiseThenWrite {
             handle,

@@ -78,6 +78,9 @@ enum Flaw {
     /// A write checks the fence, awaits once (a round trip), then writes:
     /// the two steps a stall can split.
     WriteChecksFenceThenYields,
+    /// `read_partials` answers in vnode order, each vnode once (one range
+    /// scan), not in the order asked.
+    BatchReadSorted,
     /// A seal checks the fence, awaits once, then seals.
     SealChecksFenceThenYields,
     /// A write stores its bytes, awaits once (a round trip), then judges
@@ -560,6 +563,23 @@ impl StateBackend for Handle {
         self.fence(&self.shared.state.lock().unwrap().0)
     }
 
+    async fn read_partials(
+        &self,
+        epoch: u64,
+        vnodes: &[u32],
+    ) -> Result<Vec<Option<Bytes>>, StateBackendError> {
+        let mut asked = vnodes.to_vec();
+        if self.shared.flaw == Flaw::BatchReadSorted {
+            asked.sort_unstable();
+            asked.dedup();
+        }
+        let mut partials = Vec::with_capacity(asked.len());
+        for vnode in asked {
+            partials.push(self.read_partial(vnode, epoch).await?);
+        }
+        Ok(partials)
+    }
+
     async fn persist_authoritative_version(&self, version: u64) -> Result<(), StateBackendError> {
         if self.shared.flaw == Flaw::RaiseAnnouncedFirst {
             {
@@ -914,6 +934,11 @@ fn seal_checking_the_fence_before_a_stall_is_caught_by_p7_stalled_zombie() {
 #[test]
 fn a_write_judged_after_its_epoch_was_pruned_is_caught_by_p7_seen_write_never_refused() {
     caught("p07_seen_write_never_refused", Flaw::WriteJudgedAfterPrune);
+}
+
+#[test]
+fn a_batch_read_answering_in_vnode_order_is_caught_by_p1_batch_read() {
+    caught("p01_batch_read", Flaw::BatchReadSorted);
 }
 
 #[test]

@@ -223,6 +223,29 @@ pub trait StateBackend: Send + Sync + 'static {
         self.set_authoritative_version(version);
         Ok(())
     }
+
+    /// The partials of `vnodes` at `epoch`, in the order asked: element `i`
+    /// is what [`read_partial(vnodes[i], epoch)`](Self::read_partial) would
+    /// return (`None` for a vnode never written, or pruned; a vnode asked
+    /// twice is answered twice). The first error any of them would give
+    /// fails the whole call.
+    ///
+    /// Recovery reads every vnode of the latest sealed epoch while the job
+    /// is down; a backend answers them together in fewer round trips (one
+    /// read transaction, one pipeline, one listing). The default reads them
+    /// one by one with `read_partial`, so a backend that does not override
+    /// it keeps working, only slower.
+    async fn read_partials(
+        &self,
+        epoch: u64,
+        vnodes: &[u32],
+    ) -> Result<Vec<Option<Bytes>>, StateBackendError> {
+        let mut partials = Vec::with_capacity(vnodes.len());
+        for &vnode in vnodes {
+            partials.push(self.read_partial(vnode, epoch).await?);
+        }
+        Ok(partials)
+    }
 }
 
 // The engine stores backends as trait objects: keep the trait object-safe.

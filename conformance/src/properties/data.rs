@@ -131,6 +131,55 @@ pub async fn p02_idempotent_replay(factory: &dyn BackendFactory) -> Checked {
     .await
 }
 
+/// P1 (batch): `read_partials(epoch, vnodes)` answers exactly what
+/// `read_partial` of each vnode answers, in the order asked: random
+/// sequences of writes, raises, seals, prunes and batch reads (any vnodes,
+/// repeats, none) match the reference model step by step; then a handle
+/// opened afterwards reads every epoch in one batch (every vnode backwards,
+/// then again) and one by one, and the two agree; a batch naming a vnode
+/// outside the handle's capacity fails with `Serialization` naming it, as
+/// a single read does.
+pub async fn p01_batch_read(factory: &dyn BackendFactory) -> Checked {
+    let capabilities = factory.capabilities();
+    let strategy = proptest::collection::vec(op_strategy(), 1..24);
+    for_all(factory, strategy, |ops| async move {
+        let store = fresh_store(factory).await?;
+        model::run_sequence(&*store, capabilities, &ops, false).await?;
+        let handle = open(&*store, &unique_tag("p01-batch"), model::VNODES).await?;
+        let asked: Vec<u32> = (0..model::VNODES).rev().chain(0..model::VNODES).collect();
+        for epoch in 0..model::EPOCHS {
+            let batch = handle
+                .read_partials(epoch, &asked)
+                .await
+                .map_err(|e| format!("read_partials({epoch}, {asked:?}) failed: {e}"))?;
+            ensure!(
+                batch.len() == asked.len(),
+                "read_partials({epoch}, {asked:?}) answered {} partials for {} vnodes",
+                batch.len(),
+                asked.len()
+            );
+            for (vnode, got) in asked.iter().zip(&batch) {
+                let single = read(&handle, *vnode, epoch).await?;
+                ensure!(
+                    got.as_deref() == single.as_deref(),
+                    "read_partials({epoch}, ...) gave {:?} for vnode {vnode}, read_partial gave {:?}",
+                    got.as_ref().map(|b| b.len()),
+                    single.as_ref().map(|b| b.len())
+                );
+            }
+        }
+        let outside = model::VNODES;
+        let result = handle.read_partials(1, &[0, outside]).await;
+        ensure!(
+            matches!(&result, Err(StateBackendError::Serialization(m)) if m.contains(&outside.to_string())),
+            "read_partials(1, [0, {outside}]) with capacity {outside} gave {}, expected a Serialization error naming vnode {outside}",
+            describe(&result)
+        );
+        Ok(())
+    })
+    .await
+}
+
 /// P3: random operation sequences from several handles (writes, reads,
 /// raises, seals, prunes) return exactly what the reference model returns,
 /// and afterwards every key holds what the model holds: a write changes its

@@ -13,7 +13,8 @@ mod stalls;
 pub use bad_input::{p12_bad_input, p12_corruption};
 pub use commit::{p08_commit_gate, p09_one_committer, p15_fenced_seal};
 pub use data::{
-    p01_round_trip, p02_idempotent_replay, p02_lost_answers, p03_independence, p13_shared_object,
+    p01_batch_read, p01_round_trip, p02_idempotent_replay, p02_lost_answers, p03_independence,
+    p13_shared_object,
 };
 pub use durability::{
     CHILD_ENV, ChildCommand, p06_shared_fence_across_processes, p10_durability_crash,
@@ -58,6 +59,7 @@ macro_rules! __with_properties {
     ($callback:path; $($args:tt)*) => {
         $callback! { $($args)*;
             (P1, p01_round_trip, plain, [], "reads return the last acknowledged bytes, None when absent or pruned"),
+            (P1, p01_batch_read, plain, [], "read_partials answers exactly what read_partial of each vnode answers, in order"),
             (P2, p02_idempotent_replay, plain, [], "replaying the same write, before or after the seal, changes nothing"),
             (P2, p02_lost_answers, plain, [], "calls whose answers are lost after they applied: retries succeed, a retried seal is won"),
             (P3, p03_independence, plain, [], "random multi-handle sequences match the reference model"),
