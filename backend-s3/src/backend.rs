@@ -1,6 +1,7 @@
 //! [`S3Backend`]: a handle with its own instance id, and the
 //! [`StateBackend`] implementation, in the trait's order.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -391,4 +392,75 @@ impl StateBackend for S3Backend {
         self.set_authoritative_version(version);
         self.carry_fence().await
     }
+
+    /// One listing of the whole epoch (one LIST per 1000 objects), judged
+    /// under one fence read that starts after it, as `read_partial` judges
+    /// its own; then one GET per distinct vnode asked, at most
+    /// [`BATCH_GETS`] at a time. An object deleted between the listing and
+    /// its GET (a prune, a refused write's clean-up) restarts the batch.
+    async fn read_partials(
+        &self,
+        epoch: u64,
+        vnodes: &[u32],
+    ) -> Result<Vec<Option<Bytes>>, StateBackendError> {
+        for &vnode in vnodes {
+            self.limits.check_vnode(vnode)?;
+        }
+        if vnodes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let shared = &self.store.shared;
+        let what = format!("read_partials({epoch}, {} vnodes)", vnodes.len());
+        let prefix = shared.layout.epoch_partials(epoch);
+        'restart: for _ in 0..MAX_RESTARTS {
+            let listed = shared.list(&what, &prefix, None).await?;
+            if listed.is_empty() {
+                return Ok(vec![None; vnodes.len()]);
+            }
+            let fence = shared.fresh_fence().await?;
+            let mut visible = shared.visible(listed, &fence).await?;
+            let mut chosen: Vec<(u32, String)> = Vec::new();
+            for &vnode in vnodes {
+                if let Some(newest) = visible.remove(&vnode).and_then(|mut v| v.pop()) {
+                    chosen.push((vnode, newest.key));
+                }
+            }
+            let mut found: HashMap<u32, Bytes> = HashMap::with_capacity(chosen.len());
+            let mut gets = tokio::task::JoinSet::new();
+            let mut chosen = chosen.into_iter();
+            loop {
+                while gets.len() < BATCH_GETS {
+                    let Some((vnode, key)) = chosen.next() else {
+                        break;
+                    };
+                    let (shared, what) = (Arc::clone(shared), what.clone());
+                    gets.spawn(async move {
+                        let fetched = shared.get(&what, &key).await;
+                        (vnode, key, fetched)
+                    });
+                }
+                let Some(done) = gets.join_next().await else {
+                    break;
+                };
+                let (vnode, key, fetched) = done.map_err(|e| {
+                    StateBackendError::Io(format!("s3 {what}: a GET task failed: {e}"))
+                })?;
+                match fetched {
+                    Ok((framed, _)) => {
+                        found.insert(vnode, unframe(Kind::Partial, &key, framed)?);
+                    }
+                    Err(Failure::Missing(_)) => continue 'restart,
+                    Err(other) => return Err(other.into()),
+                }
+            }
+            return Ok(vnodes.iter().map(|vnode| found.get(vnode).cloned()).collect());
+        }
+        Err(StateBackendError::Io(format!(
+            "s3 {what}: partials kept vanishing between listing and reading"
+        )))
+    }
 }
+
+/// The most GETs one [`read_partials`](StateBackend::read_partials) keeps
+/// in flight.
+pub(crate) const BATCH_GETS: usize = 32;
