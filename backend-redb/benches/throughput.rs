@@ -165,6 +165,61 @@ fn main() {
         });
     }
 
+    // Recovery: one epoch of 256 vnodes x 64 KiB read back whole. Ours:
+    // read_partials; raw: one read transaction with a get per vnode.
+    let big = Bytes::from(vec![0x3C; 64 << 10]);
+    let recovery_epoch = 900_000;
+    raw_writes_at(&raw_db, recovery_epoch, GATE_VNODES, &big);
+    runtime.block_on(async {
+        for vnode in 0..GATE_VNODES {
+            backend
+                .write_partial(vnode, recovery_epoch, 0, big.clone())
+                .await
+                .expect("write");
+        }
+    });
+    let all: Vec<u32> = (0..GATE_VNODES).collect();
+    let db = Arc::clone(&raw_db);
+    let raw_recovery = move |_: u64| {
+        let db = Arc::clone(&db);
+        async move {
+            let txn = db.begin_read().expect("read");
+            let table = txn.open_table(RAW).expect("table");
+            for vnode in 0..GATE_VNODES {
+                let value = table
+                    .get((recovery_epoch, vnode))
+                    .expect("get")
+                    .expect("present");
+                std::hint::black_box(Bytes::copy_from_slice(value.value()));
+            }
+        }
+    };
+    let ours = Arc::clone(&backend);
+    let our_recovery = move |_: u64| {
+        let (backend, all) = (Arc::clone(&ours), all.clone());
+        async move {
+            let read = backend
+                .read_partials(recovery_epoch, &all)
+                .await
+                .expect("recovery");
+            assert!(read.iter().all(Option::is_some));
+            std::hint::black_box(read);
+        }
+    };
+    let (raw, ours) = runtime.block_on(alternate(
+        1,
+        scale.gate_rounds * 4,
+        raw_recovery,
+        our_recovery,
+    ));
+    rows.push(Row {
+        name: "recoveries/s, 256 vnodes x 64 KiB".into(),
+        unit: Unit::PerSecond,
+        backend: ours,
+        raw,
+        target: Some(0.8),
+    });
+
     // The commit gate at 256 vnodes: a fresh seal each round.
     let gate_vnodes: Vec<u32> = (0..GATE_VNODES).collect();
     let mut raw_gate = Duration::ZERO;

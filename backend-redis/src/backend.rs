@@ -496,7 +496,10 @@ impl StateBackend for RedisBackend {
         let mut by_group: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
         for &vnode in vnodes {
             self.limits.check_vnode(vnode)?;
-            by_group.entry(keys.group_of(vnode)).or_default().push(vnode);
+            by_group
+                .entry(keys.group_of(vnode))
+                .or_default()
+                .push(vnode);
         }
         let what = format!("read_partials({epoch}, {} vnodes)", vnodes.len());
         let answers = self
@@ -518,7 +521,10 @@ impl StateBackend for RedisBackend {
             .flatten()
             .filter_map(|(vnode, value)| value.map(|v| (vnode, Bytes::from(v))))
             .collect();
-        Ok(vnodes.iter().map(|vnode| found.get(vnode).cloned()).collect())
+        Ok(vnodes
+            .iter()
+            .map(|vnode| found.get(vnode).cloned())
+            .collect())
     }
 }
 

@@ -25,6 +25,9 @@ use laminar_state_s3::S3Store;
 const PAYLOAD: usize = 4096;
 const PRUNE_EPOCHS: u64 = 20;
 const PRUNE_VNODES: u32 = 256;
+/// The vnodes of the recovery measure, and their partials' size.
+const RECOVERY_VNODES: u32 = 256;
+const RECOVERY_PAYLOAD: usize = 64 << 10;
 /// The seed's HEADs in flight at once.
 const SEED_PARALLELISM: usize = 256;
 
@@ -177,6 +180,51 @@ async fn measure(endpoint: &str, ops: u64, gate_rounds: u64) -> Vec<Row> {
         });
     }
 
+    // Recovery: one epoch of RECOVERY_VNODES x 64 KiB read back whole.
+    // Ours: read_partials. Raw: what the store needs at least, one LIST of
+    // the epoch, then the GETs, as many in flight as ours keeps.
+    let vnodes = if ops > 100 { RECOVERY_VNODES } else { 8 };
+    let big = Bytes::from(vec![0x3C; RECOVERY_PAYLOAD]);
+    let epoch = 7_000_000;
+    let mut writes = tokio::task::JoinSet::new();
+    for vnode in 0..vnodes {
+        let (backend, big) = (Arc::clone(&backend), big.clone());
+        writes.spawn(async move { backend.write_partial(vnode, epoch, 0, big).await });
+    }
+    while let Some(done) = writes.join_next().await {
+        done.expect("task").expect("write");
+    }
+    let raw_epoch = format!("{raw_prefix}recovery/");
+    put_many_of(&client, &bucket, &raw_epoch, vnodes, &big).await;
+    let all: Vec<u32> = (0..vnodes).collect();
+    let (mut ours, mut raw) = (0.0, 0.0);
+    // Round 0 warms both sides up and is not counted.
+    for round in 0..=gate_rounds {
+        let started = Instant::now();
+        let read = backend.read_partials(epoch, &all).await.expect("recovery");
+        assert!(
+            read.iter()
+                .all(|p| p.as_ref().map(Bytes::len) == Some(RECOVERY_PAYLOAD))
+        );
+        let our_time = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let bytes = raw_recovery(&client, &bucket, &raw_epoch).await;
+        assert_eq!(bytes, u64::from(vnodes) * RECOVERY_PAYLOAD as u64);
+        let raw_time = started.elapsed().as_secs_f64();
+        if round > 0 {
+            ours += our_time;
+            raw += raw_time;
+        }
+    }
+    let per_second = |total: f64| gate_rounds as f64 / total;
+    rows.push(Row {
+        name: format!("recoveries/s, {vnodes} vnodes x 64 KiB"),
+        unit: Unit::PerSecond,
+        backend: per_second(ours),
+        raw: per_second(raw),
+        target: Some(0.8),
+    });
+
     // Prune, on a store of its own: 20 epochs x 256 vnodes, all sealed,
     // below the bound; two more epochs above it that must stay.
     let backend: Arc<dyn StateBackend> = Arc::new(
@@ -228,13 +276,18 @@ async fn measure(endpoint: &str, ops: u64, gate_rounds: u64) -> Vec<Row> {
 
 /// `count` small objects `prefix{i}`, 64 at a time.
 async fn put_many(client: &Client, bucket: &str, prefix: &str, count: u32) {
+    put_many_of(client, bucket, prefix, count, &Bytes::from_static(b"p")).await;
+}
+
+/// `count` objects `prefix{i}` holding `body`, 64 at a time.
+async fn put_many_of(client: &Client, bucket: &str, prefix: &str, count: u32, body: &Bytes) {
     let mut puts = tokio::task::JoinSet::new();
     for i in 0..count {
         let request = client
             .put_object()
             .bucket(bucket)
             .key(format!("{prefix}{i:010}"))
-            .body(Bytes::from_static(b"p").into());
+            .body(body.clone().into());
         puts.spawn(async move { request.send().await.expect("PUT") });
         if puts.len() >= 64 {
             puts.join_next().await.expect("a PUT").expect("task");
@@ -271,6 +324,44 @@ async fn seed_gate(client: &Client, bucket: &str, prefix: &str, vnodes: u32) {
         .send()
         .await
         .expect("marker PUT");
+}
+
+/// A recovery as the raw store does it: LIST `prefix`, then GET every
+/// object, as many in flight as the backend's batch read keeps; the bytes
+/// read.
+async fn raw_recovery(client: &Client, bucket: &str, prefix: &str) -> u64 {
+    let listed = client
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .send()
+        .await
+        .expect("LIST");
+    let mut gets = tokio::task::JoinSet::new();
+    let mut bytes = 0;
+    for object in listed.contents() {
+        let request = client
+            .get_object()
+            .bucket(bucket)
+            .key(object.key().expect("a key"));
+        gets.spawn(async move {
+            let object = request.send().await.expect("GET");
+            object
+                .body
+                .collect()
+                .await
+                .expect("body")
+                .into_bytes()
+                .len() as u64
+        });
+        if gets.len() >= 32 {
+            bytes += gets.join_next().await.expect("a GET").expect("task");
+        }
+    }
+    while let Some(done) = gets.join_next().await {
+        bytes += done.expect("task");
+    }
+    bytes
 }
 
 /// LIST everything under `prefix` and delete it, 1,000 keys per request.

@@ -453,7 +453,10 @@ impl StateBackend for S3Backend {
                     Err(other) => return Err(other.into()),
                 }
             }
-            return Ok(vnodes.iter().map(|vnode| found.get(vnode).cloned()).collect());
+            return Ok(vnodes
+                .iter()
+                .map(|vnode| found.get(vnode).cloned())
+                .collect());
         }
         Err(StateBackendError::Io(format!(
             "s3 {what}: partials kept vanishing between listing and reading"
