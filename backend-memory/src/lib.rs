@@ -233,6 +233,22 @@ impl StateBackend for MemoryBackend {
             .map(|(&epoch, _)| epoch)
             .collect())
     }
+
+    async fn partials(&self, epoch: u64) -> Result<Option<Vec<u32>>, StateBackendError> {
+        let mut vnodes: Vec<u32> = self
+            .shared
+            .shards
+            .iter()
+            .flat_map(|shard| {
+                read(shard)
+                    .range((epoch, 0)..=(epoch, u32::MAX))
+                    .map(|(&(_, vnode), _)| vnode)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        vnodes.sort_unstable();
+        Ok(Some(vnodes))
+    }
 }
 
 impl Shared {

@@ -751,6 +751,24 @@ impl StateBackend for RedbBackend {
             .await
     }
 
+    async fn partials(&self, epoch: u64) -> Result<Option<Vec<u32>>, StateBackendError> {
+        self.store
+            .blocking(format!("partials({epoch})"), move |core, what| {
+                core.with_db(what, |db| {
+                    let what = || what.to_owned();
+                    let txn = db.begin_read().or_redb(what)?;
+                    let table = txn.open_table(PARTIALS).or_redb(what)?;
+                    table
+                        .range((epoch, 0)..=(epoch, u32::MAX))
+                        .or_redb(what)?
+                        .map(|entry| entry.map(|(key, _)| key.value().1).or_redb(what))
+                        .collect::<Result<Vec<u32>, _>>()
+                        .map(Some)
+                })
+            })
+            .await
+    }
+
     async fn persist_authoritative_version(&self, version: u64) -> Result<(), StateBackendError> {
         self.set_authoritative_version(version);
         let (reply, answer) = oneshot::channel();

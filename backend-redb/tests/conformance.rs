@@ -44,6 +44,7 @@ impl BackendFactory for RedbFactory {
             .recovery_queries()
             .corruption_detection()
             .atomic_prune()
+            .list_partials()
     }
 
     async fn create_store(&self) -> Result<Box<dyn TestStore>, StateBackendError> {

@@ -480,6 +480,39 @@ impl StateBackend for RedisBackend {
             .collect()
     }
 
+    async fn partials(&self, epoch: u64) -> Result<Option<Vec<u32>>, StateBackendError> {
+        // One hash per group and epoch, each in its group's slot: asked of
+        // every group (in parallel, so of every shard of a cluster).
+        let what = format!("partials({epoch})");
+        let keys = &self.store.shared.keys;
+        let groups = self
+            .store
+            .in_groups(&what, 0..keys.groups, |store, group| {
+                let what = what.clone();
+                async move {
+                    let hash = store.shared.keys.epoch_partials(group, epoch);
+                    let fields: Vec<String> = store
+                        .query(&what, redis::cmd("HKEYS").arg(hash).clone())
+                        .await?;
+                    fields
+                        .iter()
+                        .map(|field| {
+                            field.parse::<u32>().map_err(|_| {
+                                StateBackendError::Serialization(format!(
+                                    "redis {what}: group {group} holds a partial under \
+                                     {field:?}, which is not a vnode"
+                                ))
+                            })
+                        })
+                        .collect::<Result<Vec<u32>, _>>()
+                }
+            })
+            .await?;
+        let mut vnodes: Vec<u32> = groups.into_iter().flatten().collect();
+        vnodes.sort_unstable();
+        Ok(Some(vnodes))
+    }
+
     async fn persist_authoritative_version(&self, version: u64) -> Result<(), StateBackendError> {
         self.set_authoritative_version(version);
         self.carry_fence().await.map(drop)

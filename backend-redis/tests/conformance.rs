@@ -85,6 +85,7 @@ impl BackendFactory for RedisFactory {
             .cross_process_reopen()
             .recovery_queries()
             .atomic_prune()
+            .list_partials()
     }
 
     async fn create_store(&self) -> Result<Box<dyn TestStore>, StateBackendError> {

@@ -388,6 +388,31 @@ impl StateBackend for S3Backend {
             .await
     }
 
+    async fn partials(&self, epoch: u64) -> Result<Option<Vec<u32>>, StateBackendError> {
+        let shared = &self.store.shared;
+        let what = format!("partials({epoch})");
+        let listed = shared
+            .list(&what, &shared.layout.epoch_partials(epoch), None)
+            .await?;
+        if listed.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        // As `read_partial` does: the listed objects are judged under a
+        // fence read that starts after the listing was answered, so an
+        // object a fenced-out write left behind (invisible to every read)
+        // is not listed either.
+        let fence = shared.fresh_fence().await?;
+        let mut vnodes: Vec<u32> = shared
+            .visible(listed, &fence)
+            .await?
+            .into_iter()
+            .filter(|(_, objects)| !objects.is_empty())
+            .map(|(vnode, _)| vnode)
+            .collect();
+        vnodes.sort_unstable();
+        Ok(Some(vnodes))
+    }
+
     async fn persist_authoritative_version(&self, version: u64) -> Result<(), StateBackendError> {
         self.set_authoritative_version(version);
         self.carry_fence().await

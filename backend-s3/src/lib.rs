@@ -104,7 +104,7 @@
 //!
 //! # Reads judge a listing under a later fence read
 //!
-//! `read_partial` and `epoch_complete` list the partials first and read the
+//! `read_partial`, `epoch_complete` and `partials` list the partials first and read the
 //! fence after the listing was answered (a fence read that starts later;
 //! concurrent operations of the store share it). Every listed object landed
 //! before that read, so if the read shows fence `F`, no raise past `F` had
@@ -180,6 +180,7 @@
 //! | `read_partials`, `N` vnodes | ceil(L/1000) LIST of the epoch, then 1 fence HEAD (shared), then `N` GETs, 32 at a time; the LIST alone when nothing is listed; + 1 snapshot GET (cached) when objects older than the fence are listed | 3 + pages |
 //! | `epoch_complete`, any vnode count | ceil(L/1000) LIST, then 1 fence HEAD (shared), then 1 marker PUT, then 1 registry GET; the LIST and the HEAD alone when a vnode is missing; + 1 registry GET before the LIST when this process's copy shows a prune of the epoch (then often `Ok(false)` without listing); + 1 marker GET and 1 registry GET if the epoch was already sealed; all again when a prune of the epoch got in the way | 4 + |
 //! | `prune_before` | 1 registry PUT to register and 1 to unregister (each + 1 GET when another process changed the registry since this one last saw it); ceil(K/1000) LIST + ceil(K/1000) DeleteObjects, for markers, partials and markers again; + 1 registry PUT per renewal of its lease (a prune running longer than two request bounds) | 2 + pages |
+//! | `partials(epoch)` | ceil(L/1000) LIST, then 1 fence HEAD (shared); the LIST alone when nothing is listed; + 1 snapshot GET (cached) when an object is older than the fence. Lists exactly the vnodes `read_partial` would find: an object a fenced-out write left behind is judged invisible here too | 2 |
 //! | `latest_committed_epoch`, `sealed_epochs` | 1 LIST per 1000 markers; + 1 registry GET if any marker is listed; + 1 marker GET per listed marker below the highest bound any prune ever had (`latest_committed_epoch`: until the highest seal) | 1 to 3 |
 //! | a fence raise | 1 HEAD + 1 PUT `If-Match` + ceil(all partials/1000) LIST + 1 snapshot PUT | 3 + pages |
 //! | [`S3Store::connect`] | 1 HeadBucket + 1 fence HEAD; on a new store + 1 LIST + 1 fence PUT; once per process per endpoint and bucket, the probe: 3 PUT + 1 DELETE | 2 to 8 |

@@ -117,6 +117,7 @@ impl BackendFactory for S3Factory {
             .recovery_queries()
             .corruption_detection()
             .atomic_prune()
+            .list_partials()
     }
 
     async fn create_store(&self) -> Result<Box<dyn TestStore>, StateBackendError> {

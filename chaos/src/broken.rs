@@ -119,6 +119,10 @@ impl StateBackend for Broken {
         self.inner.sealed_epochs(after).await
     }
 
+    async fn partials(&self, epoch: u64) -> Result<Option<Vec<u32>>, StateBackendError> {
+        self.inner.partials(epoch).await
+    }
+
     async fn persist_authoritative_version(&self, version: u64) -> Result<(), StateBackendError> {
         self.inner.persist_authoritative_version(version).await
     }

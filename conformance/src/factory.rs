@@ -47,6 +47,10 @@ pub struct Capabilities {
     /// without its partials (P11, seals racing prunes; needs
     /// `recovery_queries` to observe it).
     pub atomic_prune: bool,
+    /// `partials(epoch)` lists exactly the vnodes written at that epoch and
+    /// not pruned, through any handle (P16); the trait's default, `None`,
+    /// cannot claim it.
+    pub list_partials: bool,
 }
 
 impl Capabilities {
@@ -61,6 +65,7 @@ impl Capabilities {
         fenced_seal: false,
         cross_process: false,
         atomic_prune: false,
+        list_partials: false,
     };
 
     /// Claim [`fencing`](Self::fencing).
@@ -124,6 +129,12 @@ impl Capabilities {
         self
     }
 
+    /// Claim [`list_partials`](Self::list_partials).
+    pub const fn list_partials(mut self) -> Self {
+        self.list_partials = true;
+        self
+    }
+
     /// Whether the named capability is claimed.
     pub const fn has(&self, capability: Capability) -> bool {
         match capability {
@@ -136,6 +147,7 @@ impl Capabilities {
             Capability::FencedSeal => self.fenced_seal,
             Capability::CrossProcess => self.cross_process,
             Capability::AtomicPrune => self.atomic_prune,
+            Capability::ListPartials => self.list_partials,
         }
     }
 }
@@ -161,6 +173,8 @@ pub enum Capability {
     CrossProcess,
     /// See [`Capabilities::atomic_prune`].
     AtomicPrune,
+    /// See [`Capabilities::list_partials`].
+    ListPartials,
 }
 
 impl Capability {
@@ -176,6 +190,7 @@ impl Capability {
             Capability::FencedSeal => "fenced_seal",
             Capability::CrossProcess => "cross_process",
             Capability::AtomicPrune => "atomic_prune",
+            Capability::ListPartials => "list_partials",
         }
     }
 }

@@ -139,6 +139,11 @@ impl StateBackend for LostAnswers {
         self.deliver(|| format!("sealed_epochs({after})"), answer)
     }
 
+    async fn partials(&self, epoch: u64) -> Result<Option<Vec<u32>>, StateBackendError> {
+        let answer = self.inner.partials(epoch).await;
+        self.deliver(|| format!("partials({epoch})"), answer)
+    }
+
     async fn persist_authoritative_version(&self, version: u64) -> Result<(), StateBackendError> {
         let answer = self.inner.persist_authoritative_version(version).await;
         self.deliver(
@@ -266,7 +271,7 @@ impl StallPlan {
         self
     }
 
-    /// Stall the recovery queries.
+    /// Stall the recovery queries and the `partials` listing.
     pub const fn queries(mut self) -> Self {
         self.queries = true;
         self
@@ -504,6 +509,11 @@ impl StateBackend for Stalls {
 
     async fn sealed_epochs(&self, after: u64) -> Result<Vec<u64>, StateBackendError> {
         self.run(self.plan.queries, self.inner.sealed_epochs(after))
+            .await
+    }
+
+    async fn partials(&self, epoch: u64) -> Result<Option<Vec<u32>>, StateBackendError> {
+        self.run(self.plan.queries, self.inner.partials(epoch))
             .await
     }
 

@@ -336,8 +336,8 @@ mod tests {
             assert_eq!(properties::property(property.name), Some(property));
             let number: u32 = property.id[1..].parse().expect("ids are P<number>");
             assert!(
-                (1..=15).contains(&number),
-                "{} is outside P1-P15",
+                (1..=16).contains(&number),
+                "{} is outside P1-P16",
                 property.id
             );
             assert!(

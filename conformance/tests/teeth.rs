@@ -98,6 +98,17 @@ enum Flaw {
     IgnoresCreateIfAbsent,
     /// The same seal on a store that honours create-if-absent (correct).
     CreateIfAbsentHonoured,
+    /// `partials` lists every vnode ever written at the epoch, pruned ones
+    /// too.
+    ListsPruned,
+    /// `partials(e)` also lists the vnodes of epoch `e + 1`.
+    ListsNextEpoch,
+    /// Claims `list_partials`, but `partials` answers `None` (the trait's
+    /// default).
+    ListsNothing,
+    /// Does not claim `list_partials` (and answers `None`): P16 is not
+    /// applicable, never a silent pass.
+    CannotList,
 }
 
 impl Flaw {
@@ -114,6 +125,8 @@ impl Flaw {
 struct State {
     partials: BTreeMap<(u64, u32), Bytes>,
     markers: BTreeMap<u64, String>,
+    /// Every key ever written, pruned or not ([`Flaw::ListsPruned`] only).
+    ever: std::collections::BTreeSet<(u64, u32)>,
     fence: u64,
     /// The highest raise announced ([`Flaw::RaiseAnnouncedFirst`] only).
     announced: u64,
@@ -283,6 +296,7 @@ impl Handle {
         // a write after it is acknowledged.
         log.append(format!("F {}\n", state.fence))?;
         state.partials.insert((epoch, vnode), bytes);
+        state.ever.insert((epoch, vnode));
         Ok(())
     }
 
@@ -636,6 +650,27 @@ impl StateBackend for Handle {
             .map(|(&e, _)| e)
             .collect())
     }
+
+    async fn partials(&self, epoch: u64) -> Result<Option<Vec<u32>>, StateBackendError> {
+        let flaw = self.shared.flaw;
+        if matches!(flaw, Flaw::ListsNothing | Flaw::CannotList) {
+            return Ok(None);
+        }
+        let guard = self.shared.state.lock().unwrap();
+        let state = &guard.0;
+        let mut keys: Vec<(u64, u32)> = if flaw == Flaw::ListsPruned {
+            state.ever.iter().copied().collect()
+        } else {
+            state.partials.keys().copied().collect()
+        };
+        keys.retain(|&(e, _)| {
+            e == epoch || (flaw == Flaw::ListsNextEpoch && Some(e) == epoch.checked_add(1))
+        });
+        let mut vnodes: Vec<u32> = keys.into_iter().map(|(_, v)| v).collect();
+        vnodes.sort_unstable();
+        vnodes.dedup();
+        Ok(Some(vnodes))
+    }
 }
 
 struct Factory(Flaw);
@@ -659,6 +694,11 @@ impl BackendFactory for Factory {
             .cross_process_reopen()
             .recovery_queries()
             .atomic_prune();
+        let claims = if self.0 == Flaw::CannotList {
+            claims
+        } else {
+            claims.list_partials()
+        };
         if self.0 == Flaw::ClaimsCrossProcess {
             claims.cross_process()
         } else {
@@ -1146,4 +1186,29 @@ fn macro_syntax_compiles() {
         expect_failure = [p09_one_committer, p09_stalled_seal],
     );
     laminar_state_conformance::conformance_tests!(without, Factory(Flaw::None));
+}
+
+#[test]
+fn listing_pruned_vnodes_is_caught_by_p16() {
+    caught("p16_list_partials", Flaw::ListsPruned);
+}
+
+#[test]
+fn listing_another_epochs_vnodes_is_caught_by_p16() {
+    fails("p16_list_partials", Flaw::ListsNextEpoch);
+}
+
+#[test]
+fn a_claimed_listing_that_answers_none_fails_p16() {
+    fails("p16_list_partials", Flaw::ListsNothing);
+}
+
+#[test]
+fn a_backend_that_cannot_list_is_not_applicable_for_p16() {
+    assert_eq!(
+        run("p16_list_partials", Flaw::CannotList),
+        Outcome::NotApplicable {
+            missing: laminar_state_conformance::Capability::ListPartials
+        }
+    );
 }

@@ -211,6 +211,25 @@ pub trait StateBackend: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
+    /// The vnodes that have a partial for `epoch`, in ascending order, or
+    /// `None` if this backend cannot enumerate its partials (the default).
+    ///
+    /// `Some(list)` names exactly the vnodes whose
+    /// [`read_partial`](Self::read_partial) would find bytes at that moment:
+    /// every vnode written at `epoch` and not pruned since, and no other (a
+    /// write the fence refused is never listed). Operator tools use it to
+    /// inspect, copy and back up a store without knowing its vnode count;
+    /// the listing carries no sizes, since what a backend stores (framed,
+    /// compressed, encrypted) is not what a read returns. It says nothing
+    /// about seals: ask [`sealed_epochs`](Self::sealed_epochs) for those.
+    ///
+    /// The default returns `Ok(None)` ("cannot enumerate"), never an empty
+    /// list, so a caller can tell "no partial" from "cannot say"; every
+    /// backend of this workspace overrides it.
+    async fn partials(&self, _epoch: u64) -> Result<Option<Vec<u32>>, StateBackendError> {
+        Ok(None)
+    }
+
     /// Raise the fence and make the raise durable and visible to every
     /// handle on the store before returning.
     ///

@@ -85,6 +85,9 @@ impl StateBackend for Flaky {
     async fn sealed_epochs(&self, after: u64) -> Result<Vec<u64>, StateBackendError> {
         self.inner.sealed_epochs(after).await
     }
+    async fn partials(&self, epoch: u64) -> Result<Option<Vec<u32>>, StateBackendError> {
+        self.inner.partials(epoch).await
+    }
 }
 
 /// A few checkpoints through the layer stack, touching every metric.

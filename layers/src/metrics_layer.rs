@@ -511,6 +511,11 @@ impl<B: StateBackend + ?Sized> StateBackend for MetricsLayer<B> {
         .await
     }
 
+    async fn partials(&self, epoch: u64) -> Result<Option<Vec<u32>>, StateBackendError> {
+        self.measured(Operation::Partials, self.inner.partials(epoch), |_, _| {})
+            .await
+    }
+
     async fn persist_authoritative_version(&self, version: u64) -> Result<(), StateBackendError> {
         let result = self
             .measured(

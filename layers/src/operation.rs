@@ -26,11 +26,13 @@ pub enum Operation {
     SealedEpochs,
     /// `persist_authoritative_version`.
     PersistAuthoritativeVersion,
+    /// `partials`, the listing of an epoch's vnodes.
+    Partials,
 }
 
 impl Operation {
     /// Every operation, in the trait's order.
-    pub const ALL: [Operation; 9] = [
+    pub const ALL: [Operation; 10] = [
         Operation::WritePartial,
         Operation::ReadPartial,
         Operation::EpochComplete,
@@ -40,11 +42,12 @@ impl Operation {
         Operation::LatestCommittedEpoch,
         Operation::SealedEpochs,
         Operation::PersistAuthoritativeVersion,
+        Operation::Partials,
     ];
 
     /// The asynchronous operations: the ones that can fail, be retried or
     /// time out.
-    pub const ASYNC: [Operation; 7] = [
+    pub const ASYNC: [Operation; 8] = [
         Operation::WritePartial,
         Operation::ReadPartial,
         Operation::EpochComplete,
@@ -52,6 +55,7 @@ impl Operation {
         Operation::LatestCommittedEpoch,
         Operation::SealedEpochs,
         Operation::PersistAuthoritativeVersion,
+        Operation::Partials,
     ];
 
     /// The method's name, as in spans, metric labels and messages.
@@ -66,6 +70,7 @@ impl Operation {
             Operation::LatestCommittedEpoch => "latest_committed_epoch",
             Operation::SealedEpochs => "sealed_epochs",
             Operation::PersistAuthoritativeVersion => "persist_authoritative_version",
+            Operation::Partials => "partials",
         }
     }
 
@@ -74,7 +79,7 @@ impl Operation {
         Self::ALL.into_iter().find(|op| op.name() == name)
     }
 
-    /// A dense index, `0..9`, for per-operation tables.
+    /// A dense index, `0..10`, for per-operation tables.
     pub(crate) const fn index(self) -> usize {
         self as usize
     }

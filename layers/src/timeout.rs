@@ -210,6 +210,15 @@ impl<B: StateBackend + ?Sized> StateBackend for TimeoutLayer<B> {
         .await
     }
 
+    async fn partials(&self, epoch: u64) -> Result<Option<Vec<u32>>, StateBackendError> {
+        self.bound(
+            Operation::Partials,
+            || format!("partials({epoch})"),
+            self.inner.partials(epoch),
+        )
+        .await
+    }
+
     async fn persist_authoritative_version(&self, version: u64) -> Result<(), StateBackendError> {
         self.bound(
             Operation::PersistAuthoritativeVersion,

@@ -423,6 +423,29 @@ impl<B: StateBackend + ?Sized> StateBackend for TracingLayer<B> {
         result
     }
 
+    async fn partials(&self, epoch: u64) -> Result<Option<Vec<u32>>, StateBackendError> {
+        let span = tracing::debug_span!(
+            "state_backend",
+            operation = "partials",
+            backend = &*self.backend,
+            instance = &*self.instance,
+            epoch = epoch,
+            count = Empty,
+            outcome = Empty,
+        );
+        let result = self.inner.partials(epoch).instrument(span.clone()).await;
+        if let Ok(Some(vnodes)) = &result {
+            span.record("count", vnodes.len());
+        }
+        let keys = Keys {
+            op: Operation::Partials,
+            vnode: None,
+            epoch: Some(epoch),
+        };
+        self.finish(&span, keys, &result);
+        result
+    }
+
     async fn persist_authoritative_version(&self, version: u64) -> Result<(), StateBackendError> {
         let span = tracing::debug_span!(
             "state_backend",

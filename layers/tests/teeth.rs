@@ -104,6 +104,10 @@ impl StateBackend for Flawed {
         }
     }
 
+    async fn partials(&self, epoch: u64) -> Result<Option<Vec<u32>>, StateBackendError> {
+        self.inner.partials(epoch).await
+    }
+
     async fn persist_authoritative_version(&self, version: u64) -> Result<(), StateBackendError> {
         match self.flaw {
             // The trait's default: a call to our own (dropping) raise.

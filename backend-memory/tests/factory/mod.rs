@@ -25,6 +25,7 @@ impl BackendFactory for MemoryFactory {
             .fenced_seal()
             .recovery_queries()
             .atomic_prune()
+            .list_partials()
     }
 
     async fn create_store(&self) -> Result<Box<dyn TestStore>, StateBackendError> {

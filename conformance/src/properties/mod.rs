@@ -6,6 +6,7 @@ mod commit;
 mod data;
 mod durability;
 mod fence;
+mod listing;
 mod pruning;
 mod recovery;
 mod stalls;
@@ -24,6 +25,7 @@ pub use fence::{
     concurrent_writes_fail_alone, p04_fence_monotonic, p05_fence_enforced, p06_shared_fence,
     p07_atomic_fence, p07_cancelled_raise,
 };
+pub use listing::p16_list_partials;
 pub use pruning::{p11_prune_races_seals, p11_pruning};
 pub use recovery::p14_recovery_queries;
 pub use stalls::{
@@ -37,7 +39,7 @@ use crate::factory::{BackendFactory, Capability};
 /// One property of the contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Property {
-    /// The contract's id, `P1` to `P15`.
+    /// The contract's id, `P1` to `P16`.
     pub id: &'static str,
     /// The test name, as the conformance macro and reports spell it.
     pub name: &'static str,
@@ -84,6 +86,7 @@ macro_rules! __with_properties {
             (P13, p13_shared_object, plain, [], "one Arc<dyn StateBackend> serves many tasks at once"),
             (P14, p14_recovery_queries, plain, [RecoveryQueries], "latest_committed_epoch and sealed_epochs follow the markers"),
             (P15, p15_fenced_seal, plain, [FencedSeal], "a handle behind the fence cannot seal an epoch"),
+            (P16, p16_list_partials, plain, [ListPartials], "partials(epoch) lists exactly the vnodes written and not pruned, through any handle"),
         }
     };
 }

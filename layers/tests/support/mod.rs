@@ -229,6 +229,10 @@ impl StateBackend for Stretch {
         self.0.sealed_epochs(after).await
     }
 
+    async fn partials(&self, epoch: u64) -> Result<Option<Vec<u32>>, StateBackendError> {
+        self.0.partials(epoch).await
+    }
+
     async fn persist_authoritative_version(&self, version: u64) -> Result<(), StateBackendError> {
         self.0.persist_authoritative_version(version).await
     }
@@ -267,13 +271,15 @@ impl BackendFactory for LayeredFactory {
             Inner::Memory => Capabilities::NONE
                 .fenced_seal()
                 .recovery_queries()
-                .atomic_prune(),
+                .atomic_prune()
+                .list_partials(),
             Inner::Redb => Capabilities::NONE
                 .fenced_seal()
                 .cross_process_reopen()
                 .recovery_queries()
                 .corruption_detection()
-                .atomic_prune(),
+                .atomic_prune()
+                .list_partials(),
         }
     }
 
