@@ -19,7 +19,8 @@ use crate::copy::{Counts, Dst, Put, check_sealed_epoch, merge};
 use crate::output::{CliError, CliResult, Exit, hex, human_bytes};
 use crate::progress::Progress;
 use crate::store::{
-    CLI_ID, Epochs, IN_FLIGHT, Sha, committer, open, partials, refuse_newer, sealed_epochs, sha256,
+    CLI_ID, Epochs, IN_FLIGHT, Sha, committer, open, partials, read_listed, refuse_newer,
+    sealed_epochs, sha256,
 };
 
 /// The format's name, in the header record.
@@ -140,21 +141,9 @@ pub(crate) async fn export(
             // Read ahead a few partials, written in order as they come.
             let mut reads = stream::iter(vnodes.iter().copied())
                 .map(|vnode| async move {
-                    src.read_partial(vnode, epoch)
+                    read_listed(src, vnode, epoch)
                         .await
-                        .map_err(|e| {
-                            CliError::backend(
-                                format!("source partial of vnode {vnode} at epoch {epoch}"),
-                                e,
-                            )
-                        })?
                         .map(|bytes| (vnode, bytes))
-                        .ok_or_else(|| {
-                            CliError::failure(format!(
-                                "source partial of vnode {vnode} at epoch {epoch} vanished \
-                                 (pruned during the export?)"
-                            ))
-                        })
                 })
                 .buffered(IN_FLIGHT);
             while let Some(read) = reads.next().await {
@@ -252,12 +241,15 @@ struct Reader {
 
 impl Reader {
     fn damaged(&self, what: impl std::fmt::Display) -> CliError {
+        self.damaged_at(self.offset, what)
+    }
+
+    fn damaged_at(&self, offset: u64, what: impl std::fmt::Display) -> CliError {
         CliError::new(
             Exit::Damaged,
             format!(
-                "{} is damaged at byte {}: {what}; nothing was sealed",
+                "{} is damaged at byte {offset}: {what}; nothing was sealed",
                 self.path.display(),
-                self.offset
             ),
         )
     }
@@ -377,12 +369,13 @@ pub(crate) async fn import(file: &Path, url: &str, force: bool) -> CliResult<(Va
                 len,
                 sha256: stated,
             } => {
+                let start = reader.offset;
                 reader.consume(&line);
                 let bytes = reader.payload(len, epoch, vnode)?;
                 let actual = sha256(&bytes);
                 if hex(&actual) != stated {
                     drain(&mut writes, &mut counts).await?;
-                    return Err(reader.damaged(format!(
+                    return Err(reader.damaged_at(start, format!(
                         "the partial of vnode {vnode} at epoch {epoch} has sha256 {}, its record \
                          says {stated} (altered)",
                         hex(&actual)

@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 use crate::output::{CliError, CliResult, Exit, hex, human_bytes, table};
 use crate::progress::Progress;
 use crate::store::{
-    CLI_ID, Epochs, IN_FLIGHT, Sha, committer, open, partials, refuse_newer, sealed_epochs, sha256,
+    CLI_ID, Epochs, IN_FLIGHT, Sha, committer, open, partials, read_listed, refuse_newer,
+    sealed_epochs, sha256,
 };
 
 /// A hidden knob for the tests: sleep this many milliseconds before each
@@ -307,21 +308,7 @@ pub(crate) async fn copy(
         // destination already (then only compare).
         let copied: Vec<(u32, Sha, u64, Option<Put>)> = stream::iter(vnodes.iter().copied())
             .map(|vnode| async move {
-                let bytes = src
-                    .read_partial(vnode, epoch)
-                    .await
-                    .map_err(|e| {
-                        CliError::backend(
-                            format!("source partial of vnode {vnode} at epoch {epoch}"),
-                            e,
-                        )
-                    })?
-                    .ok_or_else(|| {
-                        CliError::failure(format!(
-                            "source partial of vnode {vnode} at epoch {epoch} vanished (pruned \
-                             during the copy?)"
-                        ))
-                    })?;
+                let bytes = read_listed(src, vnode, epoch).await?;
                 let sha = sha256(&bytes);
                 let len = bytes.len() as u64;
                 let put = if already {

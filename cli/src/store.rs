@@ -77,6 +77,29 @@ pub(crate) async fn partials(
     }
 }
 
+/// The partial of `(vnode, epoch)` on the source, which listed it: an
+/// error naming both if it cannot be read (a damaged partial) or is gone.
+pub(crate) async fn read_listed(
+    handle: &Arc<dyn StateBackend>,
+    vnode: u32,
+    epoch: u64,
+) -> CliResult<bytes::Bytes> {
+    handle
+        .read_partial(vnode, epoch)
+        .await
+        .map_err(|e| {
+            CliError::backend(
+                format!("source partial of vnode {vnode} at epoch {epoch}"),
+                e,
+            )
+        })?
+        .ok_or_else(|| {
+            CliError::failure(format!(
+                "source partial of vnode {vnode} at epoch {epoch} vanished (pruned meanwhile?)"
+            ))
+        })
+}
+
 /// Who sealed `epoch`, whose partials are `vnodes`, or `None` if it is no
 /// longer sealed (pruned meanwhile) or has no partial to ask with.
 ///
