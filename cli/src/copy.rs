@@ -1,6 +1,6 @@
 //! `copy SRC DST`, and the destination side `import` shares with it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,9 @@ pub(crate) struct Dst {
     /// The sealed epochs found at open.
     pub(crate) sealed: Vec<u64>,
     sealers: tokio::sync::Mutex<HashMap<String, Arc<dyn StateBackend>>>,
+    /// Per epoch, the vnodes the destination held when first asked: only
+    /// those are read before writing (a fresh destination costs no read).
+    held: tokio::sync::Mutex<HashMap<u64, Arc<BTreeSet<u32>>>>,
     delay: Option<Duration>,
 }
 
@@ -63,6 +66,7 @@ impl Dst {
             handle,
             sealed,
             sealers: tokio::sync::Mutex::new(HashMap::new()),
+            held: tokio::sync::Mutex::new(HashMap::new()),
             delay,
         })
     }
@@ -78,6 +82,30 @@ impl Dst {
     /// Store `bytes` as `(vnode, epoch)` unless the destination holds them
     /// already.
     pub(crate) async fn put(&self, vnode: u32, epoch: u64, bytes: Bytes) -> CliResult<Put> {
+        if self.held(epoch).await?.contains(&vnode) {
+            self.write_unless_equal(vnode, epoch, bytes).await
+        } else {
+            self.write(vnode, epoch, bytes).await
+        }
+    }
+
+    /// The vnodes of `epoch` the destination held when first asked.
+    async fn held(&self, epoch: u64) -> CliResult<Arc<BTreeSet<u32>>> {
+        let mut held = self.held.lock().await;
+        if let Some(vnodes) = held.get(&epoch) {
+            return Ok(Arc::clone(vnodes));
+        }
+        let vnodes: Arc<BTreeSet<u32>> = Arc::new(
+            partials(&self.handle, &self.url, epoch)
+                .await?
+                .into_iter()
+                .collect(),
+        );
+        held.insert(epoch, Arc::clone(&vnodes));
+        Ok(vnodes)
+    }
+
+    async fn write_unless_equal(&self, vnode: u32, epoch: u64, bytes: Bytes) -> CliResult<Put> {
         match self.handle.read_partial(vnode, epoch).await {
             Ok(Some(held)) if held == bytes => return Ok(Put::Skipped),
             // Absent, other bytes, or damaged: (re)written.
@@ -89,6 +117,10 @@ impl Dst {
                 ));
             }
         }
+        self.write(vnode, epoch, bytes).await
+    }
+
+    async fn write(&self, vnode: u32, epoch: u64, bytes: Bytes) -> CliResult<Put> {
         if let Some(delay) = self.delay {
             tokio::time::sleep(delay).await;
         }
