@@ -120,6 +120,11 @@ async fn a_zombie_write_landing_after_the_raise_is_invisible() {
         !observer.epoch_complete(5, &[0, 1, 2]).await.unwrap(),
         "the gate counted the zombie's late partial"
     );
+    assert_eq!(
+        observer.partials(5).await.unwrap(),
+        Some(vec![0, 2]),
+        "the listing named the zombie's late, invisible partial of vnode 1"
+    );
     leader
         .write_partial(1, 5, 2, Bytes::from_static(b"leader"))
         .await
@@ -142,6 +147,7 @@ async fn a_zombie_write_landing_after_the_raise_is_invisible() {
         later.read_partial(1, 5).await.unwrap().as_deref(),
         Some(&b"leader"[..])
     );
+    assert_eq!(later.partials(5).await.unwrap(), Some(vec![0, 1, 2]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
