@@ -194,7 +194,8 @@ impl Dst {
             .map(drop)
     }
 
-    /// Seal `epoch` as `committer`, once every one of `vnodes` is there.
+    /// Seal `epoch` as `committer`, once exactly `vnodes` (ascending) are
+    /// there.
     pub(crate) async fn seal(&self, epoch: u64, vnodes: &[u32], committer: &str) -> CliResult<()> {
         let listed = partials(&self.handle, &self.url, epoch).await?;
         let missing: Vec<u32> = vnodes
@@ -207,6 +208,23 @@ impl Dst {
                 "epoch {epoch} on {} lacks the partials of vnodes {missing:?}: not sealed",
                 self.shown()
             )));
+        }
+        let extra: Vec<u32> = listed
+            .iter()
+            .copied()
+            .filter(|v| vnodes.binary_search(v).is_err())
+            .collect();
+        if !extra.is_empty() {
+            // Nothing but a prune removes a partial: sealed, the epoch
+            // would read differently on the two stores.
+            return Err(CliError::new(
+                Exit::Mismatch,
+                format!(
+                    "epoch {epoch} on {} also holds partials of vnodes {extra:?}, which the \
+                     source does not have: not sealed",
+                    self.shown()
+                ),
+            ));
         }
         let sealer = self.sealer(committer).await?;
         match sealer.epoch_complete(epoch, vnodes).await {

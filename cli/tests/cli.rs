@@ -511,3 +511,27 @@ fn fence_prune_and_bench() {
     let (code, _, _) = cli(&["copy", &url, &url, "--epochs", "5..2"]);
     assert_eq!(code, 2);
 }
+
+#[test]
+fn an_epoch_with_an_extra_partial_on_the_destination_is_not_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = redb_url(dir.path(), "src.redb");
+    let dst = redb_url(dir.path(), "dst.redb");
+    let rt = runtime();
+    rt.block_on(fill_source(&src));
+    rt.block_on(async {
+        let h = open(&dst, "someone").await;
+        h.write_partial(999, 2, 0, Bytes::from_static(b"stray"))
+            .await
+            .unwrap();
+    });
+    let report = cli_json(&["copy", &src, &dst, "--epochs", "all"], 3);
+    let message = report["message"].as_str().unwrap();
+    assert!(
+        message.contains("epoch 2") && message.contains("[999]"),
+        "{message}"
+    );
+    // Epoch 1 was complete and is sealed; epoch 2 is not, nor anything after.
+    let inspect = cli_json(&["inspect", &dst, "--quick"], 0);
+    assert_eq!(inspect["latest_sealed_epoch"], 1, "{inspect}");
+}
