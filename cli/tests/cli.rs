@@ -350,8 +350,13 @@ fn a_corrupted_source_partial_fails_the_copy_naming_it_and_seals_nothing() {
     assert!(stderr.contains("vnode 17 at epoch 1"), "{stderr}");
 }
 
-#[test]
-fn a_destination_with_newer_seals_is_refused_unless_forced() {
+/// A filled source redb file and a destination redb file holding one
+/// partial, `(vnode, epoch)`, sealed if `seal`.
+fn source_and_destination(
+    vnode: u32,
+    epoch: u64,
+    seal: bool,
+) -> (tempfile::TempDir, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let src = redb_url(dir.path(), "src.redb");
     let dst = redb_url(dir.path(), "dst.redb");
@@ -359,11 +364,19 @@ fn a_destination_with_newer_seals_is_refused_unless_forced() {
     rt.block_on(fill_source(&src));
     rt.block_on(async {
         let h = open(&dst, "other").await;
-        h.write_partial(0, 9, 0, Bytes::from_static(b"newer"))
+        h.write_partial(vnode, epoch, 0, Bytes::from_static(b"there"))
             .await
             .unwrap();
-        assert!(h.epoch_complete(9, &[0]).await.unwrap());
+        if seal {
+            assert!(h.epoch_complete(epoch, &[vnode]).await.unwrap());
+        }
     });
+    (dir, src, dst)
+}
+
+#[test]
+fn a_destination_with_newer_seals_is_refused_unless_forced() {
+    let (_dir, src, dst) = source_and_destination(0, 9, true);
     let refused = cli_json(&["copy", &src, &dst, "--epochs", "all"], 4);
     assert!(
         refused["message"]
@@ -514,17 +527,7 @@ fn fence_prune_and_bench() {
 
 #[test]
 fn an_epoch_with_an_extra_partial_on_the_destination_is_not_sealed() {
-    let dir = tempfile::tempdir().unwrap();
-    let src = redb_url(dir.path(), "src.redb");
-    let dst = redb_url(dir.path(), "dst.redb");
-    let rt = runtime();
-    rt.block_on(fill_source(&src));
-    rt.block_on(async {
-        let h = open(&dst, "someone").await;
-        h.write_partial(999, 2, 0, Bytes::from_static(b"stray"))
-            .await
-            .unwrap();
-    });
+    let (_dir, src, dst) = source_and_destination(999, 2, false);
     let report = cli_json(&["copy", &src, &dst, "--epochs", "all"], 3);
     let message = report["message"].as_str().unwrap();
     assert!(
