@@ -754,7 +754,7 @@ impl StateBackend for RedbBackend {
     async fn partials(&self, epoch: u64) -> Result<Option<Vec<u32>>, StateBackendError> {
         self.store
             .blocking(format!("partials({epoch})"), move |core, what| {
-                core.with_db(what, |db| {
+                core.with_db(|| what.to_owned(), |db| {
                     let what = || what.to_owned();
                     let txn = db.begin_read().or_redb(what)?;
                     let table = txn.open_table(PARTIALS).or_redb(what)?;
