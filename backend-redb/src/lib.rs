@@ -754,17 +754,20 @@ impl StateBackend for RedbBackend {
     async fn partials(&self, epoch: u64) -> Result<Option<Vec<u32>>, StateBackendError> {
         self.store
             .blocking(format!("partials({epoch})"), move |core, what| {
-                core.with_db(|| what.to_owned(), |db| {
-                    let what = || what.to_owned();
-                    let txn = db.begin_read().or_redb(what)?;
-                    let table = txn.open_table(PARTIALS).or_redb(what)?;
-                    table
-                        .range((epoch, 0)..=(epoch, u32::MAX))
-                        .or_redb(what)?
-                        .map(|entry| entry.map(|(key, _)| key.value().1).or_redb(what))
-                        .collect::<Result<Vec<u32>, _>>()
-                        .map(Some)
-                })
+                core.with_db(
+                    || what.to_owned(),
+                    |db| {
+                        let what = || what.to_owned();
+                        let txn = db.begin_read().or_redb(what)?;
+                        let table = txn.open_table(PARTIALS).or_redb(what)?;
+                        table
+                            .range((epoch, 0)..=(epoch, u32::MAX))
+                            .or_redb(what)?
+                            .map(|entry| entry.map(|(key, _)| key.value().1).or_redb(what))
+                            .collect::<Result<Vec<u32>, _>>()
+                            .map(Some)
+                    },
+                )
             })
             .await
     }
