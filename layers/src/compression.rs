@@ -212,10 +212,8 @@ impl<B: StateBackend + ?Sized> StateBackend for CompressionLayer<B> {
         vnode: u32,
         epoch: u64,
     ) -> Result<Option<Bytes>, StateBackendError> {
-        match self.inner.read_partial(vnode, epoch).await? {
-            Some(stored) => decode(stored, vnode, epoch).map(Some),
-            None => Ok(None),
-        }
+        let stored = self.inner.read_partial(vnode, epoch).await?;
+        stored.map(|s| decode(s, vnode, epoch)).transpose()
     }
 
     async fn epoch_complete(&self, epoch: u64, vnodes: &[u32]) -> Result<bool, StateBackendError> {
@@ -240,6 +238,19 @@ impl<B: StateBackend + ?Sized> StateBackend for CompressionLayer<B> {
 
     async fn sealed_epochs(&self, after: u64) -> Result<Vec<u64>, StateBackendError> {
         self.inner.sealed_epochs(after).await
+    }
+
+    async fn read_partials(
+        &self,
+        epoch: u64,
+        vnodes: &[u32],
+    ) -> Result<Vec<Option<Bytes>>, StateBackendError> {
+        let stored = self.inner.read_partials(epoch, vnodes).await?;
+        vnodes
+            .iter()
+            .zip(stored)
+            .map(|(&vnode, stored)| stored.map(|s| decode(s, vnode, epoch)).transpose())
+            .collect()
     }
 
     async fn partials(&self, epoch: u64) -> Result<Option<Vec<u32>>, StateBackendError> {

@@ -301,6 +301,15 @@ impl<B: ?Sized> EncryptionLayer<B> {
     pub fn inner(&self) -> &Arc<B> {
         &self.inner
     }
+
+    /// The plaintext of the stored partial of `(vnode, epoch)`.
+    fn open(&self, vnode: u32, epoch: u64, stored: Bytes) -> Result<Bytes, StateBackendError> {
+        if self.allow_plaintext && !stored.starts_with(&ENCRYPTION_MAGIC) {
+            Ok(stored)
+        } else {
+            self.keyring.open(vnode, epoch, &stored)
+        }
+    }
 }
 
 impl<B: ?Sized> std::fmt::Debug for EncryptionLayer<B> {
@@ -334,13 +343,8 @@ impl<B: StateBackend + ?Sized> StateBackend for EncryptionLayer<B> {
         vnode: u32,
         epoch: u64,
     ) -> Result<Option<Bytes>, StateBackendError> {
-        match self.inner.read_partial(vnode, epoch).await? {
-            Some(stored) if self.allow_plaintext && !stored.starts_with(&ENCRYPTION_MAGIC) => {
-                Ok(Some(stored))
-            }
-            Some(stored) => self.keyring.open(vnode, epoch, &stored).map(Some),
-            None => Ok(None),
-        }
+        let stored = self.inner.read_partial(vnode, epoch).await?;
+        stored.map(|s| self.open(vnode, epoch, s)).transpose()
     }
 
     async fn epoch_complete(&self, epoch: u64, vnodes: &[u32]) -> Result<bool, StateBackendError> {
@@ -365,6 +369,19 @@ impl<B: StateBackend + ?Sized> StateBackend for EncryptionLayer<B> {
 
     async fn sealed_epochs(&self, after: u64) -> Result<Vec<u64>, StateBackendError> {
         self.inner.sealed_epochs(after).await
+    }
+
+    async fn read_partials(
+        &self,
+        epoch: u64,
+        vnodes: &[u32],
+    ) -> Result<Vec<Option<Bytes>>, StateBackendError> {
+        let stored = self.inner.read_partials(epoch, vnodes).await?;
+        vnodes
+            .iter()
+            .zip(stored)
+            .map(|(&vnode, stored)| stored.map(|s| self.open(vnode, epoch, s)).transpose())
+            .collect()
     }
 
     async fn partials(&self, epoch: u64) -> Result<Option<Vec<u32>>, StateBackendError> {

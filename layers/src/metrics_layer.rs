@@ -511,6 +511,24 @@ impl<B: StateBackend + ?Sized> StateBackend for MetricsLayer<B> {
         .await
     }
 
+    async fn read_partials(
+        &self,
+        epoch: u64,
+        vnodes: &[u32],
+    ) -> Result<Vec<Option<Bytes>>, StateBackendError> {
+        self.measured(
+            Operation::ReadPartials,
+            self.inner.read_partials(epoch, vnodes),
+            |h, result| {
+                if let Ok(partials) = result {
+                    let bytes: usize = partials.iter().flatten().map(Bytes::len).sum();
+                    h.read.increment(bytes as u64);
+                }
+            },
+        )
+        .await
+    }
+
     async fn partials(&self, epoch: u64) -> Result<Option<Vec<u32>>, StateBackendError> {
         self.measured(Operation::Partials, self.inner.partials(epoch), |_, _| {})
             .await

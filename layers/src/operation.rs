@@ -28,11 +28,13 @@ pub enum Operation {
     PersistAuthoritativeVersion,
     /// `partials`, the listing of an epoch's vnodes.
     Partials,
+    /// `read_partials`, the batch read of recovery.
+    ReadPartials,
 }
 
 impl Operation {
     /// Every operation, in the trait's order.
-    pub const ALL: [Operation; 10] = [
+    pub const ALL: [Operation; 11] = [
         Operation::WritePartial,
         Operation::ReadPartial,
         Operation::EpochComplete,
@@ -43,11 +45,12 @@ impl Operation {
         Operation::SealedEpochs,
         Operation::PersistAuthoritativeVersion,
         Operation::Partials,
+        Operation::ReadPartials,
     ];
 
     /// The asynchronous operations: the ones that can fail, be retried or
     /// time out.
-    pub const ASYNC: [Operation; 8] = [
+    pub const ASYNC: [Operation; 9] = [
         Operation::WritePartial,
         Operation::ReadPartial,
         Operation::EpochComplete,
@@ -56,6 +59,7 @@ impl Operation {
         Operation::SealedEpochs,
         Operation::PersistAuthoritativeVersion,
         Operation::Partials,
+        Operation::ReadPartials,
     ];
 
     /// The method's name, as in spans, metric labels and messages.
@@ -71,6 +75,7 @@ impl Operation {
             Operation::SealedEpochs => "sealed_epochs",
             Operation::PersistAuthoritativeVersion => "persist_authoritative_version",
             Operation::Partials => "partials",
+            Operation::ReadPartials => "read_partials",
         }
     }
 

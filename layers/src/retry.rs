@@ -101,7 +101,7 @@ fn random_below(bound: u64) -> u64 {
 /// | operation | why a retry is safe |
 /// |---|---|
 /// | `write_partial` | writes are idempotent (P2): the same bytes for the same `(vnode, epoch)` may arrive any number of times, before or after the seal, with no further effect. The layer resends the very bytes it was given (it sits below compression and encryption in [`layer`](crate::layer), so a retried encrypted write is byte-identical). A retry that meets a fence raised in between is refused with `StaleVersion`; the layer answers that as an `Io` error (outcome unknown), since the failed attempt before it may have landed before the raise, and a refused write must never have been visible (P7). The caller is a deposed leader either way. The same holds for a seal's retry. |
-/// | `read_partial`, `latest_committed_epoch`, `sealed_epochs`, `partials` | reads change nothing. |
+/// | `read_partial`, `read_partials`, `latest_committed_epoch`, `sealed_epochs`, `partials` | reads change nothing. |
 /// | `epoch_complete` | the seal is decided by the marker: once an attempt has sealed the epoch for this instance, asking again answers `Ok(true)` (the contract's "asking again as the winner", `seal_outcome`), so a seal whose first answer was lost comes back won, never as split-brain. As a guard against a backend that gets this wrong, a `SplitBrainCommit` whose committer *is* the asking instance, after an attempt that failed with `Io`, is answered `Ok(true)`: the marker names us, so we sealed. |
 /// | `prune_before` | deleting what is below a bound twice deletes the same (P11: a second prune changes nothing). |
 /// | `persist_authoritative_version` | the fence only rises: raising it to the same version again changes nothing (P4). |
@@ -306,6 +306,17 @@ impl<B: StateBackend + ?Sized> StateBackend for RetryLayer<B> {
     async fn sealed_epochs(&self, after: u64) -> Result<Vec<u64>, StateBackendError> {
         self.run(Operation::SealedEpochs, || self.inner.sealed_epochs(after))
             .await
+    }
+
+    async fn read_partials(
+        &self,
+        epoch: u64,
+        vnodes: &[u32],
+    ) -> Result<Vec<Option<Bytes>>, StateBackendError> {
+        self.run(Operation::ReadPartials, || {
+            self.inner.read_partials(epoch, vnodes)
+        })
+        .await
     }
 
     async fn partials(&self, epoch: u64) -> Result<Option<Vec<u32>>, StateBackendError> {

@@ -210,6 +210,19 @@ impl<B: StateBackend + ?Sized> StateBackend for TimeoutLayer<B> {
         .await
     }
 
+    async fn read_partials(
+        &self,
+        epoch: u64,
+        vnodes: &[u32],
+    ) -> Result<Vec<Option<Bytes>>, StateBackendError> {
+        self.bound(
+            Operation::ReadPartials,
+            || format!("read_partials(epoch {epoch}, {} vnodes)", vnodes.len()),
+            self.inner.read_partials(epoch, vnodes),
+        )
+        .await
+    }
+
     async fn partials(&self, epoch: u64) -> Result<Option<Vec<u32>>, StateBackendError> {
         self.bound(
             Operation::Partials,

@@ -423,6 +423,41 @@ impl<B: StateBackend + ?Sized> StateBackend for TracingLayer<B> {
         result
     }
 
+    async fn read_partials(
+        &self,
+        epoch: u64,
+        vnodes: &[u32],
+    ) -> Result<Vec<Option<Bytes>>, StateBackendError> {
+        let span = tracing::debug_span!(
+            "state_backend",
+            operation = "read_partials",
+            backend = &*self.backend,
+            instance = &*self.instance,
+            epoch = epoch,
+            count = vnodes.len(),
+            bytes = Empty,
+            outcome = Empty,
+        );
+        let result = self
+            .inner
+            .read_partials(epoch, vnodes)
+            .instrument(span.clone())
+            .await;
+        if let Ok(partials) = &result {
+            span.record(
+                "bytes",
+                partials.iter().flatten().map(Bytes::len).sum::<usize>(),
+            );
+        }
+        let keys = Keys {
+            op: Operation::ReadPartials,
+            vnode: None,
+            epoch: Some(epoch),
+        };
+        self.finish(&span, keys, &result);
+        result
+    }
+
     async fn partials(&self, epoch: u64) -> Result<Option<Vec<u32>>, StateBackendError> {
         let span = tracing::debug_span!(
             "state_backend",
