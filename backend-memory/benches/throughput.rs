@@ -1,0 +1,219 @@
+//! The memory backend against the simplest correct in-process store doing
+//! the same work, in one run: one `RwLock<HashMap>` of partials, a fence
+//! checked under it, commit markers in one map (the design of a typical
+//! in-process test backend). Same data (256 vnodes x 64 epochs of 4 KiB),
+//! same operation counts, alternated in slices; a prune between units.
+//!
+//! `cargo bench -p laminar-state-memory` (or `cargo xtask bench --backend
+//! memory`): a table on stdout and `target/bench/memory.json`. Under `cargo
+//! test` it runs once, tiny, as a smoke test.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use laminar_state_api::StateBackend;
+use laminar_state_bench::{Mode, Row, Unit, alternate, report};
+use laminar_state_memory::MemoryBackend;
+
+const VNODES: u32 = 256;
+const PAYLOAD: usize = 4096;
+
+/// One lock for every partial: the baseline.
+#[derive(Default)]
+struct SingleLock {
+    partials: RwLock<HashMap<(u64, u32), Bytes>>,
+    fence: RwLock<u64>,
+    markers: Mutex<BTreeMap<u64, String>>,
+}
+
+impl SingleLock {
+    fn write(&self, vnode: u32, epoch: u64, version: u64, bytes: Bytes) {
+        let fence = self.fence.read().unwrap();
+        assert!(version >= *fence);
+        self.partials.write().unwrap().insert((epoch, vnode), bytes);
+    }
+
+    fn read(&self, vnode: u32, epoch: u64) -> Option<Bytes> {
+        self.partials.read().unwrap().get(&(epoch, vnode)).cloned()
+    }
+
+    /// Check every vnode, then seal: the same work as the backend's gate.
+    fn seal(&self, epoch: u64, vnodes: &[u32], id: &str) -> bool {
+        let mut markers = self.markers.lock().unwrap();
+        let partials = self.partials.read().unwrap();
+        if !vnodes.iter().all(|&v| partials.contains_key(&(epoch, v))) {
+            return false;
+        }
+        markers.entry(epoch).or_insert_with(|| id.to_owned()) == id
+    }
+
+    fn prune(&self, before: u64) {
+        self.markers.lock().unwrap().retain(|&e, _| e >= before);
+        self.partials
+            .write()
+            .unwrap()
+            .retain(|&(e, _), _| e >= before);
+    }
+}
+
+struct Scale {
+    epochs: u64,
+    gate_rounds: u64,
+}
+
+fn main() {
+    let mode = Mode::from_args();
+    let scale = if mode == Mode::Full {
+        Scale {
+            epochs: 64,
+            gate_rounds: 2_000,
+        }
+    } else {
+        Scale {
+            epochs: 4,
+            gate_rounds: 8,
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let payload = Bytes::from(vec![0xA5; PAYLOAD]);
+    let base = Arc::new(SingleLock::default());
+    let ours: Arc<dyn StateBackend> = Arc::new(MemoryBackend::new("bench", VNODES));
+    let ops = u64::from(VNODES) * scale.epochs;
+    let key = move |i: u64| ((i % u64::from(VNODES)) as u32, i / u64::from(VNODES));
+    let mut rows = Vec::new();
+
+    for tasks in [1u64, 16] {
+        let (b, p) = (Arc::clone(&base), payload.clone());
+        let base_write = move |i: u64| {
+            let (b, p) = (Arc::clone(&b), p.clone());
+            async move {
+                let (vnode, epoch) = key(i);
+                b.write(vnode, epoch, 0, p);
+            }
+        };
+        let (o, p) = (Arc::clone(&ours), payload.clone());
+        let our_write = move |i: u64| {
+            let (o, p) = (Arc::clone(&o), p.clone());
+            async move {
+                let (vnode, epoch) = key(i);
+                o.write_partial(vnode, epoch, 0, p).await.expect("write");
+            }
+        };
+        let (raw, mine) = runtime.block_on(alternate(tasks, ops, base_write, our_write));
+        rows.push(Row {
+            name: format!("writes/s, {tasks} task(s), 4 KiB"),
+            unit: Unit::PerSecond,
+            backend: mine,
+            raw,
+            target: Some(1.0),
+        });
+
+        let b = Arc::clone(&base);
+        let base_read = move |i: u64| {
+            let b = Arc::clone(&b);
+            async move {
+                let (vnode, epoch) = key(i);
+                assert!(b.read(vnode, epoch).is_some());
+            }
+        };
+        let o = Arc::clone(&ours);
+        let our_read = move |i: u64| {
+            let o = Arc::clone(&o);
+            async move {
+                let (vnode, epoch) = key(i);
+                assert!(o.read_partial(vnode, epoch).await.expect("read").is_some());
+            }
+        };
+        let (raw, mine) = runtime.block_on(alternate(tasks, ops, base_read, our_read));
+        rows.push(Row {
+            name: format!("reads/s, {tasks} task(s)"),
+            unit: Unit::PerSecond,
+            backend: mine,
+            raw,
+            target: Some(1.0),
+        });
+        base.prune(u64::MAX);
+        runtime
+            .block_on(ours.prune_before(u64::MAX))
+            .expect("prune");
+    }
+
+    // The gate at 256 vnodes: a fresh epoch each round, both sides
+    // alternately, each timed alone.
+    let all: Vec<u32> = (0..VNODES).collect();
+    let (mut base_gate, mut our_gate) = (Duration::ZERO, Duration::ZERO);
+    for round in 0..scale.gate_rounds {
+        let epoch = 1_000_000 + round;
+        runtime.block_on(async {
+            for vnode in 0..VNODES {
+                base.write(vnode, epoch, 0, payload.clone());
+                ours.write_partial(vnode, epoch, 0, payload.clone())
+                    .await
+                    .expect("write");
+            }
+            let started = Instant::now();
+            assert!(base.seal(epoch, &all, "bench"));
+            base_gate += started.elapsed();
+            let started = Instant::now();
+            assert!(ours.epoch_complete(epoch, &all).await.expect("seal"));
+            our_gate += started.elapsed();
+        });
+        if round % 16 == 15 {
+            base.prune(epoch);
+            runtime.block_on(ours.prune_before(epoch)).expect("prune");
+        }
+    }
+    let per_second = |d: Duration| scale.gate_rounds as f64 / d.as_secs_f64();
+    rows.push(Row {
+        name: "epoch_complete/s, 256 vnodes".into(),
+        unit: Unit::PerSecond,
+        backend: per_second(our_gate),
+        raw: per_second(base_gate),
+        target: Some(1.0),
+    });
+
+    // Prune: 64 epochs x 256 vnodes below the bound, timed alone.
+    let (mut base_prune, mut our_prune) = (Duration::ZERO, Duration::ZERO);
+    for unit in 0..4u64 {
+        let first = 2_000_000 + unit * scale.epochs;
+        runtime.block_on(async {
+            for epoch in first..first + scale.epochs {
+                for vnode in 0..VNODES {
+                    base.write(vnode, epoch, 0, payload.clone());
+                    ours.write_partial(vnode, epoch, 0, payload.clone())
+                        .await
+                        .expect("write");
+                }
+            }
+        });
+        let started = Instant::now();
+        base.prune(first + scale.epochs);
+        base_prune += started.elapsed();
+        let started = Instant::now();
+        runtime
+            .block_on(ours.prune_before(first + scale.epochs))
+            .expect("prune");
+        our_prune += started.elapsed();
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1e3 / 4.0;
+    rows.push(Row {
+        name: format!("prune {} epochs x 256 vnodes", scale.epochs),
+        unit: Unit::Millis,
+        backend: ms(our_prune),
+        raw: ms(base_prune),
+        target: Some(1.0),
+    });
+
+    report(
+        "memory",
+        "one RwLock<HashMap>",
+        &rows,
+        mode,
+        &["(the baseline: one lock over every partial, the fence checked under it, markers in one map; the gate checks then seals, as ours)".to_owned()],
+    );
+}
