@@ -1,5 +1,6 @@
 //! [`RedisConfig`]: how to reach the server, and the URL that says so.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use laminar_state_api::{BackendUrl, StateBackendError, UrlError, redact_url};
@@ -52,6 +53,17 @@ pub struct RedisConfig {
     /// (`allkeys-*`), which can silently delete fences, markers and
     /// partials. Off by default: such a server is refused at connect.
     pub allow_eviction: bool,
+    /// With `rediss://`: the PEM file of the certificate authorities to
+    /// trust instead of the system's (a private CA, a test server). A
+    /// server whose certificate none of them signed is refused at connect.
+    pub tls_ca_file: Option<PathBuf>,
+    /// With `rediss://`: the PEM file of this client's certificate chain,
+    /// for a server that checks clients (`tls-auth-clients yes`); with
+    /// [`tls_key_file`](Self::tls_key_file).
+    pub tls_cert_file: Option<PathBuf>,
+    /// With `rediss://`: the PEM file of the private key of
+    /// [`tls_cert_file`](Self::tls_cert_file).
+    pub tls_key_file: Option<PathBuf>,
 }
 
 /// Shows the URLs without their passwords.
@@ -70,6 +82,9 @@ impl std::fmt::Debug for RedisConfig {
             .field("replica_timeout", &self.replica_timeout)
             .field("replicate_writes", &self.replicate_writes)
             .field("allow_eviction", &self.allow_eviction)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
             .finish()
     }
 }
@@ -89,6 +104,9 @@ impl RedisConfig {
             replica_timeout: DEFAULT_REPLICA_TIMEOUT,
             replicate_writes: false,
             allow_eviction: false,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 
@@ -99,8 +117,10 @@ impl RedisConfig {
     /// `nodes=host:port,host:port` (more cluster seeds), `groups=N`,
     /// `timeout_ms=MS`, `max_payload_len=BYTES`, `replicas=N`,
     /// `replica_timeout_ms=MS`, `replicate_writes=true`,
-    /// `allow_eviction=true`, and the redis client's own `protocol=resp3`;
-    /// any other parameter is refused. The user, password, host and
+    /// `allow_eviction=true`, with `rediss://` `tls_ca_file=PATH` (the
+    /// certificate authorities to trust) and `tls_cert_file=PATH` with
+    /// `tls_key_file=PATH` (a client certificate), and the redis client's
+    /// own `protocol=resp3`; any other parameter is refused. The user, password, host and
     /// database go to the redis client as written (it percent-decodes the
     /// user and password) and are checked by it here, before any
     /// connection; the query follows the rules of [`BackendUrl`]. A bad
@@ -176,6 +196,27 @@ impl RedisConfig {
             .flag("replicate_writes")?
             .unwrap_or(config.replicate_writes);
         config.allow_eviction = url.flag("allow_eviction")?.unwrap_or(config.allow_eviction);
+        for (name, field) in [
+            ("tls_ca_file", &mut config.tls_ca_file),
+            ("tls_cert_file", &mut config.tls_cert_file),
+            ("tls_key_file", &mut config.tls_key_file),
+        ] {
+            if let Some(path) = url.take(name) {
+                if scheme != "rediss" {
+                    return Err(url.error(Some(name), "needs TLS: a rediss:// URL"));
+                }
+                if path.is_empty() {
+                    return Err(url.error(Some(name), "is empty"));
+                }
+                *field = Some(PathBuf::from(path));
+            }
+        }
+        if config.tls_cert_file.is_some() != config.tls_key_file.is_some() {
+            return Err(url.error(
+                Some("tls_cert_file"),
+                "a client certificate needs both tls_cert_file and tls_key_file",
+            ));
+        }
         // What the redis client would refuse at connect, refused now.
         let client_check = |parameter: Option<&str>, target: &str| {
             redis::IntoConnectionInfo::into_connection_info(target)
@@ -209,6 +250,14 @@ mod tests {
         assert_eq!(config.groups, Some(4));
         assert_eq!(config.operation_timeout, Duration::from_millis(250));
         assert_eq!(config.max_payload_len, 9);
+        let tls = RedisConfig::from_url(
+            "rediss://h:1/?tls_ca_file=/etc/my%20ca.pem&tls_cert_file=/c.pem&tls_key_file=/k.pem",
+        )
+        .unwrap();
+        assert_eq!(tls.url, "rediss://h:1/");
+        assert_eq!(tls.tls_ca_file, Some(PathBuf::from("/etc/my ca.pem")));
+        assert_eq!(tls.tls_cert_file, Some(PathBuf::from("/c.pem")));
+        assert_eq!(tls.tls_key_file, Some(PathBuf::from("/k.pem")));
         let plain = RedisConfig::from_url("redis://127.0.0.1:6379").unwrap();
         assert_eq!(plain, RedisConfig::new("redis://127.0.0.1:6379", "laminar"));
         assert_eq!(
@@ -233,6 +282,10 @@ mod tests {
             ("redis://h/?nodes=h:x", Some("nodes")),
             ("redis://h/?colour=red", Some("colour")),
             ("redis://h/?namespace=a&namespace=b", Some("namespace")),
+            ("redis://h/?tls_ca_file=/ca.pem", Some("tls_ca_file")),
+            ("rediss://h/?tls_ca_file=", Some("tls_ca_file")),
+            ("rediss://h/?tls_cert_file=/c.pem", Some("tls_cert_file")),
+            ("rediss://h/?tls_key_file=/k.pem", Some("tls_cert_file")),
         ] {
             let error = RedisConfig::parse_url(bad).expect_err(bad);
             assert_eq!(error.parameter(), parameter, "{bad}: {error}");
@@ -251,6 +304,10 @@ mod tests {
             "rediss://:hunter2@h:1/?colour=red#insecure",
             "redis://user:hun#ter2@h:1/?namespace=n",
             "redis://h:1/?namespace=n&password=hunter2",
+            "rediss://laminar:hunter2@h:1/?tls_ca_file=/ca.pem&tls_cert_file=/c.pem",
+            "rediss://laminar:hunter2@h:1/?tls_ca_file=",
+            "redis://laminar:hunter2@h:1/?tls_ca_file=/ca.pem",
+            "rediss://laminar:hunter2@h:1/?tls_ca_file=/ca.pem&tls_cert_file=/c.pem&tls_key_file=/k.pem",
         ] {
             let shown = match RedisConfig::from_url(url) {
                 Ok(config) => format!("{config:?}"),

@@ -68,6 +68,26 @@ impl Keys {
     pub(crate) fn group_pruning(&self, group: u32) -> String {
         format!("{}pruning", self.group_prefix(group))
     }
+    /// Every namespace-wide key.
+    pub(crate) fn namespace_keys(&self) -> [String; 6] {
+        [
+            self.layout(),
+            self.fence(),
+            self.markers(),
+            self.sealed(),
+            self.pruning(),
+            self.prunes(),
+        ]
+    }
+    /// One key of each kind of group `group`, with its partials of `epoch`.
+    pub(crate) fn group_keys(&self, group: u32, epoch: u64) -> [String; 4] {
+        [
+            self.group_fence(group),
+            self.group_epochs(group),
+            self.group_pruning(group),
+            self.epoch_partials(group, epoch),
+        ]
+    }
 }
 
 /// The namespace as it appears inside a hash tag: `%`, `/`, `{` and `}`
@@ -105,19 +125,10 @@ mod tests {
     /// Every key of a namespace with `groups` groups, over a few epochs.
     fn all_keys(namespace: &str, groups: u32) -> Vec<String> {
         let keys = Keys::new(namespace, groups);
-        let mut all = vec![
-            keys.layout(),
-            keys.fence(),
-            keys.markers(),
-            keys.sealed(),
-            keys.pruning(),
-            keys.prunes(),
-        ];
+        let mut all = keys.namespace_keys().to_vec();
         for group in 0..groups {
-            all.push(keys.group_fence(group));
-            all.push(keys.group_epochs(group));
-            all.push(keys.group_pruning(group));
-            for epoch in [0, 1, u64::MAX] {
+            all.extend(keys.group_keys(group, 0));
+            for epoch in [1, u64::MAX] {
                 all.push(keys.epoch_partials(group, epoch));
             }
         }

@@ -15,6 +15,7 @@ pub(crate) struct Scripts {
     pub(crate) prune_end: Script,
     pub(crate) prune_markers: Script,
     pub(crate) layout: Script,
+    pub(crate) permissions: Script,
 }
 
 impl Scripts {
@@ -30,6 +31,7 @@ impl Scripts {
             prune_end: Script::new(include_str!("scripts/prune_end.lua")),
             prune_markers: Script::new(include_str!("scripts/prune_markers.lua")),
             layout: Script::new(include_str!("scripts/layout.lua")),
+            permissions: Script::new(include_str!("scripts/permissions.lua")),
         }
     }
 }

@@ -8,7 +8,9 @@ use std::time::Duration;
 use laminar_state_api::{InputLimits, StateBackendError};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
+use redis::{
+    ClientTlsConfig, Cmd, Pipeline, RedisError, RedisFuture, Script, TlsCertificates, Value,
+};
 use tokio::sync::mpsc;
 
 use crate::backend::RedisBackend;
@@ -102,12 +104,14 @@ impl RedisStore {
             let nodes: Vec<&str> = std::iter::once(config.url.as_str())
                 .chain(config.extra_nodes.iter().map(String::as_str))
                 .collect();
-            let client = redis::cluster::ClusterClient::builder(nodes)
+            let mut builder = redis::cluster::ClusterClient::builder(nodes)
                 .connection_timeout(config.operation_timeout)
                 .response_timeout(config.operation_timeout)
-                .retries(3)
-                .build()
-                .map_err(connect_error)?;
+                .retries(3);
+            if let Some(certificates) = tls_certificates(config)? {
+                builder = builder.certs(certificates);
+            }
+            let client = builder.build().map_err(connect_error)?;
             let connection =
                 tokio::time::timeout(config.operation_timeout, client.get_async_connection())
                     .await
@@ -119,7 +123,13 @@ impl RedisStore {
                     .map_err(connect_error)?;
             Connection::Cluster(connection)
         } else {
-            let client = redis::Client::open(config.url.as_str()).map_err(connect_error)?;
+            let client = match tls_certificates(config)? {
+                Some(certificates) => {
+                    redis::Client::build_with_tls(config.url.as_str(), certificates)
+                }
+                None => redis::Client::open(config.url.as_str()),
+            }
+            .map_err(connect_error)?;
             let manager_config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(config.operation_timeout))
                 .set_response_timeout(Some(config.operation_timeout))
@@ -160,6 +170,7 @@ impl RedisStore {
                 direct_writes: Vec::new(),
             }),
         };
+        store.check_permissions().await?;
         let policies = store.eviction_policies().await?;
         if let Some(policy) = policies.iter().find(|p| p.starts_with("allkeys-")) {
             let why = format!(
@@ -329,6 +340,41 @@ impl RedisStore {
         }
     }
 
+    /// Refuse, naming them, the commands and keys this store needs that
+    /// the connected ACL user may not use, before it uses any: a user
+    /// that may not run scripts fails on this very call (`NOPERM`), one
+    /// that may not run a command inside them is found by the probe
+    /// script (`redis.acl_check_cmd`, Redis 7.0 and later). On a cluster,
+    /// the node of the namespace's slot answers for all.
+    pub(crate) async fn check_permissions(&self) -> Result<(), StateBackendError> {
+        let keys = &self.shared.keys;
+        let missing: Vec<String> = self
+            .call(
+                "open",
+                |s| &s.permissions,
+                |call| {
+                    call.key(keys.layout()).arg(self.touch());
+                    for key in keys
+                        .namespace_keys()
+                        .into_iter()
+                        .chain(keys.group_keys(0, 0))
+                    {
+                        call.arg(key);
+                    }
+                },
+            )
+            .await?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(StateBackendError::Io(format!(
+            "redis at {}: NOPERM: the ACL user this store connects as may not use {}, which \
+             the store needs; grant the rules in laminar-state-redis's README (\"ACL\")",
+            self.shared.server,
+            missing.join(", ")
+        )))
+    }
+
     /// The `maxmemory-policy` of every primary (a cluster's `INFO` goes to
     /// all of them).
     pub(crate) async fn eviction_policies(&self) -> Result<Vec<String>, StateBackendError> {
@@ -438,6 +484,35 @@ impl Confirmation {
     }
 }
 
+/// The certificates the config names, read from their files, for a
+/// `rediss://` URL with any of them; `None` uses the client's defaults.
+fn tls_certificates(config: &RedisConfig) -> Result<Option<TlsCertificates>, StateBackendError> {
+    if config.tls_ca_file.is_none() && config.tls_cert_file.is_none() {
+        return Ok(None);
+    }
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            StateBackendError::Io(format!("cannot read {what} {}: {e}", path.display()))
+        })
+    };
+    let root_cert = config
+        .tls_ca_file
+        .as_deref()
+        .map(|path| read("tls_ca_file", path))
+        .transpose()?;
+    let client_tls = match (&config.tls_cert_file, &config.tls_key_file) {
+        (Some(cert), Some(key)) => Some(ClientTlsConfig {
+            client_cert: read("tls_cert_file", cert)?,
+            client_key: read("tls_key_file", key)?,
+        }),
+        _ => None,
+    };
+    Ok(Some(TlsCertificates {
+        client_tls,
+        root_cert,
+    }))
+}
+
 /// Every text in a reply (a cluster answers `INFO` with one per node).
 fn collect_texts(value: &Value, texts: &mut Vec<String>) {
     match value {
@@ -461,6 +536,12 @@ pub(crate) fn redis_error(what: &str, server: &str, error: &RedisError) -> State
     if text.contains("OOM") {
         return StateBackendError::Io(format!(
             "redis {what} at {server}: the server is full (maxmemory reached): {text}"
+        ));
+    }
+    if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) {
+        return StateBackendError::Io(format!(
+            "redis {what} at {server}: NOPERM: {text} (the ACL user this store connects as lacks a \
+             permission it needs: see laminar-state-redis's README, \"ACL\")"
         ));
     }
     StateBackendError::Io(format!("redis {what} at {server}: {text}"))

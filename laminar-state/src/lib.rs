@@ -116,7 +116,8 @@ pub enum BackendConfig {
         /// `RedisConfig::from_url` in its query (`namespace`, `cluster`,
         /// `nodes`, `groups`, `timeout_ms`, `max_payload_len`, `replicas`,
         /// `replica_timeout_ms`, `replicate_writes`, `allow_eviction`,
-        /// `protocol`). Its password is never shown by `Debug`.
+        /// `protocol`; with `rediss://`, `tls_ca_file`, `tls_cert_file`,
+        /// `tls_key_file`). Its password is never shown by `Debug`.
         url: SecretUrl,
     },
     /// Amazon S3 or an S3-compatible store. Unset fields take the S3

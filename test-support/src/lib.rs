@@ -5,6 +5,7 @@
 //! |---|---|
 //! | [`process`] | a server process under a watchdog shell, so no server outlives its test process (not even one killed by a test runner's time limit) |
 //! | [`redis`] | `redis-server` processes: standalone, replicas, a 3-node cluster; a [`TcpRelay`] to cut a link |
+//! | [`tls`] | a test CA and the certificates it signs, generated at test time (rcgen) |
 //! | [`seaweed`] | SeaweedFS (`weed mini`), an S3-compatible store, with its bucket and test credentials |
 //! | [`proxy`] | an HTTP proxy in front of SeaweedFS that logs requests and injects faults |
 //! | [`layered`] | every layer of `laminar-state-layers` as a conformance [`Wrapper`](laminar_state_conformance::Wrapper), for the layered columns of the matrix |
@@ -36,6 +37,7 @@ pub mod proxy;
 pub mod redis;
 mod relay;
 pub mod seaweed;
+pub mod tls;
 
 pub use relay::TcpRelay;
 

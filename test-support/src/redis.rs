@@ -12,6 +12,7 @@ pub use crate::TcpRelay;
 use crate::free_port;
 use crate::lazy::Servers;
 use crate::process::Watched;
+use crate::tls::TestCertificates;
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a cluster may take to report `cluster_state:ok`, after its
@@ -27,6 +28,9 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     args: Vec<String>,
+    /// With TLS: the port takes TLS only (no plain port), with these
+    /// certificates.
+    tls: Option<Box<TestCertificates>>,
     process: Option<Watched>,
 }
 
@@ -45,6 +49,31 @@ impl RedisServer {
 
     /// [`try_start`](Self::try_start) on `port`.
     pub fn try_start_on(dir: &Path, port: u16, extra: &[&str]) -> Result<Self, String> {
+        Self::try_start_with(dir, port, None, extra)
+    }
+
+    /// A standalone server that speaks only TLS on its port, with the
+    /// server certificate of `certificates` (generate them with
+    /// [`TestCertificates::generate`]); clients that present a certificate
+    /// must present one of their CA's, clients without one are accepted
+    /// (`--tls-auth-clients optional`). Its [`url`](Self::url) is
+    /// `rediss://`. Panics if it does not start.
+    pub fn start_tls(dir: &Path, certificates: &TestCertificates, extra: &[&str]) -> Self {
+        Self::try_start_with(
+            dir,
+            free_port(false, &[]),
+            Some(Box::new(certificates.clone())),
+            extra,
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_start_with(
+        dir: &Path,
+        port: u16,
+        tls: Option<Box<TestCertificates>>,
+        extra: &[&str],
+    ) -> Result<Self, String> {
         let mut args: Vec<String> = [
             "--bind",
             "127.0.0.1",
@@ -70,6 +99,7 @@ impl RedisServer {
             port,
             dir: dir.to_path_buf(),
             args,
+            tls,
             process: None,
         };
         server.launch()?;
@@ -79,9 +109,25 @@ impl RedisServer {
     fn launch(&mut self) -> Result<(), String> {
         let port = self.port.to_string();
         let dir = self.dir.display().to_string();
-        let args = ["--port", &port, "--dir", &dir]
-            .into_iter()
-            .chain(self.args.iter().map(String::as_str));
+        let mut args: Vec<String> = match &self.tls {
+            None => vec!["--port".into(), port],
+            Some(tls) => {
+                let mut args: Vec<String> = ["--port", "0", "--tls-port", &port]
+                    .map(String::from)
+                    .into();
+                for (flag, path) in [
+                    ("--tls-cert-file", &tls.server_cert),
+                    ("--tls-key-file", &tls.server_key),
+                    ("--tls-ca-cert-file", &tls.ca),
+                ] {
+                    args.extend([flag.to_owned(), path.display().to_string()]);
+                }
+                args.extend(["--tls-auth-clients".into(), "optional".into()]);
+                args
+            }
+        };
+        args.extend(["--dir".into(), dir]);
+        args.extend(self.args.iter().cloned());
         self.process = Some(Watched::try_start(
             "redis-server",
             args,
@@ -96,7 +142,11 @@ impl RedisServer {
         let pid = self.process.as_ref().map_or(0, Watched::pid);
         let deadline = Instant::now() + START_TIMEOUT;
         while Instant::now() < deadline {
-            if ping(self.port) {
+            let up = match self.tls {
+                None => ping(self.port),
+                Some(_) => self.try_cli(&["ping"])?.contains("PONG"),
+            };
+            if up {
                 let info = self.try_cli(&["info", "server"])?;
                 if info.contains(&format!("process_id:{pid}\r"))
                     || info.contains(&format!("process_id:{pid}\n"))
@@ -118,9 +168,19 @@ impl RedisServer {
         ))
     }
 
-    /// `redis://127.0.0.1:PORT`.
+    /// `redis://127.0.0.1:PORT`, or `rediss://` with TLS.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The certificates of a TLS server.
+    pub fn tls(&self) -> Option<&TestCertificates> {
+        self.tls.as_deref()
     }
 
     /// SIGKILL the server: no shutdown, no final fsync.
@@ -168,9 +228,19 @@ impl RedisServer {
     }
 
     fn try_cli(&self, args: &[&str]) -> Result<String, String> {
-        let output = Command::new("redis-cli")
-            .arg("-p")
-            .arg(self.port.to_string())
+        let mut command = Command::new("redis-cli");
+        command.arg("-p").arg(self.port.to_string());
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--tls")
+                .arg("--cacert")
+                .arg(&tls.ca)
+                .arg("--cert")
+                .arg(&tls.client_cert)
+                .arg("--key")
+                .arg(&tls.client_key);
+        }
+        let output = command
             .args(args)
             .output()
             .map_err(|e| format!("redis-cli: {e}"))?;
@@ -343,11 +413,15 @@ impl RedisServers {
         }
     }
 
-    /// The backend URL that reaches them, ending in the query (`/` or
-    /// `/?cluster=true&nodes=...`), to which a test adds its parameters.
+    /// The backend URL that reaches them, ending in the query (`/`,
+    /// `/?tls_ca_file=...` for a TLS server, or `/?cluster=true&nodes=...`),
+    /// to which a test adds its parameters.
     pub fn url(&self) -> String {
         match self {
-            RedisServers::Standalone(server) => format!("{}/", server.url()),
+            RedisServers::Standalone(server) => match server.tls() {
+                None => format!("{}/", server.url()),
+                Some(tls) => format!("{}/?tls_ca_file={}", server.url(), tls.ca.display()),
+            },
             RedisServers::Cluster(cluster) => cluster.url(),
         }
     }
