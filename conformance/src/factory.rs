@@ -246,6 +246,22 @@ pub trait BackendFactory: Send + Sync + 'static {
     fn proptest_cases(&self, requested: u32) -> u32 {
         requested
     }
+
+    /// How many rounds of each race (P7, P9, P11) to run, given the
+    /// requested count (`LAMINAR_CONFORMANCE_ROUNDS`, or the suite's
+    /// default). A slow remote store may lower it, as for
+    /// [`proptest_cases`](Self::proptest_cases).
+    fn race_rounds(&self, requested: u32) -> u32 {
+        requested
+    }
+
+    /// How many child writers the crash property (P10) kills, given the
+    /// requested count (`LAMINAR_CONFORMANCE_KILLS`, or the suite's
+    /// default). A slow remote store may lower it, as for
+    /// [`proptest_cases`](Self::proptest_cases).
+    fn crash_kills(&self, requested: u32) -> u32 {
+        requested
+    }
 }
 
 /// One isolated store made by a [`BackendFactory`]. Dropping it releases

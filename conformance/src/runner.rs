@@ -50,9 +50,11 @@ pub(crate) fn env_u32(name: &str, default: u32) -> u32 {
         .unwrap_or(default)
 }
 
-/// Race rounds for this run.
-pub(crate) fn race_rounds() -> u32 {
-    env_u32("LAMINAR_CONFORMANCE_ROUNDS", DEFAULT_RACE_ROUNDS).max(1)
+/// Race rounds for this run, as `factory` takes them.
+pub(crate) fn race_rounds(factory: &dyn BackendFactory) -> u32 {
+    factory
+        .race_rounds(env_u32("LAMINAR_CONFORMANCE_ROUNDS", DEFAULT_RACE_ROUNDS))
+        .max(1)
 }
 
 /// A seed for this run: `LAMINAR_CONFORMANCE_SEED` if set, so a failure can

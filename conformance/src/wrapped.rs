@@ -116,6 +116,14 @@ impl<F: BackendFactory, W: Wrapper> BackendFactory for Wrapped<F, W> {
         self.wrapper
             .proptest_cases(self.inner.proptest_cases(requested))
     }
+
+    fn race_rounds(&self, requested: u32) -> u32 {
+        self.inner.race_rounds(requested)
+    }
+
+    fn crash_kills(&self, requested: u32) -> u32 {
+        self.inner.crash_kills(requested)
+    }
 }
 
 struct WrappedStore<W> {

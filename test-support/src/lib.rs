@@ -7,6 +7,8 @@
 //! | [`redis`] | `redis-server` processes: standalone, replicas, a 3-node cluster; a [`TcpRelay`] to cut a link |
 //! | [`tls`] | a test CA and the certificates it signs, generated at test time (rcgen) |
 //! | [`seaweed`] | SeaweedFS (`weed mini`), an S3-compatible store, with its bucket and test credentials |
+//! | [`moto`] | moto's S3 server (`moto_server`), the second S3-compatible store |
+//! | [`s3`] | either S3-compatible store by kind, and a test's own server |
 //! | [`proxy`] | an HTTP proxy in front of SeaweedFS that logs requests and injects faults |
 //! | [`layered`] | every layer of `laminar-state-layers` as a conformance [`Wrapper`](laminar_state_conformance::Wrapper), for the layered columns of the matrix |
 //! | [`lazy`] | servers started once per conformance factory, and the lazily connected conformance [`TestStore`](laminar_state_conformance::TestStore) of a networked backend |
@@ -32,10 +34,12 @@ use laminar_state_api::StateBackend;
 
 pub mod layered;
 pub mod lazy;
+pub mod moto;
 pub mod process;
 pub mod proxy;
 pub mod redis;
 mod relay;
+pub mod s3;
 pub mod seaweed;
 pub mod tls;
 
@@ -59,6 +63,22 @@ pub fn free_port(companion: bool, taken: &[u16]) -> u16 {
             return port;
         }
     }
+}
+
+/// A program the tests start: the path in environment variable `env`, else
+/// `target/tools/<installed>` (where `.ci/install` puts it) if it exists,
+/// else `name`, looked up on the PATH.
+pub(crate) fn installed_tool(env: &str, installed: &str, name: &str) -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os(env) {
+        return path.into();
+    }
+    let installed = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/tools")
+        .join(installed);
+    if installed.exists() {
+        return installed;
+    }
+    name.into()
 }
 
 /// A name that no other store of any test process uses: `tag`, the process

@@ -6,8 +6,6 @@
 //! S3 backend's fence and markers rely on; the stores that ignore them
 //! (s3rver) or race them (s3s-fs) cannot stand in for S3 here.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -28,15 +26,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// The `weed` binary: `$LAMINAR_WEED`, else the one `.ci/install` puts under
 /// `target/tools`, else `weed` on the PATH.
 pub fn weed_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("LAMINAR_WEED") {
-        return PathBuf::from(path);
-    }
-    let installed =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/seaweedfs/bin/weed");
-    if installed.exists() {
-        return installed;
-    }
-    PathBuf::from("weed")
+    crate::installed_tool("LAMINAR_WEED", "seaweedfs/bin/weed", "weed")
 }
 
 /// One `weed mini` process: master, volume, filer and S3 gateway,
@@ -188,45 +178,7 @@ impl Servers for SeaweedServer {}
 /// An anonymous PUT of a small object: SeaweedFS without identities
 /// accepts it once the filer and a volume are up.
 fn put_ready_marker(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let request = format!(
-        "PUT /{BUCKET}/.ready HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
-    );
-    if stream.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
-    let mut reply = [0u8; 12];
-    stream.read_exact(&mut reply).is_ok() && reply.starts_with(b"HTTP/1.1 200")
+    crate::moto::put_ok(port, &format!("/{BUCKET}/.ready"), "ok")
 }
 
-/// A server in its own temporary directory, for one test.
-#[derive(Debug)]
-pub struct TestServer {
-    /// The server.
-    pub server: SeaweedServer,
-    _dir: tempfile::TempDir,
-}
-
-impl TestServer {
-    /// Start one.
-    pub fn start() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        Self {
-            server: SeaweedServer::start(dir.path()),
-            _dir: dir,
-        }
-    }
-
-    /// The S3 endpoint.
-    pub fn endpoint(&self) -> String {
-        self.server.endpoint()
-    }
-
-    /// `host:port`, for a proxy in front of it.
-    pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.server.port)
-    }
-}
+pub use crate::s3::TestServer;

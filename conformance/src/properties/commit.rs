@@ -80,7 +80,7 @@ pub async fn p09_one_committer(factory: &dyn BackendFactory) -> Checked {
         racers.push((id, handle));
     }
     let all: Vec<u32> = (0..VNODES).collect();
-    for round in 0..u64::from(race_rounds()) {
+    for round in 0..u64::from(race_rounds(factory)) {
         let epoch = 1_000 + round;
         for vnode in 0..VNODES {
             write(
@@ -252,7 +252,7 @@ async fn seal_racing_raise(factory: &dyn BackendFactory) -> Checked {
     let store = fresh_store(factory).await?;
     let tag = unique_tag("p15-race");
     let all: Vec<u32> = (0..VNODES).collect();
-    for round in 0..u64::from(race_rounds()) {
+    for round in 0..u64::from(race_rounds(factory)) {
         let (old_version, new_version, epoch) = (2 * round + 1, 2 * round + 2, round + 1);
         let deposed_id = format!("{tag}-old-{round}");
         let deposed = open(&*store, &deposed_id, VNODES).await?;

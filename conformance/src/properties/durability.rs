@@ -198,7 +198,9 @@ pub async fn p10_durability_crash(factory: &dyn BackendFactory, child: &ChildCom
         );
     };
     let seed = run_seed();
-    let kills = env_u32("LAMINAR_CONFORMANCE_KILLS", DEFAULT_KILLS).max(1);
+    let kills = factory
+        .crash_kills(env_u32("LAMINAR_CONFORMANCE_KILLS", DEFAULT_KILLS))
+        .max(1);
     let mut acked = Acknowledged::default();
     let mut next_epoch = 0u64;
     for kill in 0..u64::from(kills) {

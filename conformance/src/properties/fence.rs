@@ -228,7 +228,7 @@ pub async fn p07_atomic_fence(factory: &dyn BackendFactory) -> Checked {
     } else {
         Arc::clone(&leader)
     };
-    for round in 0..u64::from(race_rounds()) {
+    for round in 0..u64::from(race_rounds(factory)) {
         let old = 2 * round + 1;
         let new = old + 1;
         let epoch = round;
@@ -329,7 +329,7 @@ pub async fn p07_cancelled_raise(factory: &dyn BackendFactory) -> Checked {
     let seed = run_seed();
     let store = fresh_store(factory).await?;
     let tag = unique_tag("p07-cancel");
-    for round in 0..u64::from(race_rounds()) {
+    for round in 0..u64::from(race_rounds(factory)) {
         let old = 2 * round + 1;
         let new = old + 1;
         let epoch = round;

@@ -109,7 +109,7 @@ async fn prune_races_writes(factory: &dyn BackendFactory) -> Checked {
     const WRITERS: u32 = 4;
     let store = fresh_store(factory).await?;
     let handle = open(&*store, &unique_tag("p11-race"), WRITERS).await?;
-    let rounds = u64::from(race_rounds());
+    let rounds = u64::from(race_rounds(factory));
     let mut acknowledged = Vec::new();
     for round in 0..rounds {
         let before = round * 4;
@@ -178,7 +178,7 @@ pub async fn p11_prune_races_seals(factory: &dyn BackendFactory) -> Checked {
     let sealer = open(&*store, &format!("{tag}-sealer"), VNODES).await?;
     let pruner = open(&*store, &format!("{tag}-pruner"), VNODES).await?;
     let all: Vec<u32> = (0..VNODES).collect();
-    for round in 0..u64::from(race_rounds()) {
+    for round in 0..u64::from(race_rounds(factory)) {
         let first = 10 * round + 1;
         let bound = first + 2;
         for epoch in first..first + 4 {

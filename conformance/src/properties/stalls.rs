@@ -80,7 +80,7 @@ pub async fn p07_stalled_zombie(factory: &dyn BackendFactory) -> Checked {
     let seed = run_seed();
     let store = fresh_store(factory).await?;
     let tag = unique_tag("p07-stall");
-    for round in 0..u64::from(race_rounds()) {
+    for round in 0..u64::from(race_rounds(factory)) {
         let point = point_of(round);
         let (old, new, epoch) = (2 * round + 1, 2 * round + 2, round);
         let leader = open(&*store, &format!("{tag}-leader-{round}"), 2).await?;
@@ -168,7 +168,7 @@ pub async fn p07_seen_write_never_refused(factory: &dyn BackendFactory) -> Check
     let seed = run_seed();
     let store = fresh_store(factory).await?;
     let tag = unique_tag("p07-seen");
-    for round in 0..u64::from(race_rounds().min(8)) {
+    for round in 0..u64::from(race_rounds(factory).min(8)) {
         let point = StallPoint::Inside(1 + (round % 2) as u32);
         let (old, new, epoch) = (2 * round + 1, 2 * round + 2, round + 1);
         let writer_inner = open(&*store, &format!("{tag}-writer-{round}"), 2).await?;
@@ -237,7 +237,7 @@ async fn stalled_deposed_seal(factory: &dyn BackendFactory) -> Checked {
     let store = fresh_store(factory).await?;
     let tag = unique_tag("p07-stall-seal");
     let all: Vec<u32> = (0..VNODES).collect();
-    for round in 0..u64::from(race_rounds()) {
+    for round in 0..u64::from(race_rounds(factory)) {
         let point = point_of(round);
         let (old, new, epoch) = (2 * round + 1, 2 * round + 2, round + 1);
         let deposed_id = format!("{tag}-old-{round}");
@@ -309,7 +309,7 @@ pub async fn p07_stalled_raise(factory: &dyn BackendFactory) -> Checked {
     let store = fresh_store(factory).await?;
     let tag = unique_tag("p07-stall-raise");
     let all: Vec<u32> = (0..VNODES).collect();
-    for round in 0..u64::from(race_rounds()) {
+    for round in 0..u64::from(race_rounds(factory)) {
         let point = point_of(round);
         let way = [RaiseBy::Persist, RaiseBy::Write, RaiseBy::Seal]
             [(round / StallPoint::ALL.len() as u64 % 3) as usize];
@@ -411,7 +411,7 @@ pub async fn p09_stalled_seal(factory: &dyn BackendFactory) -> Checked {
     let store = fresh_store(factory).await?;
     let tag = unique_tag("p09-stall");
     let all: Vec<u32> = (0..VNODES).collect();
-    for round in 0..u64::from(race_rounds()) {
+    for round in 0..u64::from(race_rounds(factory)) {
         let point = point_of(round);
         let epoch = round + 1;
         let (a_id, b_id, c_id) = (
