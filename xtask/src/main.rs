@@ -17,7 +17,7 @@ cargo xtask <command>
 
 commands:
   test                     install the servers the tests start (.ci/install:
-                           redis-server, SeaweedFS), then run every test of the
+                           redis-server, SeaweedFS, moto), then run every test of the
                            workspace: doc tests, the facade with only `memory`,
                            the conformance matrix of every backend (as
                            `conformance --backend all`), then unit, integration
@@ -32,16 +32,11 @@ commands:
                            property by backend; also written to
                            target/conformance/matrix.json (default: embedded =
                            memory, redb; redis and s3 install and start their
-<<<<<<< HEAD
-                           own servers: redis-server, SeaweedFS, and run the
-                           suite through every layer of laminar-state-layers
-                           too; layered = memory and redb wrapped in every
-                           layer, in `all` but not `embedded`)
-=======
-                           own servers: redis-server, SeaweedFS and moto; layered = memory
-                           and redb wrapped in every layer of
-                           laminar-state-layers, in `all` but not `embedded`)
->>>>>>> 1662dc9 (s3: a second S3-compatible store, moto's server (PyPI moto[s3] 5.2.5 with flask, installed by .ci/install into target/tools/moto): test-support launcher (moto.rs, and s3.rs picking either store by kind), conformance column s3_moto (a bucket per store; at most 8 proptest cases, 4 race rounds, 3 crash kills there, through the new BackendFactory::race_rounds and crash_kills), assumptions run on both stores plus two new checks, conditional writes holding under races and ordered listings from start-after; README table of the stores and what each provides)
+                           own servers: redis-server, SeaweedFS and moto (s3
+                           runs on both stores), and run the suite through
+                           every layer of laminar-state-layers too; layered =
+                           memory and redb wrapped in every layer, in `all`
+                           but not `embedded`)
   bench [--backend NAME|all]
                            benchmarks against the raw store, in release mode
                            (default: all; redis and s3 install and start their
