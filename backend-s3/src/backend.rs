@@ -421,7 +421,7 @@ impl StateBackend for S3Backend {
     /// One listing of the whole epoch (one LIST per 1000 objects), judged
     /// under one fence read that starts after it, as `read_partial` judges
     /// its own; then one GET per distinct vnode asked, at most
-    /// [`BATCH_GETS`] at a time. An object deleted between the listing and
+    /// 32 at a time. An object deleted between the listing and
     /// its GET (a prune, a refused write's clean-up) restarts the batch.
     async fn read_partials(
         &self,
