@@ -22,6 +22,7 @@ use support::{Deployment, RedisFactory};
 /// recovery queries (between them, every script and command it sends).
 const PROPERTIES: &[&str] = &[
     "p01_round_trip",
+    "p01_batch_read",
     "p05_fence_enforced",
     "p06_shared_fence",
     "p08_commit_gate",
@@ -29,6 +30,7 @@ const PROPERTIES: &[&str] = &[
     "p11_pruning",
     "p14_recovery_queries",
     "p15_fenced_seal",
+    "p16_list_partials",
 ];
 
 /// A password no error text or `Debug` output may show.
@@ -179,6 +181,7 @@ async fn users_without_the_needed_permissions_are_refused_at_connect() {
         without("noscripts", &["+evalsha"]),
         without("noload", &["+script|load"]),
         without("nohashes", &["+hdel", "+hgetall"]),
+        without("nobatch", &["+hmget", "+hkeys"]),
         without("noinfo", &["+info"]),
         // One namespace, named exactly, without its groups' keys.
         without("nogroups", &["~laminar:{t-*/g*}:*"]).replace("{t-*}", "{fixed}"),
@@ -202,6 +205,7 @@ async fn users_without_the_needed_permissions_are_refused_at_connect() {
         ("noscripts", &["evalsha"][..]),
         ("noload", &["script|load"][..]),
         ("nohashes", &["hdel", "hgetall"][..]),
+        ("nobatch", &["hmget", "hkeys"][..]),
         ("noinfo", &["info"][..]),
         (
             "nogroups",

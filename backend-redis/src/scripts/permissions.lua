@@ -12,8 +12,8 @@ if redis.acl_check_cmd == nil then
 end
 local keyed = {
   {'GET'}, {'MGET'}, {'SET', 'v', 'NX'}, {'INCR'}, {'UNLINK'},
-  {'HGET', 'f'}, {'HSET', 'f', 'v'}, {'HDEL', 'f'}, {'HEXISTS', 'f'},
-  {'HGETALL'}, {'HLEN'}, {'HVALS'},
+  {'HGET', 'f'}, {'HMGET', 'f'}, {'HSET', 'f', 'v'}, {'HDEL', 'f'},
+  {'HEXISTS', 'f'}, {'HGETALL'}, {'HKEYS'}, {'HLEN'}, {'HVALS'},
   {'ZADD', '0', 'm'}, {'ZREM', 'm'}, {'ZRANGEBYLEX', '-', '+'},
   {'ZREVRANGEBYLEX', '+', '-'},
   {'EVALSHA', 'ffffffffffffffffffffffffffffffffffffffff', '1'},
