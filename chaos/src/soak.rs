@@ -152,6 +152,8 @@ struct Store {
     redis: Vec<RedisServer>,
     cluster: Option<RedisCluster>,
     s3: Option<(SeaweedServer, String)>,
+    /// The client that counts the objects, connected at the first sample.
+    s3_lister: tokio::sync::OnceCell<laminar_state_s3::S3Store>,
     redb: Option<PathBuf>,
 }
 
@@ -162,6 +164,7 @@ impl Store {
             redis: Vec::new(),
             cluster: None,
             s3: None,
+            s3_lister: tokio::sync::OnceCell::new(),
             redb: None,
         };
         let value = match backend {
@@ -211,7 +214,11 @@ impl Store {
             return Ok(Footprint { items: None, bytes });
         }
         if let Some((_, endpoint)) = &self.s3 {
-            return s3_footprint(endpoint).await;
+            let lister = self
+                .s3_lister
+                .get_or_try_init(|| connect_lister(endpoint))
+                .await?;
+            return s3_footprint(lister).await;
         }
         let (mut items, mut bytes) = (0, 0);
         for port in self.redis_ports() {
@@ -243,16 +250,20 @@ fn redis_number(port: u16, args: &[&str], field: Option<&str>) -> Result<u64, St
         .ok_or_else(|| format!("redis-cli -p {port} {args:?} answered {text:?}"))
 }
 
-/// The objects under the soak's prefix, and their bytes.
-async fn s3_footprint(endpoint: &str) -> Result<Footprint, String> {
+/// A store on the soak's prefix, whose client lists it.
+async fn connect_lister(endpoint: &str) -> Result<laminar_state_s3::S3Store, String> {
     let mut config = laminar_state_s3::S3Config::new(seaweed::BUCKET, "soak");
     config.endpoint = Some(endpoint.to_owned());
     config.force_path_style = true;
     config.region = Some("us-east-1".into());
     config.credentials = Some((seaweed::ACCESS_KEY.into(), seaweed::SECRET_KEY.into()));
-    let store = laminar_state_s3::S3Store::connect(&config)
+    laminar_state_s3::S3Store::connect(&config)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+}
+
+/// The objects under the soak's prefix, and their bytes.
+async fn s3_footprint(store: &laminar_state_s3::S3Store) -> Result<Footprint, String> {
     let (mut items, mut bytes) = (0, 0);
     let mut token = None;
     loop {
