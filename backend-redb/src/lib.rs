@@ -462,6 +462,23 @@ impl RedbStore {
             .await
             .map_err(|e| StateBackendError::Io(format!("a redb task failed: {e}")))?
     }
+
+    /// [`blocking`](Self::blocking), in one read transaction: the recovery
+    /// queries and the listing, which may scan many keys. `work` gets the
+    /// transaction and the call's name for its errors.
+    async fn blocking_read<T: Send + 'static>(
+        &self,
+        what: String,
+        work: impl FnOnce(&redb::ReadTransaction, &dyn Fn() -> String) -> Result<T, StateBackendError>
+        + Send
+        + 'static,
+    ) -> Result<T, StateBackendError> {
+        self.blocking(what, move |core, what| {
+            let what = || what.to_owned();
+            core.with_db(what, |db| work(&db.begin_read().or_redb(what)?, &what))
+        })
+        .await
+    }
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -716,58 +733,37 @@ impl StateBackend for RedbBackend {
 
     async fn latest_committed_epoch(&self) -> Result<Option<u64>, StateBackendError> {
         self.store
-            .blocking("latest_committed_epoch()".to_owned(), |core, what| {
-                core.with_db(
-                    || what.to_owned(),
-                    |db| {
-                        let what = || what.to_owned();
-                        let txn = db.begin_read().or_redb(what)?;
-                        let markers = txn.open_table(MARKERS).or_redb(what)?;
-                        let last = markers.last().or_redb(what)?;
-                        Ok(last.map(|(epoch, _)| epoch.value()))
-                    },
-                )
+            .blocking_read("latest_committed_epoch()".to_owned(), |txn, what| {
+                let markers = txn.open_table(MARKERS).or_redb(what)?;
+                let last = markers.last().or_redb(what)?;
+                Ok(last.map(|(epoch, _)| epoch.value()))
             })
             .await
     }
 
     async fn sealed_epochs(&self, after: u64) -> Result<Vec<u64>, StateBackendError> {
         self.store
-            .blocking(format!("sealed_epochs({after})"), move |core, what| {
-                core.with_db(
-                    || what.to_owned(),
-                    |db| {
-                        let what = || what.to_owned();
-                        let txn = db.begin_read().or_redb(what)?;
-                        let markers = txn.open_table(MARKERS).or_redb(what)?;
-                        markers
-                            .range::<u64>((Bound::Excluded(after), Bound::Unbounded))
-                            .or_redb(what)?
-                            .map(|entry| entry.map(|(epoch, _)| epoch.value()).or_redb(what))
-                            .collect()
-                    },
-                )
+            .blocking_read(format!("sealed_epochs({after})"), move |txn, what| {
+                let markers = txn.open_table(MARKERS).or_redb(what)?;
+                markers
+                    .range::<u64>((Bound::Excluded(after), Bound::Unbounded))
+                    .or_redb(what)?
+                    .map(|entry| entry.map(|(epoch, _)| epoch.value()).or_redb(what))
+                    .collect()
             })
             .await
     }
 
     async fn partials(&self, epoch: u64) -> Result<Option<Vec<u32>>, StateBackendError> {
         self.store
-            .blocking(format!("partials({epoch})"), move |core, what| {
-                core.with_db(
-                    || what.to_owned(),
-                    |db| {
-                        let what = || what.to_owned();
-                        let txn = db.begin_read().or_redb(what)?;
-                        let table = txn.open_table(PARTIALS).or_redb(what)?;
-                        table
-                            .range((epoch, 0)..=(epoch, u32::MAX))
-                            .or_redb(what)?
-                            .map(|entry| entry.map(|(key, _)| key.value().1).or_redb(what))
-                            .collect::<Result<Vec<u32>, _>>()
-                            .map(Some)
-                    },
-                )
+            .blocking_read(format!("partials({epoch})"), move |txn, what| {
+                let table = txn.open_table(PARTIALS).or_redb(what)?;
+                table
+                    .range((epoch, 0)..=(epoch, u32::MAX))
+                    .or_redb(what)?
+                    .map(|entry| entry.map(|(key, _)| key.value().1).or_redb(what))
+                    .collect::<Result<Vec<u32>, _>>()
+                    .map(Some)
             })
             .await
     }
