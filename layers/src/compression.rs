@@ -246,11 +246,7 @@ impl<B: StateBackend + ?Sized> StateBackend for CompressionLayer<B> {
         vnodes: &[u32],
     ) -> Result<Vec<Option<Bytes>>, StateBackendError> {
         let stored = self.inner.read_partials(epoch, vnodes).await?;
-        vnodes
-            .iter()
-            .zip(stored)
-            .map(|(&vnode, stored)| stored.map(|s| decode(s, vnode, epoch)).transpose())
-            .collect()
+        crate::open_batch(epoch, vnodes, stored, |vnode, s| decode(s, vnode, epoch))
     }
 
     async fn partials(&self, epoch: u64) -> Result<Option<Vec<u32>>, StateBackendError> {

@@ -377,11 +377,7 @@ impl<B: StateBackend + ?Sized> StateBackend for EncryptionLayer<B> {
         vnodes: &[u32],
     ) -> Result<Vec<Option<Bytes>>, StateBackendError> {
         let stored = self.inner.read_partials(epoch, vnodes).await?;
-        vnodes
-            .iter()
-            .zip(stored)
-            .map(|(&vnode, stored)| stored.map(|s| self.open(vnode, epoch, s)).transpose())
-            .collect()
+        crate::open_batch(epoch, vnodes, stored, |vnode, s| self.open(vnode, epoch, s))
     }
 
     async fn partials(&self, epoch: u64) -> Result<Option<Vec<u32>>, StateBackendError> {

@@ -74,3 +74,32 @@ pub(crate) fn check_caller_payload(
         _ => Ok(()),
     }
 }
+
+/// A batch read's answer from the backend inside, each partial turned back
+/// into the caller's bytes by `open(vnode, stored)`: what the size-changing
+/// layers (compression, encryption) answer for `read_partials`. An answer
+/// whose length is not the number of vnodes asked is an error, never a
+/// silently shortened batch.
+#[cfg_attr(
+    not(any(feature = "compression", feature = "encryption")),
+    allow(dead_code)
+)]
+pub(crate) fn open_batch(
+    epoch: u64,
+    vnodes: &[u32],
+    stored: Vec<Option<bytes::Bytes>>,
+    open: impl Fn(u32, bytes::Bytes) -> Result<bytes::Bytes, StateBackendError>,
+) -> Result<Vec<Option<bytes::Bytes>>, StateBackendError> {
+    if stored.len() != vnodes.len() {
+        return Err(StateBackendError::Io(format!(
+            "read_partials({epoch}): the backend answered {} partials for {} vnodes",
+            stored.len(),
+            vnodes.len()
+        )));
+    }
+    vnodes
+        .iter()
+        .zip(stored)
+        .map(|(&vnode, stored)| stored.map(|s| open(vnode, s)).transpose())
+        .collect()
+}
