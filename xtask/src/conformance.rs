@@ -28,18 +28,23 @@ pub(crate) fn run(backends: &[&Backend]) -> Result<(), String> {
         crate::cargo::install()?;
     }
     let binaries = build(backends)?;
-    let mut columns: Vec<(String, Vec<(String, Cell)>)> = Vec::new();
+    let mut cells_to_run: Vec<(&PathBuf, String)> = Vec::new();
+    let mut column_of_bare_name = Vec::new();
     for (backend, binary) in backends.iter().zip(&binaries) {
+        for test in list(binary)? {
+            column_of_bare_name.push(backend.name);
+            cells_to_run.push((binary, test));
+        }
+    }
+    let outcomes = run_cells(&cells_to_run, jobs())?;
+    let mut columns: Vec<(String, Vec<(String, Cell)>)> = Vec::new();
+    for (((_, test), cell), backend) in cells_to_run.iter().zip(outcomes).zip(column_of_bare_name) {
         // One column per conformance module: a crate may test several
         // deployments (redis: standalone and cluster).
-        for test in list(binary)? {
-            let (column, property) = test.rsplit_once("::").unwrap_or((backend.name, &test));
-            let cell = run_one(binary, &test)?;
-            eprintln!("  {column:<18} {property:<34} {}", verdict_text(&cell));
-            match columns.iter_mut().find(|(name, _)| name == column) {
-                Some((_, cells)) => cells.push((property.to_owned(), cell)),
-                None => columns.push((column.to_owned(), vec![(property.to_owned(), cell)])),
-            }
+        let (column, property) = test.rsplit_once("::").unwrap_or((backend, test));
+        match columns.iter_mut().find(|(name, _)| name == column) {
+            Some((_, cells)) => cells.push((property.to_owned(), cell)),
+            None => columns.push((column.to_owned(), vec![(property.to_owned(), cell)])),
         }
     }
     print_matrix(&columns);
@@ -166,6 +171,52 @@ fn list(binary: &PathBuf) -> Result<Vec<String>, String> {
         return Err(format!("{} lists no tests", binary.display()));
     }
     Ok(tests)
+}
+
+/// How many cells run at once: `LAMINAR_MATRIX_JOBS`, else 2.
+///
+/// Most of the matrix's time is networked cells waiting on their servers
+/// (S3 and Redis Cluster columns are four fifths of it), so two at a time
+/// fill a 2-core machine without making each cell CPU-bound. Every cell
+/// starts its own servers on free ports in its own process, so cells share
+/// nothing but the machine.
+fn jobs() -> usize {
+    std::env::var("LAMINAR_MATRIX_JOBS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(2)
+}
+
+/// Run every `(binary, test)` cell, `jobs` at a time, and return their
+/// outcomes in the order given; each is printed as it finishes.
+fn run_cells(cells: &[(&PathBuf, String)], jobs: usize) -> Result<Vec<Cell>, String> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let outcomes: std::sync::Mutex<Vec<Option<Result<Cell, String>>>> =
+        std::sync::Mutex::new(cells.iter().map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.min(cells.len()) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((binary, test)) = cells.get(i) else {
+                        break;
+                    };
+                    let outcome = run_one(binary, test);
+                    if let Ok(cell) = &outcome {
+                        eprintln!("  {test:<52} {}", verdict_text(cell));
+                    }
+                    outcomes.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(outcome);
+                }
+            });
+        }
+    });
+    outcomes
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| Err("a matrix cell was never run".to_owned())))
+        .collect()
 }
 
 fn run_one(binary: &PathBuf, test: &str) -> Result<Cell, String> {
