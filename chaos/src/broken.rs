@@ -61,7 +61,13 @@ impl Broken {
 }
 
 #[async_trait]
-impl StateBackend for Broken {
+impl laminar_state_api::ForwardingBackend for Broken {
+    type Inner = dyn StateBackend;
+
+    fn inner(&self) -> &Self::Inner {
+        &*self.inner
+    }
+
     async fn write_partial(
         &self,
         vnode: u32,
@@ -92,38 +98,18 @@ impl StateBackend for Broken {
         self.inner.read_partial(vnode, epoch).await
     }
 
+    async fn read_partials(
+        &self,
+        epoch: u64,
+        vnodes: &[u32],
+    ) -> Result<Vec<Option<Bytes>>, StateBackendError> {
+        self.inner.read_partials(epoch, vnodes).await
+    }
+
     async fn epoch_complete(&self, epoch: u64, vnodes: &[u32]) -> Result<bool, StateBackendError> {
         match self.breakage {
             Breakage::Seal => Ok(true),
             _ => self.inner.epoch_complete(epoch, vnodes).await,
         }
-    }
-
-    async fn prune_before(&self, before: u64) -> Result<(), StateBackendError> {
-        self.inner.prune_before(before).await
-    }
-
-    fn set_authoritative_version(&self, version: u64) {
-        self.inner.set_authoritative_version(version);
-    }
-
-    fn authoritative_version(&self) -> u64 {
-        self.inner.authoritative_version()
-    }
-
-    async fn latest_committed_epoch(&self) -> Result<Option<u64>, StateBackendError> {
-        self.inner.latest_committed_epoch().await
-    }
-
-    async fn sealed_epochs(&self, after: u64) -> Result<Vec<u64>, StateBackendError> {
-        self.inner.sealed_epochs(after).await
-    }
-
-    async fn partials(&self, epoch: u64) -> Result<Option<Vec<u32>>, StateBackendError> {
-        self.inner.partials(epoch).await
-    }
-
-    async fn persist_authoritative_version(&self, version: u64) -> Result<(), StateBackendError> {
-        self.inner.persist_authoritative_version(version).await
     }
 }

@@ -15,6 +15,13 @@
 //! against; everything this crate adds is additive (provided methods, helper
 //! types), so existing implementations and call sites compile unchanged.
 //!
+//! # Middleware
+//!
+//! A wrapper that changes some calls of another backend (a layer, a fault
+//! injector) implements [`ForwardingBackend`]: every call that carries no
+//! partial bytes forwards by default, and the three that do are written out,
+//! so no byte-transforming wrapper hands a batch read through unopened.
+//!
 //! # Errors for bad input
 //!
 //! The error enum is exhaustive and engines match on it, so it gains no new
@@ -32,11 +39,13 @@
 //! bad URL is always a [`UrlError`] naming the parameter, with the URL's
 //! credentials redacted ([`redact_url`]). [`BackendUrl`] states the rules.
 
+mod forwarding;
 mod url;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub use crate::forwarding::{ForwardingBackend, read_each};
 pub use crate::url::{BackendUrl, UrlError, redact_url};
 
 /// Errors a [`StateBackend`] can raise.
@@ -259,11 +268,7 @@ pub trait StateBackend: Send + Sync + 'static {
         epoch: u64,
         vnodes: &[u32],
     ) -> Result<Vec<Option<Bytes>>, StateBackendError> {
-        let mut partials = Vec::with_capacity(vnodes.len());
-        for &vnode in vnodes {
-            partials.push(self.read_partial(vnode, epoch).await?);
-        }
-        Ok(partials)
+        read_each(self, epoch, vnodes).await
     }
 }
 

@@ -49,7 +49,13 @@ impl Flaky {
 }
 
 #[async_trait]
-impl StateBackend for Flaky {
+impl laminar_state_api::ForwardingBackend for Flaky {
+    type Inner = MemoryBackend;
+
+    fn inner(&self) -> &Self::Inner {
+        &self.inner
+    }
+
     async fn write_partial(
         &self,
         v: u32,
@@ -66,27 +72,18 @@ impl StateBackend for Flaky {
         }
         self.inner.read_partial(v, e).await
     }
+
+    // Batch reads go through this wrapper's own single reads.
+    async fn read_partials(
+        &self,
+        epoch: u64,
+        vnodes: &[u32],
+    ) -> Result<Vec<Option<Bytes>>, StateBackendError> {
+        laminar_state_api::read_each(self, epoch, vnodes).await
+    }
     async fn epoch_complete(&self, e: u64, v: &[u32]) -> Result<bool, StateBackendError> {
         self.fail_now()?;
         self.inner.epoch_complete(e, v).await
-    }
-    async fn prune_before(&self, b: u64) -> Result<(), StateBackendError> {
-        self.inner.prune_before(b).await
-    }
-    fn set_authoritative_version(&self, v: u64) {
-        self.inner.set_authoritative_version(v);
-    }
-    fn authoritative_version(&self) -> u64 {
-        self.inner.authoritative_version()
-    }
-    async fn latest_committed_epoch(&self) -> Result<Option<u64>, StateBackendError> {
-        self.inner.latest_committed_epoch().await
-    }
-    async fn sealed_epochs(&self, after: u64) -> Result<Vec<u64>, StateBackendError> {
-        self.inner.sealed_epochs(after).await
-    }
-    async fn partials(&self, epoch: u64) -> Result<Option<Vec<u32>>, StateBackendError> {
-        self.inner.partials(epoch).await
     }
 }
 

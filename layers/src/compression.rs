@@ -192,7 +192,13 @@ pub(crate) fn decode(stored: Bytes, vnode: u32, epoch: u64) -> Result<Bytes, Sta
 }
 
 #[async_trait]
-impl<B: StateBackend + ?Sized> StateBackend for CompressionLayer<B> {
+impl<B: StateBackend + ?Sized> laminar_state_api::ForwardingBackend for CompressionLayer<B> {
+    type Inner = B;
+
+    fn inner(&self) -> &Self::Inner {
+        &self.inner
+    }
+
     async fn write_partial(
         &self,
         vnode: u32,
@@ -216,30 +222,6 @@ impl<B: StateBackend + ?Sized> StateBackend for CompressionLayer<B> {
         stored.map(|s| decode(s, vnode, epoch)).transpose()
     }
 
-    async fn epoch_complete(&self, epoch: u64, vnodes: &[u32]) -> Result<bool, StateBackendError> {
-        self.inner.epoch_complete(epoch, vnodes).await
-    }
-
-    async fn prune_before(&self, before: u64) -> Result<(), StateBackendError> {
-        self.inner.prune_before(before).await
-    }
-
-    fn set_authoritative_version(&self, version: u64) {
-        self.inner.set_authoritative_version(version);
-    }
-
-    fn authoritative_version(&self) -> u64 {
-        self.inner.authoritative_version()
-    }
-
-    async fn latest_committed_epoch(&self) -> Result<Option<u64>, StateBackendError> {
-        self.inner.latest_committed_epoch().await
-    }
-
-    async fn sealed_epochs(&self, after: u64) -> Result<Vec<u64>, StateBackendError> {
-        self.inner.sealed_epochs(after).await
-    }
-
     async fn read_partials(
         &self,
         epoch: u64,
@@ -247,16 +229,6 @@ impl<B: StateBackend + ?Sized> StateBackend for CompressionLayer<B> {
     ) -> Result<Vec<Option<Bytes>>, StateBackendError> {
         let stored = self.inner.read_partials(epoch, vnodes).await?;
         crate::open_batch(epoch, vnodes, stored, |vnode, s| decode(s, vnode, epoch))
-    }
-
-    async fn partials(&self, epoch: u64) -> Result<Option<Vec<u32>>, StateBackendError> {
-        // A listing names vnodes only, so what compression does to the
-        // stored lengths does not show here.
-        self.inner.partials(epoch).await
-    }
-
-    async fn persist_authoritative_version(&self, version: u64) -> Result<(), StateBackendError> {
-        self.inner.persist_authoritative_version(version).await
     }
 }
 

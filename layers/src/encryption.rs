@@ -323,7 +323,13 @@ impl<B: ?Sized> std::fmt::Debug for EncryptionLayer<B> {
 }
 
 #[async_trait]
-impl<B: StateBackend + ?Sized> StateBackend for EncryptionLayer<B> {
+impl<B: StateBackend + ?Sized> laminar_state_api::ForwardingBackend for EncryptionLayer<B> {
+    type Inner = B;
+
+    fn inner(&self) -> &Self::Inner {
+        &self.inner
+    }
+
     async fn write_partial(
         &self,
         vnode: u32,
@@ -347,30 +353,6 @@ impl<B: StateBackend + ?Sized> StateBackend for EncryptionLayer<B> {
         stored.map(|s| self.open(vnode, epoch, s)).transpose()
     }
 
-    async fn epoch_complete(&self, epoch: u64, vnodes: &[u32]) -> Result<bool, StateBackendError> {
-        self.inner.epoch_complete(epoch, vnodes).await
-    }
-
-    async fn prune_before(&self, before: u64) -> Result<(), StateBackendError> {
-        self.inner.prune_before(before).await
-    }
-
-    fn set_authoritative_version(&self, version: u64) {
-        self.inner.set_authoritative_version(version);
-    }
-
-    fn authoritative_version(&self) -> u64 {
-        self.inner.authoritative_version()
-    }
-
-    async fn latest_committed_epoch(&self) -> Result<Option<u64>, StateBackendError> {
-        self.inner.latest_committed_epoch().await
-    }
-
-    async fn sealed_epochs(&self, after: u64) -> Result<Vec<u64>, StateBackendError> {
-        self.inner.sealed_epochs(after).await
-    }
-
     async fn read_partials(
         &self,
         epoch: u64,
@@ -378,15 +360,6 @@ impl<B: StateBackend + ?Sized> StateBackend for EncryptionLayer<B> {
     ) -> Result<Vec<Option<Bytes>>, StateBackendError> {
         let stored = self.inner.read_partials(epoch, vnodes).await?;
         crate::open_batch(epoch, vnodes, stored, |vnode, s| self.open(vnode, epoch, s))
-    }
-
-    async fn partials(&self, epoch: u64) -> Result<Option<Vec<u32>>, StateBackendError> {
-        // A listing names vnodes only: no ciphertext, no lengths.
-        self.inner.partials(epoch).await
-    }
-
-    async fn persist_authoritative_version(&self, version: u64) -> Result<(), StateBackendError> {
-        self.inner.persist_authoritative_version(version).await
     }
 }
 

@@ -303,7 +303,13 @@ struct LandsThenFencedThenLost {
 }
 
 #[async_trait]
-impl StateBackend for LandsThenFencedThenLost {
+impl laminar_state_api::ForwardingBackend for LandsThenFencedThenLost {
+    type Inner = dyn StateBackend;
+
+    fn inner(&self) -> &Self::Inner {
+        &*self.inner
+    }
+
     async fn write_partial(
         &self,
         vnode: u32,
@@ -331,20 +337,12 @@ impl StateBackend for LandsThenFencedThenLost {
         self.inner.read_partial(vnode, epoch).await
     }
 
-    async fn epoch_complete(&self, epoch: u64, vnodes: &[u32]) -> Result<bool, StateBackendError> {
-        self.inner.epoch_complete(epoch, vnodes).await
-    }
-
-    async fn prune_before(&self, before: u64) -> Result<(), StateBackendError> {
-        self.inner.prune_before(before).await
-    }
-
-    fn set_authoritative_version(&self, version: u64) {
-        self.inner.set_authoritative_version(version)
-    }
-
-    fn authoritative_version(&self) -> u64 {
-        self.inner.authoritative_version()
+    async fn read_partials(
+        &self,
+        epoch: u64,
+        vnodes: &[u32],
+    ) -> Result<Vec<Option<Bytes>>, StateBackendError> {
+        self.inner.read_partials(epoch, vnodes).await
     }
 }
 
@@ -444,7 +442,13 @@ fn a_seal_whose_answer_was_lost_comes_back_won() {
 struct SealRetryNotWon(Arc<MemoryBackend>, AtomicU32);
 
 #[async_trait]
-impl StateBackend for SealRetryNotWon {
+impl laminar_state_api::ForwardingBackend for SealRetryNotWon {
+    type Inner = MemoryBackend;
+
+    fn inner(&self) -> &Self::Inner {
+        &self.0
+    }
+
     async fn write_partial(
         &self,
         v: u32,
@@ -457,6 +461,14 @@ impl StateBackend for SealRetryNotWon {
     async fn read_partial(&self, v: u32, e: u64) -> Result<Option<Bytes>, StateBackendError> {
         self.0.read_partial(v, e).await
     }
+
+    async fn read_partials(
+        &self,
+        epoch: u64,
+        vnodes: &[u32],
+    ) -> Result<Vec<Option<Bytes>>, StateBackendError> {
+        self.0.read_partials(epoch, vnodes).await
+    }
     async fn epoch_complete(&self, epoch: u64, vnodes: &[u32]) -> Result<bool, StateBackendError> {
         let won = self.0.epoch_complete(epoch, vnodes).await?;
         match self.1.fetch_add(1, Ordering::SeqCst) {
@@ -467,9 +479,6 @@ impl StateBackend for SealRetryNotWon {
             }),
             _ => Ok(false),
         }
-    }
-    async fn prune_before(&self, before: u64) -> Result<(), StateBackendError> {
-        self.0.prune_before(before).await
     }
 }
 

@@ -46,7 +46,13 @@ struct Flawed {
 }
 
 #[async_trait]
-impl StateBackend for Flawed {
+impl laminar_state_api::ForwardingBackend for Flawed {
+    type Inner = dyn StateBackend;
+
+    fn inner(&self) -> &Self::Inner {
+        &*self.inner
+    }
+
     async fn write_partial(
         &self,
         vnode: u32,
@@ -72,22 +78,19 @@ impl StateBackend for Flawed {
         self.inner.read_partial(vnode, epoch).await
     }
 
-    async fn epoch_complete(&self, epoch: u64, vnodes: &[u32]) -> Result<bool, StateBackendError> {
-        self.inner.epoch_complete(epoch, vnodes).await
-    }
-
-    async fn prune_before(&self, before: u64) -> Result<(), StateBackendError> {
-        self.inner.prune_before(before).await
+    // Batch reads go through this wrapper's own single reads.
+    async fn read_partials(
+        &self,
+        epoch: u64,
+        vnodes: &[u32],
+    ) -> Result<Vec<Option<Bytes>>, StateBackendError> {
+        laminar_state_api::read_each(self, epoch, vnodes).await
     }
 
     fn set_authoritative_version(&self, version: u64) {
         if self.flaw != Flaw::DropsFence {
             self.inner.set_authoritative_version(version);
         }
-    }
-
-    fn authoritative_version(&self) -> u64 {
-        self.inner.authoritative_version()
     }
 
     async fn latest_committed_epoch(&self) -> Result<Option<u64>, StateBackendError> {
@@ -104,15 +107,11 @@ impl StateBackend for Flawed {
         }
     }
 
-    async fn partials(&self, epoch: u64) -> Result<Option<Vec<u32>>, StateBackendError> {
-        self.inner.partials(epoch).await
-    }
-
     async fn persist_authoritative_version(&self, version: u64) -> Result<(), StateBackendError> {
         match self.flaw {
             // The trait's default: a call to our own (dropping) raise.
             Flaw::DropsFence => {
-                self.set_authoritative_version(version);
+                StateBackend::set_authoritative_version(self, version);
                 Ok(())
             }
             _ => self.inner.persist_authoritative_version(version).await,

@@ -617,8 +617,8 @@ fn engine(env: &Env, dir: &Path, lock: &Path, version: &str) -> Result<(), Strin
     )
 }
 
-const BACKEND_LIB: &str = r#"//! A third party's backend: its own `StateBackend`, here a thin layer over
-//! the published in-process store, tested with the published suite.
+const BACKEND_LIB: &str = r#"//! A third party's backend: a thin layer over the published in-process
+//! store (the API's `ForwardingBackend`), tested with the published suite.
 
 use std::sync::Arc;
 
@@ -646,33 +646,26 @@ impl Store {
 struct Handle(MemoryBackend);
 
 #[async_trait]
-impl StateBackend for Handle {
+impl laminar_state_api::ForwardingBackend for Handle {
+    type Inner = MemoryBackend;
+
+    fn inner(&self) -> &Self::Inner {
+        &self.0
+    }
+
     async fn write_partial(&self, vnode: u32, epoch: u64, version: u64, bytes: Bytes) -> Result<(), StateBackendError> {
         self.0.write_partial(vnode, epoch, version, bytes).await
     }
     async fn read_partial(&self, vnode: u32, epoch: u64) -> Result<Option<Bytes>, StateBackendError> {
         self.0.read_partial(vnode, epoch).await
     }
-    async fn epoch_complete(&self, epoch: u64, vnodes: &[u32]) -> Result<bool, StateBackendError> {
-        self.0.epoch_complete(epoch, vnodes).await
-    }
-    async fn prune_before(&self, before: u64) -> Result<(), StateBackendError> {
-        self.0.prune_before(before).await
-    }
-    fn set_authoritative_version(&self, version: u64) {
-        self.0.set_authoritative_version(version)
-    }
-    fn authoritative_version(&self) -> u64 {
-        self.0.authoritative_version()
-    }
-    async fn latest_committed_epoch(&self) -> Result<Option<u64>, StateBackendError> {
-        self.0.latest_committed_epoch().await
-    }
-    async fn sealed_epochs(&self, after: u64) -> Result<Vec<u64>, StateBackendError> {
-        self.0.sealed_epochs(after).await
-    }
-    async fn persist_authoritative_version(&self, version: u64) -> Result<(), StateBackendError> {
-        self.0.persist_authoritative_version(version).await
+
+    async fn read_partials(
+        &self,
+        epoch: u64,
+        vnodes: &[u32],
+    ) -> Result<Vec<Option<Bytes>>, StateBackendError> {
+        self.0.read_partials(epoch, vnodes).await
     }
 }
 "#;

@@ -149,7 +149,13 @@ pub fn wrap(
 pub struct Stretch(pub Arc<dyn StateBackend>);
 
 #[async_trait]
-impl StateBackend for Stretch {
+impl laminar_state_api::ForwardingBackend for Stretch {
+    type Inner = dyn StateBackend;
+
+    fn inner(&self) -> &Self::Inner {
+        &*self.0
+    }
+
     async fn write_partial(
         &self,
         vnode: u32,
@@ -205,36 +211,13 @@ impl StateBackend for Stretch {
         Ok(Some(payload.into()))
     }
 
-    async fn epoch_complete(&self, epoch: u64, vnodes: &[u32]) -> Result<bool, StateBackendError> {
-        self.0.epoch_complete(epoch, vnodes).await
-    }
-
-    async fn prune_before(&self, before: u64) -> Result<(), StateBackendError> {
-        self.0.prune_before(before).await
-    }
-
-    fn set_authoritative_version(&self, version: u64) {
-        self.0.set_authoritative_version(version);
-    }
-
-    fn authoritative_version(&self) -> u64 {
-        self.0.authoritative_version()
-    }
-
-    async fn latest_committed_epoch(&self) -> Result<Option<u64>, StateBackendError> {
-        self.0.latest_committed_epoch().await
-    }
-
-    async fn sealed_epochs(&self, after: u64) -> Result<Vec<u64>, StateBackendError> {
-        self.0.sealed_epochs(after).await
-    }
-
-    async fn partials(&self, epoch: u64) -> Result<Option<Vec<u32>>, StateBackendError> {
-        self.0.partials(epoch).await
-    }
-
-    async fn persist_authoritative_version(&self, version: u64) -> Result<(), StateBackendError> {
-        self.0.persist_authoritative_version(version).await
+    // Batch reads go through this wrapper's own single reads.
+    async fn read_partials(
+        &self,
+        epoch: u64,
+        vnodes: &[u32],
+    ) -> Result<Vec<Option<Bytes>>, StateBackendError> {
+        laminar_state_api::read_each(self, epoch, vnodes).await
     }
 }
 
