@@ -32,39 +32,71 @@ fn default_dir(backend: Backend, seed: u64) -> PathBuf {
         .join(format!("{}-{seed}", backend.name()))
 }
 
+/// One command-line flag: `--name value` or `--name=value`.
+struct Flag<'a> {
+    name: &'a str,
+    /// `None` only for a flag that may stand alone (see [`flags`]).
+    value: Option<&'a str>,
+}
+
+impl Flag<'_> {
+    fn text(&self) -> Result<&str, String> {
+        self.value
+            .ok_or_else(|| format!("{} wants a value\n\n{HELP}", self.name))
+    }
+
+    fn number(&self) -> Result<u64, String> {
+        let value = self.text()?;
+        value
+            .parse::<u64>()
+            .map_err(|_| format!("{} wants a number, got {value:?}", self.name))
+    }
+}
+
+/// The flags of `args`. A flag named in `alone` takes a value only as
+/// `--name=value`, so it never swallows the next argument; every other
+/// flag wants one.
+fn flags<'a>(args: &'a [String], alone: &[&str]) -> Result<Vec<Flag<'a>>, String> {
+    let mut out = Vec::new();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let flag = match arg.split_once('=') {
+            Some((name, value)) => Flag {
+                name,
+                value: Some(value),
+            },
+            None if alone.contains(&arg.as_str()) => Flag {
+                name: arg,
+                value: None,
+            },
+            None => Flag {
+                name: arg,
+                value: Some(
+                    args.next()
+                        .ok_or_else(|| format!("{arg} wants a value\n\n{HELP}"))?,
+                ),
+            },
+        };
+        out.push(flag);
+    }
+    Ok(out)
+}
+
 fn parse_run(args: &[String]) -> Result<Options, String> {
     let mut backend = None;
     let mut seconds = 60;
     let mut seed = None;
     let mut broken = None;
     let mut dir = None;
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        let (name, inline) = match arg.split_once('=') {
-            Some((name, value)) => (name, Some(value.to_owned())),
-            None => (arg.as_str(), None),
-        };
-        if name == "--broken" {
-            broken = Some(Breakage::parse(inline.as_deref().unwrap_or("fence"))?);
-            continue;
-        }
-        let value = match inline {
-            Some(value) => value,
-            None => args
-                .next()
-                .cloned()
-                .ok_or_else(|| format!("{name} wants a value\n\n{HELP}"))?,
-        };
-        let number = || {
-            value
-                .parse::<u64>()
-                .map_err(|_| format!("{name} wants a number, got {value:?}"))
-        };
-        match name {
-            "--backend" => backend = Some(Backend::parse(&value)?),
-            "--seconds" => seconds = number()?.max(3),
-            "--seed" => seed = Some(number()?),
-            "--dir" => dir = Some(PathBuf::from(&value)),
+    for flag in flags(args, &["--broken"])? {
+        match flag.name {
+            "--broken" => {
+                broken = Some(Breakage::parse(flag.value.unwrap_or("fence"))?);
+            }
+            "--backend" => backend = Some(Backend::parse(flag.text()?)?),
+            "--seconds" => seconds = flag.number()?.max(3),
+            "--seed" => seed = Some(flag.number()?),
+            "--dir" => dir = Some(PathBuf::from(flag.text()?)),
             other => return Err(format!("unknown argument {other}\n\n{HELP}")),
         }
     }
@@ -95,31 +127,16 @@ fn parse_soak(args: &[String]) -> Result<SoakOptions, String> {
     };
     let mut backend = None;
     let mut dir = None;
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        let (name, value) = match arg.split_once('=') {
-            Some((name, value)) => (name, value.to_owned()),
-            None => (
-                arg.as_str(),
-                args.next()
-                    .cloned()
-                    .ok_or_else(|| format!("{arg} wants a value\n\n{HELP}"))?,
-            ),
-        };
-        let number = || {
-            value
-                .parse::<u64>()
-                .map_err(|_| format!("{name} wants a number, got {value:?}"))
-        };
-        match name {
-            "--backend" => backend = Some(Backend::parse(&value)?),
-            "--cycles" => options.cycles = number()?.max(1),
+    for flag in flags(args, &[])? {
+        match flag.name {
+            "--backend" => backend = Some(Backend::parse(flag.text()?)?),
+            "--cycles" => options.cycles = flag.number()?.max(1),
             "--vnodes" => {
-                options.vnodes = u32::try_from(number()?.clamp(1, 65_536)).unwrap_or(16);
+                options.vnodes = u32::try_from(flag.number()?.clamp(1, 65_536)).unwrap_or(16);
             }
-            "--bytes" => options.bytes = usize::try_from(number()?).unwrap_or(4096),
-            "--raise-every" => options.raise_every = number()?,
-            "--dir" => dir = Some(PathBuf::from(&value)),
+            "--bytes" => options.bytes = usize::try_from(flag.number()?).unwrap_or(4096),
+            "--raise-every" => options.raise_every = flag.number()?,
+            "--dir" => dir = Some(PathBuf::from(flag.text()?)),
             other => return Err(format!("unknown argument {other}\n\n{HELP}")),
         }
     }
@@ -193,5 +210,40 @@ fn main() -> ExitCode {
             eprintln!("laminar-state-chaos: {message}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Vec<String> {
+        line.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn a_bare_broken_flag_keeps_the_next_argument() {
+        let options = parse_run(&args("--broken --backend redb --seconds=7 --seed 9")).unwrap();
+        assert_eq!(options.broken, Some(Breakage::Fence));
+        assert_eq!((options.seconds, options.seed), (7, 9));
+        let options = parse_run(&args("--backend redb --broken=seal --seed 1")).unwrap();
+        assert_eq!(options.broken, Some(Breakage::Seal));
+    }
+
+    #[test]
+    fn bad_flags_are_named() {
+        let missing = parse_run(&args("--backend")).err().unwrap();
+        assert!(missing.starts_with("--backend wants a value"), "{missing}");
+        let word = parse_soak(&args("--backend redb --cycles many"))
+            .err()
+            .unwrap();
+        assert!(
+            word.starts_with("--cycles wants a number, got \"many\""),
+            "{word}"
+        );
+        let unknown = parse_soak(&args("--backend redb --speed 3")).err().unwrap();
+        assert!(unknown.starts_with("unknown argument --speed"), "{unknown}");
+        let options = parse_soak(&args("--backend=redb --cycles 5 --vnodes=0")).unwrap();
+        assert_eq!((options.cycles, options.vnodes), (5, 1));
     }
 }
