@@ -17,6 +17,11 @@
 //! the warm-up's (plus 1 MiB, for allocator and page-size noise). Latency
 //! is reported (the last tenth's median against the warm-up's), not judged:
 //! on a shared machine a timing verdict would be noise.
+//!
+//! On S3 each cycle is also done by a raw S3 client on the same server
+//! (under another prefix, alternated cycle by cycle with the backend's, so
+//! noise falls on both; see `raw_checkpoint`): a latency that climbs on
+//! both sides is the store's, one that climbs on the backend's alone is ours.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -72,6 +77,8 @@ pub struct Sample {
     pub p99_ms: f64,
     /// Slowest, in milliseconds.
     pub max_ms: f64,
+    /// On S3: the raw client's median for the same cycles, in milliseconds.
+    pub raw_p50_ms: Option<f64>,
 }
 
 /// What a soak found.
@@ -109,7 +116,13 @@ impl SoakReport {
             first.p99_ms,
             last.p99_ms,
             self.growth.as_deref().unwrap_or("flat"),
-        )
+        ) + &match (first.raw_p50_ms, last.raw_p50_ms) {
+            (Some(before), Some(after)) => format!(
+                "; the raw S3 client's cycle p50 {before:.2} ms -> {after:.2} ms ({:.2}x)",
+                after / before.max(f64::MIN_POSITIVE)
+            ),
+            _ => String::new(),
+        }
     }
 
     /// The sample that ends the warm-up.
@@ -154,6 +167,8 @@ struct Store {
     s3: Option<(SeaweedServer, String)>,
     /// The client that counts the objects, connected at the first sample.
     s3_lister: tokio::sync::OnceCell<laminar_state_s3::S3Store>,
+    /// The raw client of the baseline cycles, on its own prefix.
+    s3_raw: tokio::sync::OnceCell<laminar_state_s3::S3Store>,
     redb: Option<PathBuf>,
 }
 
@@ -165,6 +180,7 @@ impl Store {
             cluster: None,
             s3: None,
             s3_lister: tokio::sync::OnceCell::new(),
+            s3_raw: tokio::sync::OnceCell::new(),
             redb: None,
         };
         let value = match backend {
@@ -216,7 +232,7 @@ impl Store {
         if let Some((_, endpoint)) = &self.s3 {
             let lister = self
                 .s3_lister
-                .get_or_try_init(|| connect_lister(endpoint))
+                .get_or_try_init(|| connect_lister(endpoint, "soak"))
                 .await?;
             return s3_footprint(lister).await;
         }
@@ -250,9 +266,9 @@ fn redis_number(port: u16, args: &[&str], field: Option<&str>) -> Result<u64, St
         .ok_or_else(|| format!("redis-cli -p {port} {args:?} answered {text:?}"))
 }
 
-/// A store on the soak's prefix, whose client lists it.
-async fn connect_lister(endpoint: &str) -> Result<laminar_state_s3::S3Store, String> {
-    let mut config = laminar_state_s3::S3Config::new(seaweed::BUCKET, "soak");
+/// A store on `prefix`, whose client lists it (or does raw cycles on it).
+async fn connect_lister(endpoint: &str, prefix: &str) -> Result<laminar_state_s3::S3Store, String> {
+    let mut config = laminar_state_s3::S3Config::new(seaweed::BUCKET, prefix);
     config.endpoint = Some(endpoint.to_owned());
     config.force_path_style = true;
     config.region = Some("us-east-1".into());
@@ -326,6 +342,76 @@ async fn checkpoint(
     Ok(())
 }
 
+/// The least a plain S3 client does for the same checkpoint and the same
+/// durability: the PUTs at once, one LIST of the epoch to see that all are
+/// there, a conditional PUT (`If-None-Match: *`) of the commit marker, and
+/// a prune that lists what is left and deletes the epochs before
+/// `epoch - 1`. No fence and no framing: the floor the backend's cycle
+/// stands on.
+async fn raw_checkpoint(
+    raw: &laminar_state_s3::S3Store,
+    epoch: u64,
+    vnodes: u32,
+    payload: &Bytes,
+) -> Result<(), String> {
+    let (client, bucket, root) = (raw.client(), raw.bucket(), raw.prefix());
+    let dir = format!("{root}{epoch:020}/");
+    let mut puts = tokio::task::JoinSet::new();
+    for vnode in 0..vnodes {
+        let put = client
+            .put_object()
+            .bucket(bucket)
+            .key(format!("{dir}{vnode:010}"))
+            .body(payload.clone().into());
+        puts.spawn(async move { put.send().await.map_err(|e| format!("raw PUT: {e:?}")) });
+    }
+    while let Some(done) = puts.join_next().await {
+        done.map_err(|e| e.to_string())??;
+    }
+    let listed = client
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(&dir)
+        .send()
+        .await
+        .map_err(|e| format!("raw LIST: {e:?}"))?;
+    if listed.contents().len() != vnodes as usize {
+        return Err(format!(
+            "raw LIST of epoch {epoch} found {} of {vnodes} partials",
+            listed.contents().len()
+        ));
+    }
+    client
+        .put_object()
+        .bucket(bucket)
+        .key(format!("{dir}commit"))
+        .if_none_match("*")
+        .body(Bytes::from_static(b"soak").into())
+        .send()
+        .await
+        .map_err(|e| format!("raw marker PUT: {e:?}"))?;
+    let keep = format!("{root}{:020}/", epoch.saturating_sub(1));
+    let left = client
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(root)
+        .send()
+        .await
+        .map_err(|e| format!("raw prune LIST: {e:?}"))?;
+    for key in left.contents().iter().filter_map(|o| o.key()) {
+        if key < keep.as_str() {
+            client
+                .delete_object()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .map_err(|e| format!("raw DELETE: {e:?}"))?;
+        }
+    }
+    Ok(())
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     let at = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len().max(1)) - 1;
     sorted.get(at).map_or(0.0, |d| d.as_secs_f64() * 1e3)
@@ -351,7 +437,16 @@ pub fn soak(options: &SoakOptions) -> Result<SoakReport, String> {
         // Not all one byte, so no layer or store can make it nothing.
         let payload: Bytes = (0..options.bytes).map(|i| (i % 251) as u8).collect();
         let every = (options.cycles / 20).max(1);
-        let (mut samples, mut window) = (Vec::new(), Vec::new());
+        let (mut samples, mut window, mut raw_window) = (Vec::new(), Vec::new(), Vec::new());
+        let raw = match &store.s3 {
+            Some((_, endpoint)) => Some(
+                store
+                    .s3_raw
+                    .get_or_try_init(|| connect_lister(endpoint, "raw-soak"))
+                    .await?,
+            ),
+            None => None,
+        };
         let mut version = 1;
         backend
             .persist_authoritative_version(version)
@@ -365,17 +460,30 @@ pub fn soak(options: &SoakOptions) -> Result<SoakReport, String> {
                     .await
                     .map_err(|e| format!("raise to {version}: {e}"))?;
             }
+            // Alternated, so a burst of noise falls on both sides alike.
+            if let Some(raw) = raw.filter(|_| cycle % 2 == 0) {
+                let begun = Instant::now();
+                raw_checkpoint(raw, cycle, options.vnodes, &payload).await?;
+                raw_window.push(begun.elapsed());
+            }
             let begun = Instant::now();
             checkpoint(&backend, cycle, version, options.vnodes, &payload).await?;
             window.push(begun.elapsed());
+            if let Some(raw) = raw.filter(|_| cycle % 2 == 1) {
+                let begun = Instant::now();
+                raw_checkpoint(raw, cycle, options.vnodes, &payload).await?;
+                raw_window.push(begun.elapsed());
+            }
             if cycle % every == 0 || cycle == options.cycles {
                 window.sort();
+                raw_window.sort();
                 let sample = Sample {
                     cycle,
                     footprint: store.footprint().await?,
                     p50_ms: percentile(&window, 0.5),
                     p99_ms: percentile(&window, 0.99),
                     max_ms: percentile(&window, 1.0),
+                    raw_p50_ms: raw.map(|_| percentile(&raw_window, 0.5)),
                 };
                 eprintln!(
                     "soak {}: {cycle:>6} cycles  items {:>8}  bytes {:>12}  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms",
@@ -386,8 +494,12 @@ pub fn soak(options: &SoakOptions) -> Result<SoakReport, String> {
                     sample.p99_ms,
                     sample.max_ms,
                 );
+                if let Some(raw_p50) = sample.raw_p50_ms {
+                    eprintln!("soak raw s3: {cycle:>6} cycles  p50 {raw_p50:>7.2} ms");
+                }
                 samples.push(sample);
                 window.clear();
+                raw_window.clear();
             }
         }
         Ok::<_, String>(samples)
@@ -415,6 +527,7 @@ mod tests {
             p50_ms: 1.0,
             p99_ms: 2.0,
             max_ms: 3.0,
+            raw_p50_ms: None,
         }
     }
 
