@@ -2,7 +2,9 @@
 //! the same work, in one run: one `RwLock<HashMap>` of partials, a fence
 //! checked under it, commit markers in one map (the design of a typical
 //! in-process test backend). Same data (256 vnodes x 64 epochs of 4 KiB),
-//! same operation counts, alternated in slices; a prune between units.
+//! same operation counts, alternated in slices; a prune between units. And
+//! the latency of whole checkpoints (256 vnodes x 16 KiB written at once,
+//! the gate, a prune keeping two epochs).
 //!
 //! `cargo bench -p laminar-state-memory` (or `cargo xtask bench --backend
 //! memory`): a table on stdout and `target/bench/memory.json`. Under `cargo
@@ -14,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use laminar_state_api::StateBackend;
-use laminar_state_bench::{Mode, Row, Unit, alternate, report};
+use laminar_state_bench::{
+    CHECKPOINT_BYTES, CHECKPOINT_VNODES, Latency, Mode, Row, Unit, alternate, alternate_latency,
+    checkpoint, report,
+};
 use laminar_state_memory::MemoryBackend;
 
 const VNODES: u32 = 256;
@@ -208,6 +213,52 @@ fn main() {
         raw: ms(base_prune),
         target: Some(1.0),
     });
+
+    // Whole checkpoints on stores of their own, alternated: every vnode
+    // written at once (a task each, on both sides), the gate, a prune
+    // keeping two epochs.
+    let vnodes = if mode == Mode::Full {
+        CHECKPOINT_VNODES
+    } else {
+        8
+    };
+    let all: Vec<u32> = (0..vnodes).collect();
+    let (base, ours): (Arc<SingleLock>, Arc<dyn StateBackend>) = (
+        Arc::default(),
+        Arc::new(MemoryBackend::new("bench", vnodes)),
+    );
+    let ckpt_payload = Bytes::from(vec![0x6B; CHECKPOINT_BYTES]);
+    let (raw, our_latency) = runtime.block_on(alternate_latency(
+        scale.gate_rounds / 4,
+        |epoch| {
+            let (base, payload, all) = (Arc::clone(&base), ckpt_payload.clone(), &all);
+            async move {
+                let mut writes = tokio::task::JoinSet::new();
+                for vnode in 0..vnodes {
+                    let (base, payload) = (Arc::clone(&base), payload.clone());
+                    writes.spawn(async move { base.write(vnode, epoch, 0, payload) });
+                }
+                while let Some(done) = writes.join_next().await {
+                    done.expect("write task");
+                }
+                assert!(base.seal(epoch, all, "bench"));
+                base.prune(epoch.saturating_sub(1));
+            }
+        },
+        |epoch| {
+            let (ours, payload) = (&ours, &ckpt_payload);
+            async move {
+                checkpoint(ours, epoch, 0, vnodes, payload)
+                    .await
+                    .expect("checkpoint");
+            }
+        },
+    ));
+    rows.extend(Latency::rows(
+        &format!("checkpoint {vnodes}x16KiB"),
+        &our_latency,
+        &raw,
+    ));
 
     report(
         "memory",

@@ -2,7 +2,9 @@
 //!
 //! `cargo bench -p laminar-state-redb` (or `cargo xtask bench`) measures:
 //! durable 4 KiB writes with 1 and 64 concurrent writers, reads with 1 and 64,
-//! `epoch_complete` at 256 vnodes, and pruning 20 epochs x 256 vnodes. Raw
+//! `epoch_complete` at 256 vnodes, pruning 20 epochs x 256 vnodes, and the
+//! latency of whole checkpoints (256 vnodes x 16 KiB written at once, the
+//! gate, a prune keeping two epochs). Raw
 //! redb writes are one transaction (one fsync) per write, which is what a
 //! store without group commit pays. Results: a table on stdout and
 //! `target/bench/redb.json`. Under `cargo test` it runs once, tiny, as a
@@ -13,7 +15,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use laminar_state_api::StateBackend;
-use laminar_state_bench::{Mode, Row, Unit, alternate, report};
+use laminar_state_bench::{
+    CHECKPOINT_BYTES, CHECKPOINT_VNODES, Latency, Mode, Row, Unit, alternate, alternate_latency,
+    checkpoint, report,
+};
 use laminar_state_redb::RedbStore;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -295,6 +300,42 @@ fn main() {
         target: None,
     });
 
+    // Whole checkpoints, on databases of their own: ours (every vnode
+    // written at once, the gate, a prune keeping two epochs) against the
+    // floor of raw redb, one durable transaction per step (all partials,
+    // the checked seal, the prune), which only a single writer can do.
+    let raw_db = Arc::new(Database::create(dir.path().join("raw-ckpt.redb")).expect("raw db"));
+    let ckpt = RedbStore::open(dir.path().join("ckpt.redb")).expect("backend db");
+    let vnodes = if mode == Mode::Full {
+        CHECKPOINT_VNODES
+    } else {
+        8
+    };
+    let ckpt_backend: Arc<dyn StateBackend> = Arc::new(ckpt.handle("bench", vnodes));
+    let ckpt_payload = Bytes::from(vec![0x6B; CHECKPOINT_BYTES]);
+    let (raw, ours) = runtime.block_on(alternate_latency(
+        scale.gate_rounds,
+        |epoch| {
+            raw_writes_at(&raw_db, epoch, vnodes, &ckpt_payload);
+            raw_seal(&raw_db, epoch, vnodes);
+            raw_prune(&raw_db, epoch.saturating_sub(1));
+            std::future::ready(())
+        },
+        |epoch| {
+            let (backend, payload) = (&ckpt_backend, &ckpt_payload);
+            async move {
+                checkpoint(backend, epoch, 0, vnodes, payload)
+                    .await
+                    .expect("checkpoint");
+            }
+        },
+    ));
+    rows.extend(Latency::rows(
+        &format!("checkpoint {vnodes}x16KiB"),
+        &ours,
+        &raw,
+    ));
+
     let stats = store.commit_stats();
     let notes = [format!(
         "group commit: {} requests in {} transactions",
@@ -371,12 +412,18 @@ fn raw_seal(db: &Database, epoch: u64, vnodes: u32) {
     txn.commit().expect("commit");
 }
 
+/// The prune as raw redb does it: the partials and the markers below
+/// `before`, in one transaction.
 fn raw_prune(db: &Database, before: u64) {
     let txn = db.begin_write().expect("begin");
     txn.open_table(RAW)
         .expect("table")
         .retain_in(..(before, 0), |_, _| false)
         .expect("retain");
+    txn.open_table(RAW_MARKERS)
+        .expect("markers")
+        .retain_in(..before, |_, _| false)
+        .expect("retain markers");
     txn.commit().expect("commit");
 }
 

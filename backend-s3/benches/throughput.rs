@@ -6,7 +6,10 @@
 //! `epoch_complete` at 256 and 1,024 vnodes against the seed's approach (a
 //! HEAD per vnode, 256 in parallel, then a PUT `If-None-Match: *` of the
 //! marker); pruning 20 epochs of 256 vnodes against a raw LIST plus
-//! DeleteObjects of the same number of keys. Results: a table and
+//! DeleteObjects of the same number of keys; the latency of whole
+//! checkpoints (256 vnodes x 16 KiB written at once, the gate, a prune
+//! keeping two) against the least a raw client needs and against the
+//! seed's approach. Results: a table and
 //! `target/bench/s3.json`. Under `cargo test` it runs once, tiny.
 
 #[path = "../tests/support/mod.rs"]
@@ -16,10 +19,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use aws_sdk_s3::Client;
-use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use bytes::Bytes;
 use laminar_state_api::StateBackend;
-use laminar_state_bench::{Mode, Row, Unit, alternate, report};
+use laminar_state_bench::{
+    CHECKPOINT_BYTES, CHECKPOINT_VNODES, Latency, Mode, Row, Unit, alternate, alternate_latency,
+    checkpoint, raw_s3, report,
+};
 use laminar_state_s3::S3Store;
 
 const PAYLOAD: usize = 4096;
@@ -262,7 +267,9 @@ async fn measure(endpoint: &str, ops: u64, gate_rounds: u64) -> Vec<Row> {
     );
     assert!(backend.read_partial(0, base).await.expect("read").is_none());
     let started = Instant::now();
-    raw_delete_all(&client, &bucket, &raw_prune).await;
+    raw_s3::delete_below(&client, &bucket, &raw_prune, None)
+        .await
+        .expect("raw prune");
     let raw = started.elapsed().as_secs_f64() * 1e3;
     rows.push(Row {
         name: format!("prune {PRUNE_EPOCHS} epochs x {PRUNE_VNODES} vnodes (ms)"),
@@ -271,6 +278,61 @@ async fn measure(endpoint: &str, ops: u64, gate_rounds: u64) -> Vec<Row> {
         raw,
         target: None,
     });
+    rows.extend(checkpoint_rows(endpoint, gate_rounds).await);
+    rows
+}
+
+/// Whole checkpoints (every vnode written at once, the gate, a prune
+/// keeping two epochs), each on a store of its own: ours against the least
+/// a raw client needs (the PUTs, one LIST, the conditional marker PUT, the
+/// prune's LIST and DeleteObjects), and against the seed's approach (a HEAD
+/// per vnode instead of the LIST); alternated checkpoint by checkpoint.
+async fn checkpoint_rows(endpoint: &str, rounds: u64) -> Vec<Row> {
+    let rounds = 2 * rounds;
+    let vnodes = if rounds > 10 { CHECKPOINT_VNODES } else { 8 };
+    let payload = Bytes::from(vec![0x6B; CHECKPOINT_BYTES]);
+    let mut rows = Vec::new();
+    for (name, gate) in [
+        ("raw LIST", raw_s3::Gate::List),
+        ("seed HEADs", raw_s3::Gate::Heads),
+    ] {
+        let store = S3Store::connect(&support::config(endpoint, &support::fresh_prefix("ckpt")))
+            .await
+            .expect("store");
+        let raw = S3Store::connect(&support::config(
+            endpoint,
+            &support::fresh_prefix("rawckpt"),
+        ))
+        .await
+        .expect("raw store");
+        let backend: Arc<dyn StateBackend> = Arc::new(store.handle("bench", vnodes));
+        let (raw_latency, our_latency) = alternate_latency(
+            rounds,
+            |epoch| {
+                let (raw, payload) = (&raw, &payload);
+                async move {
+                    let (client, bucket, root) = (raw.client(), raw.bucket(), raw.prefix());
+                    raw_s3::checkpoint(client, bucket, root, epoch, vnodes, payload, gate)
+                        .await
+                        .expect("raw checkpoint");
+                }
+            },
+            |epoch| {
+                let (backend, payload) = (&backend, &payload);
+                async move {
+                    checkpoint(backend, epoch, 0, vnodes, payload)
+                        .await
+                        .expect("checkpoint");
+                }
+            },
+        )
+        .await;
+        rows.extend(Latency::rows(
+            &format!("checkpoint {vnodes}x16KiB vs {name}"),
+            &our_latency,
+            &raw_latency,
+        ));
+    }
     rows
 }
 
@@ -362,43 +424,4 @@ async fn raw_recovery(client: &Client, bucket: &str, prefix: &str) -> u64 {
         bytes += done.expect("task");
     }
     bytes
-}
-
-/// LIST everything under `prefix` and delete it, 1,000 keys per request.
-async fn raw_delete_all(client: &Client, bucket: &str, prefix: &str) {
-    let mut token = None;
-    loop {
-        let page = client
-            .list_objects_v2()
-            .bucket(bucket)
-            .prefix(prefix)
-            .set_continuation_token(token)
-            .send()
-            .await
-            .expect("LIST");
-        let keys: Vec<ObjectIdentifier> = page
-            .contents()
-            .iter()
-            .filter_map(|o| ObjectIdentifier::builder().key(o.key()?).build().ok())
-            .collect();
-        if !keys.is_empty() {
-            client
-                .delete_objects()
-                .bucket(bucket)
-                .delete(
-                    Delete::builder()
-                        .set_objects(Some(keys))
-                        .quiet(true)
-                        .build()
-                        .expect("delete"),
-                )
-                .send()
-                .await
-                .expect("DeleteObjects");
-        }
-        token = page.next_continuation_token().map(str::to_owned);
-        if token.is_none() {
-            return;
-        }
-    }
 }

@@ -1,13 +1,20 @@
 //! The benchmark harness shared by the backends' `benches/`: how a bench
 //! binary was invoked, and one report format (a table on stdout and
 //! `target/bench/NAME.json`), every row a measurement of the backend next to
-//! the raw store doing the same work in the same run.
+//! the raw store doing the same work in the same run; and the checkpoint an
+//! engine makes, whose latency the benches and the growth soak measure.
 
 use std::fmt::Write as _;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use laminar_state_api::StateBackend;
+
+#[cfg(feature = "s3")]
+pub mod raw_s3;
 
 /// How the bench binary was invoked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,4 +188,140 @@ where
         total / raw_time.as_secs_f64(),
         total / our_time.as_secs_f64(),
     )
+}
+
+/// The vnodes of the checkpoint-latency rows.
+pub const CHECKPOINT_VNODES: u32 = 256;
+
+/// The size of each partial of the checkpoint-latency rows.
+pub const CHECKPOINT_BYTES: usize = 16 << 10;
+
+/// One checkpoint as an engine makes it: every vnode's partial written at
+/// once (a task each), the commit gate, which must seal, then a prune that
+/// keeps `epoch - 1` and `epoch`.
+pub async fn checkpoint(
+    backend: &Arc<dyn StateBackend>,
+    epoch: u64,
+    version: u64,
+    vnodes: u32,
+    payload: &Bytes,
+) -> Result<(), String> {
+    let mut writes = tokio::task::JoinSet::new();
+    for vnode in 0..vnodes {
+        let (backend, payload) = (Arc::clone(backend), payload.clone());
+        writes.spawn(async move {
+            backend
+                .write_partial(vnode, epoch, version, payload)
+                .await
+                .map_err(|e| format!("write_partial({vnode}, {epoch}): {e}"))
+        });
+    }
+    while let Some(done) = writes.join_next().await {
+        done.map_err(|e| e.to_string())??;
+    }
+    let all: Vec<u32> = (0..vnodes).collect();
+    match backend.epoch_complete(epoch, &all).await {
+        Ok(true) => {}
+        other => return Err(format!("epoch_complete({epoch}) answered {other:?}")),
+    }
+    if epoch >= 2 {
+        backend
+            .prune_before(epoch - 1)
+            .await
+            .map_err(|e| format!("prune_before({}): {e}", epoch - 1))?;
+    }
+    Ok(())
+}
+
+/// The latency of a series of operations: median, 99th percentile and
+/// slowest, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Latency {
+    /// Median.
+    pub p50_ms: f64,
+    /// 99th percentile (nearest rank).
+    pub p99_ms: f64,
+    /// Slowest.
+    pub max_ms: f64,
+}
+
+impl Latency {
+    /// The percentiles of `samples` (all zero when there are none).
+    pub fn of(mut samples: Vec<Duration>) -> Self {
+        samples.sort();
+        let at = |p: f64| {
+            let rank = ((samples.len() as f64 * p).ceil() as usize).clamp(1, samples.len().max(1));
+            samples.get(rank - 1).map_or(0.0, |d| d.as_secs_f64() * 1e3)
+        };
+        Latency {
+            p50_ms: at(0.5),
+            p99_ms: at(0.99),
+            max_ms: at(1.0),
+        }
+    }
+
+    /// Three rows, median, p99 and slowest of `name`, ours against raw.
+    pub fn rows(name: &str, ours: &Latency, raw: &Latency) -> Vec<Row> {
+        [
+            ("p50", ours.p50_ms, raw.p50_ms),
+            ("p99", ours.p99_ms, raw.p99_ms),
+            ("max", ours.max_ms, raw.max_ms),
+        ]
+        .into_iter()
+        .map(|(which, backend, raw)| Row {
+            name: format!("{name} {which} (ms)"),
+            unit: Unit::Millis,
+            backend,
+            raw,
+            target: None,
+        })
+        .collect()
+    }
+}
+
+/// `rounds` operations of each side, `raw(i)` and `ours(i)` for `i` in
+/// `1..=rounds`, one at a time, the side that goes first alternating each
+/// round so drift falls on both; their latencies, raw first.
+pub async fn alternate_latency<R, RFut, O, OFut>(
+    rounds: u64,
+    mut raw: R,
+    mut ours: O,
+) -> (Latency, Latency)
+where
+    R: FnMut(u64) -> RFut,
+    RFut: Future<Output = ()>,
+    O: FnMut(u64) -> OFut,
+    OFut: Future<Output = ()>,
+{
+    let (mut raw_times, mut our_times) = (Vec::new(), Vec::new());
+    for i in 1..=rounds {
+        for side in [i % 2, 1 - i % 2] {
+            let started = Instant::now();
+            if side == 0 {
+                raw(i).await;
+                raw_times.push(started.elapsed());
+            } else {
+                ours(i).await;
+                our_times.push(started.elapsed());
+            }
+        }
+    }
+    (Latency::of(raw_times), Latency::of(our_times))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let ms = |n: u64| Duration::from_millis(n);
+        let latency = Latency::of((1..=200).rev().map(ms).collect());
+        assert_eq!(latency.p50_ms, 100.0);
+        assert_eq!(latency.p99_ms, 198.0);
+        assert_eq!(latency.max_ms, 200.0);
+        let one = Latency::of(vec![ms(7)]);
+        assert_eq!((one.p50_ms, one.p99_ms, one.max_ms), (7.0, 7.0, 7.0));
+        assert_eq!(Latency::of(Vec::new()).max_ms, 0.0);
+    }
 }

@@ -20,17 +20,16 @@
 //!
 //! On S3 each cycle is also done by a raw S3 client on the same server
 //! (under another prefix, alternated cycle by cycle with the backend's, so
-//! noise falls on both; see `raw_checkpoint`): a latency that climbs on
+//! noise falls on both; see `raw_s3::checkpoint` in the bench harness): a latency that climbs on
 //! both sides is the store's, one that climbs on the backend's alone is ours.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use laminar_state::BackendConfig;
-use laminar_state_api::StateBackend;
+use laminar_state_bench::{Latency, checkpoint, raw_s3};
 use laminar_state_test_support::redis::{RedisCluster, RedisServer};
 use laminar_state_test_support::seaweed::{self, SeaweedServer};
 use serde_json::json;
@@ -306,115 +305,24 @@ async fn s3_footprint(store: &laminar_state_s3::S3Store) -> Result<Footprint, St
     }
 }
 
-/// One checkpoint: every vnode written concurrently, the gate, a prune
-/// keeping `epoch - 1` and `epoch`.
-async fn checkpoint(
-    backend: &Arc<dyn StateBackend>,
-    epoch: u64,
-    version: u64,
-    vnodes: u32,
-    payload: &Bytes,
-) -> Result<(), String> {
-    let mut writes = tokio::task::JoinSet::new();
-    for vnode in 0..vnodes {
-        let (backend, payload) = (Arc::clone(backend), payload.clone());
-        writes.spawn(async move {
-            backend
-                .write_partial(vnode, epoch, version, payload)
-                .await
-                .map_err(|e| format!("write_partial({vnode}, {epoch}): {e}"))
-        });
-    }
-    while let Some(done) = writes.join_next().await {
-        done.map_err(|e| e.to_string())??;
-    }
-    let all: Vec<u32> = (0..vnodes).collect();
-    match backend.epoch_complete(epoch, &all).await {
-        Ok(true) => {}
-        other => return Err(format!("epoch_complete({epoch}) answered {other:?}")),
-    }
-    if epoch >= 2 {
-        backend
-            .prune_before(epoch - 1)
-            .await
-            .map_err(|e| format!("prune_before({}): {e}", epoch - 1))?;
-    }
-    Ok(())
-}
-
-/// The least a plain S3 client does for the same checkpoint and the same
-/// durability: the PUTs at once, one LIST of the epoch to see that all are
-/// there, a conditional PUT (`If-None-Match: *`) of the commit marker, and
-/// a prune that lists what is left and deletes the epochs before
-/// `epoch - 1`. No fence and no framing: the floor the backend's cycle
-/// stands on.
-async fn raw_checkpoint(
+/// The raw S3 client's cycle: [`raw_s3::checkpoint`], gated by one LIST.
+async fn raw_cycle(
     raw: &laminar_state_s3::S3Store,
     epoch: u64,
     vnodes: u32,
     payload: &Bytes,
 ) -> Result<(), String> {
     let (client, bucket, root) = (raw.client(), raw.bucket(), raw.prefix());
-    let dir = format!("{root}{epoch:020}/");
-    let mut puts = tokio::task::JoinSet::new();
-    for vnode in 0..vnodes {
-        let put = client
-            .put_object()
-            .bucket(bucket)
-            .key(format!("{dir}{vnode:010}"))
-            .body(payload.clone().into());
-        puts.spawn(async move { put.send().await.map_err(|e| format!("raw PUT: {e:?}")) });
-    }
-    while let Some(done) = puts.join_next().await {
-        done.map_err(|e| e.to_string())??;
-    }
-    let listed = client
-        .list_objects_v2()
-        .bucket(bucket)
-        .prefix(&dir)
-        .send()
-        .await
-        .map_err(|e| format!("raw LIST: {e:?}"))?;
-    if listed.contents().len() != vnodes as usize {
-        return Err(format!(
-            "raw LIST of epoch {epoch} found {} of {vnodes} partials",
-            listed.contents().len()
-        ));
-    }
-    client
-        .put_object()
-        .bucket(bucket)
-        .key(format!("{dir}commit"))
-        .if_none_match("*")
-        .body(Bytes::from_static(b"soak").into())
-        .send()
-        .await
-        .map_err(|e| format!("raw marker PUT: {e:?}"))?;
-    let keep = format!("{root}{:020}/", epoch.saturating_sub(1));
-    let left = client
-        .list_objects_v2()
-        .bucket(bucket)
-        .prefix(root)
-        .send()
-        .await
-        .map_err(|e| format!("raw prune LIST: {e:?}"))?;
-    for key in left.contents().iter().filter_map(|o| o.key()) {
-        if key < keep.as_str() {
-            client
-                .delete_object()
-                .bucket(bucket)
-                .key(key)
-                .send()
-                .await
-                .map_err(|e| format!("raw DELETE: {e:?}"))?;
-        }
-    }
-    Ok(())
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    let at = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len().max(1)) - 1;
-    sorted.get(at).map_or(0.0, |d| d.as_secs_f64() * 1e3)
+    raw_s3::checkpoint(
+        client,
+        bucket,
+        root,
+        epoch,
+        vnodes,
+        payload,
+        raw_s3::Gate::List,
+    )
+    .await
 }
 
 /// Run a soak.
@@ -463,7 +371,7 @@ pub fn soak(options: &SoakOptions) -> Result<SoakReport, String> {
             // Alternated, so a burst of noise falls on both sides alike.
             if let Some(raw) = raw.filter(|_| cycle % 2 == 0) {
                 let begun = Instant::now();
-                raw_checkpoint(raw, cycle, options.vnodes, &payload).await?;
+                raw_cycle(raw, cycle, options.vnodes, &payload).await?;
                 raw_window.push(begun.elapsed());
             }
             let begun = Instant::now();
@@ -471,19 +379,19 @@ pub fn soak(options: &SoakOptions) -> Result<SoakReport, String> {
             window.push(begun.elapsed());
             if let Some(raw) = raw.filter(|_| cycle % 2 == 1) {
                 let begun = Instant::now();
-                raw_checkpoint(raw, cycle, options.vnodes, &payload).await?;
+                raw_cycle(raw, cycle, options.vnodes, &payload).await?;
                 raw_window.push(begun.elapsed());
             }
             if cycle % every == 0 || cycle == options.cycles {
-                window.sort();
-                raw_window.sort();
+                let latency = Latency::of(std::mem::take(&mut window));
+                let raw_latency = Latency::of(std::mem::take(&mut raw_window));
                 let sample = Sample {
                     cycle,
                     footprint: store.footprint().await?,
-                    p50_ms: percentile(&window, 0.5),
-                    p99_ms: percentile(&window, 0.99),
-                    max_ms: percentile(&window, 1.0),
-                    raw_p50_ms: raw.map(|_| percentile(&raw_window, 0.5)),
+                    p50_ms: latency.p50_ms,
+                    p99_ms: latency.p99_ms,
+                    max_ms: latency.max_ms,
+                    raw_p50_ms: raw.map(|_| raw_latency.p50_ms),
                 };
                 eprintln!(
                     "soak {}: {cycle:>6} cycles  items {:>8}  bytes {:>12}  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms",
@@ -498,8 +406,6 @@ pub fn soak(options: &SoakOptions) -> Result<SoakReport, String> {
                     eprintln!("soak raw s3: {cycle:>6} cycles  p50 {raw_p50:>7.2} ms");
                 }
                 samples.push(sample);
-                window.clear();
-                raw_window.clear();
             }
         }
         Ok::<_, String>(samples)
