@@ -124,6 +124,20 @@ pub fn describe_metrics() {
 }
 
 /// A metric key with the `backend` and `instance` labels and `extra`.
+/// One key of the counter `name` per [`Operation`], in `Operation::ALL`'s
+/// order, labelled with `backend` (its URL redacted) and `instance_id`: the
+/// retry and timeout layers' counters.
+pub(crate) fn per_operation(name: &'static str, backend: &str, instance_id: &str) -> Vec<Key> {
+    let (backend, instance) = (
+        Arc::from(laminar_state_api::redact_url(backend)),
+        Arc::from(instance_id),
+    );
+    Operation::ALL
+        .iter()
+        .map(|op| key(name, &backend, &instance, &[("operation", op.name())]))
+        .collect()
+}
+
 pub(crate) fn key(
     name: &'static str,
     backend: &Arc<str>,

@@ -134,23 +134,12 @@ impl<B: ?Sized> RetryLayer<B> {
     pub fn with_metrics(self, backend: &str, instance_id: &str) -> Self {
         #[cfg(feature = "metrics")]
         {
-            let (backend, instance) = (
-                Arc::from(laminar_state_api::redact_url(backend)),
-                Arc::from(instance_id),
-            );
-            let keys = Operation::ALL
-                .iter()
-                .map(|op| {
-                    crate::metrics_layer::key(
-                        crate::metrics_layer::RETRIES,
-                        &backend,
-                        &instance,
-                        &[("operation", op.name())],
-                    )
-                })
-                .collect();
             Self {
-                retries: Some(keys),
+                retries: Some(crate::metrics_layer::per_operation(
+                    crate::metrics_layer::RETRIES,
+                    backend,
+                    instance_id,
+                )),
                 ..self
             }
         }

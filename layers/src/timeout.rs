@@ -66,23 +66,12 @@ impl<B: ?Sized> TimeoutLayer<B> {
     pub fn with_metrics(self, backend: &str, instance_id: &str) -> Self {
         #[cfg(feature = "metrics")]
         {
-            let (backend, instance) = (
-                Arc::from(laminar_state_api::redact_url(backend)),
-                Arc::from(instance_id),
-            );
-            let keys = Operation::ALL
-                .iter()
-                .map(|op| {
-                    crate::metrics_layer::key(
-                        crate::metrics_layer::TIMEOUTS,
-                        &backend,
-                        &instance,
-                        &[("operation", op.name())],
-                    )
-                })
-                .collect();
             Self {
-                timeouts: Some(keys),
+                timeouts: Some(crate::metrics_layer::per_operation(
+                    crate::metrics_layer::TIMEOUTS,
+                    backend,
+                    instance_id,
+                )),
                 ..self
             }
         }
