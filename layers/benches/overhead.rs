@@ -17,7 +17,7 @@
 //!   decompressing the same payloads, with the ratio and LZ4's own speeds in
 //!   the notes.
 //!
-//! Results: a table on stdout and `target/bench/layers.json`. Under `cargo
+//! Results: a table on stdout and `target/bench/layered.json`. Under `cargo
 //! test` it runs once, tiny, as a smoke test.
 
 use std::collections::HashMap;
@@ -370,5 +370,5 @@ fn main() {
         "compression rows: \"unwrapped\" is bare lz4 compressing then decompressing the same payloads"
             .to_owned(),
     );
-    report("layers", "unwrapped", &rows, mode, &notes);
+    report("layered", "unwrapped", &rows, mode, &notes);
 }

@@ -37,12 +37,17 @@ commands:
                            every layer of laminar-state-layers too; layered =
                            memory and redb wrapped in every layer, in `all`
                            but not `embedded`)
-  bench [--backend NAME|all]
+  bench [--backend NAME|all] [--check] [--collect-only]
                            benchmarks against the raw store, in release mode
                            (default: all; redis and s3 install and start their
                            own servers; layered: the overhead of the tracing and
                            metrics layers, and compression, against the
-                           unwrapped backend); results in target/bench/
+                           unwrapped backend); each bench's table, then
+                           target/bench/results.json (a record per measure, with
+                           its target and verdict), target/bench/ratios.svg and
+                           one summary table; --check: exit non-zero when a
+                           measure misses its target; --collect-only: measure
+                           nothing, gather the last runs' results
   chaos --backend NAME|all [--seconds N] [--seed S] [--broken[=fence|seal|lose]]
                            engine processes over one store under faults drawn
                            from the seed (kills, pauses, server restarts, a
@@ -178,7 +183,10 @@ fn run(args: &[String]) -> Result<(), String> {
             "lint" if rest.is_empty() => cargo::lint(),
             "ci" if rest.is_empty() => ci(),
             "conformance" => conformance::run(&select(&backend_arg(rest, "embedded")?)?),
-            "bench" => bench::run(&select(&backend_arg(rest, "all")?)?),
+            "bench" => {
+                let (options, rest) = bench::Options::parse(rest);
+                bench::run(&select(&backend_arg(&rest, "all")?)?, options)
+            }
             "chaos" => chaos::run("run", rest),
             "soak" => chaos::run("soak", rest),
             "help" | "--help" | "-h" => {
