@@ -13,6 +13,21 @@ use tracing::{Instrument, Span};
 
 use crate::operation::{Operation, Outcome};
 
+/// The `DEBUG` span of one call: `operation`, `backend` and `instance`,
+/// then the call's own fields, then `outcome` (recorded by `finish`).
+macro_rules! call_span {
+    ($layer:ident, $operation:literal, $($fields:tt)*) => {
+        tracing::debug_span!(
+            "state_backend",
+            operation = $operation,
+            backend = &*$layer.backend,
+            instance = &*$layer.instance,
+            $($fields)*,
+            outcome = Empty,
+        )
+    };
+}
+
 /// A [`StateBackend`] that traces every call of the backend inside it.
 ///
 /// Each call runs in a span named `state_backend` at `DEBUG` level
@@ -86,6 +101,12 @@ struct Keys {
     op: Operation,
     vnode: Option<u32>,
     epoch: Option<u64>,
+}
+
+impl Keys {
+    const fn of(op: Operation, vnode: Option<u32>, epoch: Option<u64>) -> Self {
+        Keys { op, vnode, epoch }
+    }
 }
 
 impl<B: ?Sized> TracingLayer<B> {
@@ -164,29 +185,19 @@ impl<B: StateBackend + ?Sized> TracingLayer<B> {
         assignment_version: u64,
         bytes: Bytes,
     ) -> Result<(), StateBackendError> {
-        let span = tracing::debug_span!(
-            "state_backend",
-            operation = "write_partial",
-            backend = &*self.backend,
-            instance = &*self.instance,
+        let span = call_span!(
+            self,
+            "write_partial",
             vnode,
             epoch,
             version = assignment_version,
-            bytes = bytes.len(),
-            outcome = Empty,
+            bytes = bytes.len()
         );
-        let result = self
+        let call = self
             .inner
-            .write_partial(vnode, epoch, assignment_version, bytes)
-            .instrument(span.clone())
-            .await;
-        let keys = Keys {
-            op: Operation::WritePartial,
-            vnode: Some(vnode),
-            epoch: Some(epoch),
-        };
-        self.finish(&span, keys, &result);
-        result
+            .write_partial(vnode, epoch, assignment_version, bytes);
+        let keys = Keys::of(Operation::WritePartial, Some(vnode), Some(epoch));
+        self.traced(span, keys, call, |_, ()| {}).await
     }
 
     async fn traced_read(
@@ -194,57 +205,46 @@ impl<B: StateBackend + ?Sized> TracingLayer<B> {
         vnode: u32,
         epoch: u64,
     ) -> Result<Option<Bytes>, StateBackendError> {
-        let span = tracing::debug_span!(
-            "state_backend",
-            operation = "read_partial",
-            backend = &*self.backend,
-            instance = &*self.instance,
-            vnode,
-            epoch,
-            bytes = Empty,
-            outcome = Empty,
-        );
-        let result = self
-            .inner
-            .read_partial(vnode, epoch)
-            .instrument(span.clone())
-            .await;
-        if let Ok(Some(bytes)) = &result {
-            span.record("bytes", bytes.len());
-        }
-        let keys = Keys {
-            op: Operation::ReadPartial,
-            vnode: Some(vnode),
-            epoch: Some(epoch),
-        };
-        self.finish(&span, keys, &result);
-        result
+        let span = call_span!(self, "read_partial", vnode, epoch, bytes = Empty);
+        let call = self.inner.read_partial(vnode, epoch);
+        let keys = Keys::of(Operation::ReadPartial, Some(vnode), Some(epoch));
+        self.traced(span, keys, call, |span, read| {
+            if let Some(bytes) = read {
+                span.record("bytes", bytes.len());
+            }
+        })
+        .await
     }
 
     async fn traced_seal(&self, epoch: u64, vnodes: &[u32]) -> Result<bool, StateBackendError> {
-        let span = tracing::debug_span!(
-            "state_backend",
-            operation = "epoch_complete",
-            backend = &*self.backend,
-            instance = &*self.instance,
+        let span = call_span!(
+            self,
+            "epoch_complete",
             epoch,
             vnodes = vnodes.len(),
-            sealed = Empty,
-            outcome = Empty,
+            sealed = Empty
         );
-        let result = self
-            .inner
-            .epoch_complete(epoch, vnodes)
-            .instrument(span.clone())
-            .await;
-        if let Ok(sealed) = &result {
+        let call = self.inner.epoch_complete(epoch, vnodes);
+        let keys = Keys::of(Operation::EpochComplete, None, Some(epoch));
+        self.traced(span, keys, call, |span, sealed| {
             span.record("sealed", *sealed);
+        })
+        .await
+    }
+
+    /// Run `call` in `span`; on success let `on_ok` record what the answer
+    /// adds to the span; then the outcome and its event (see `finish`).
+    async fn traced<T>(
+        &self,
+        span: Span,
+        keys: Keys,
+        call: impl Future<Output = Result<T, StateBackendError>>,
+        on_ok: impl FnOnce(&Span, &T),
+    ) -> Result<T, StateBackendError> {
+        let result = call.instrument(span.clone()).await;
+        if let Ok(answer) = &result {
+            on_ok(&span, answer);
         }
-        let keys = Keys {
-            op: Operation::EpochComplete,
-            vnode: None,
-            epoch: Some(epoch),
-        };
         self.finish(&span, keys, &result);
         result
     }
@@ -313,26 +313,10 @@ impl<B: StateBackend + ?Sized> StateBackend for TracingLayer<B> {
     }
 
     async fn prune_before(&self, before: u64) -> Result<(), StateBackendError> {
-        let span = tracing::debug_span!(
-            "state_backend",
-            operation = "prune_before",
-            backend = &*self.backend,
-            instance = &*self.instance,
-            epoch = before,
-            outcome = Empty,
-        );
-        let result = self
-            .inner
-            .prune_before(before)
-            .instrument(span.clone())
-            .await;
-        let keys = Keys {
-            op: Operation::PruneBefore,
-            vnode: None,
-            epoch: Some(before),
-        };
-        self.finish(&span, keys, &result);
-        result
+        let span = call_span!(self, "prune_before", epoch = before);
+        let keys = Keys::of(Operation::PruneBefore, None, Some(before));
+        let call = self.inner.prune_before(before);
+        self.traced(span, keys, call, |_, ()| {}).await
     }
 
     fn set_authoritative_version(&self, version: u64) {
@@ -371,56 +355,25 @@ impl<B: StateBackend + ?Sized> StateBackend for TracingLayer<B> {
     }
 
     async fn latest_committed_epoch(&self) -> Result<Option<u64>, StateBackendError> {
-        let span = tracing::debug_span!(
-            "state_backend",
-            operation = "latest_committed_epoch",
-            backend = &*self.backend,
-            instance = &*self.instance,
-            epoch = Empty,
-            outcome = Empty,
-        );
-        let result = self
-            .inner
-            .latest_committed_epoch()
-            .instrument(span.clone())
-            .await;
-        if let Ok(Some(epoch)) = &result {
-            span.record("epoch", *epoch);
-        }
-        let keys = Keys {
-            op: Operation::LatestCommittedEpoch,
-            vnode: None,
-            epoch: None,
-        };
-        self.finish(&span, keys, &result);
-        result
+        let span = call_span!(self, "latest_committed_epoch", epoch = Empty);
+        let keys = Keys::of(Operation::LatestCommittedEpoch, None, None);
+        let call = self.inner.latest_committed_epoch();
+        self.traced(span, keys, call, |span, latest| {
+            if let Some(epoch) = latest {
+                span.record("epoch", *epoch);
+            }
+        })
+        .await
     }
 
     async fn sealed_epochs(&self, after: u64) -> Result<Vec<u64>, StateBackendError> {
-        let span = tracing::debug_span!(
-            "state_backend",
-            operation = "sealed_epochs",
-            backend = &*self.backend,
-            instance = &*self.instance,
-            epoch = after,
-            count = Empty,
-            outcome = Empty,
-        );
-        let result = self
-            .inner
-            .sealed_epochs(after)
-            .instrument(span.clone())
-            .await;
-        if let Ok(epochs) = &result {
+        let span = call_span!(self, "sealed_epochs", epoch = after, count = Empty);
+        let keys = Keys::of(Operation::SealedEpochs, None, Some(after));
+        let call = self.inner.sealed_epochs(after);
+        self.traced(span, keys, call, |span, epochs| {
             span.record("count", epochs.len());
-        }
-        let keys = Keys {
-            op: Operation::SealedEpochs,
-            vnode: None,
-            epoch: Some(after),
-        };
-        self.finish(&span, keys, &result);
-        result
+        })
+        .await
     }
 
     async fn read_partials(
@@ -428,79 +381,41 @@ impl<B: StateBackend + ?Sized> StateBackend for TracingLayer<B> {
         epoch: u64,
         vnodes: &[u32],
     ) -> Result<Vec<Option<Bytes>>, StateBackendError> {
-        let span = tracing::debug_span!(
-            "state_backend",
-            operation = "read_partials",
-            backend = &*self.backend,
-            instance = &*self.instance,
-            epoch = epoch,
+        let span = call_span!(
+            self,
+            "read_partials",
+            epoch,
             count = vnodes.len(),
-            bytes = Empty,
-            outcome = Empty,
+            bytes = Empty
         );
-        let result = self
-            .inner
-            .read_partials(epoch, vnodes)
-            .instrument(span.clone())
-            .await;
-        if let Ok(partials) = &result {
+        let keys = Keys::of(Operation::ReadPartials, None, Some(epoch));
+        let call = self.inner.read_partials(epoch, vnodes);
+        self.traced(span, keys, call, |span, partials| {
             span.record(
                 "bytes",
                 partials.iter().flatten().map(Bytes::len).sum::<usize>(),
             );
-        }
-        let keys = Keys {
-            op: Operation::ReadPartials,
-            vnode: None,
-            epoch: Some(epoch),
-        };
-        self.finish(&span, keys, &result);
-        result
+        })
+        .await
     }
 
     async fn partials(&self, epoch: u64) -> Result<Option<Vec<u32>>, StateBackendError> {
-        let span = tracing::debug_span!(
-            "state_backend",
-            operation = "partials",
-            backend = &*self.backend,
-            instance = &*self.instance,
-            epoch = epoch,
-            count = Empty,
-            outcome = Empty,
-        );
-        let result = self.inner.partials(epoch).instrument(span.clone()).await;
-        if let Ok(Some(vnodes)) = &result {
-            span.record("count", vnodes.len());
-        }
-        let keys = Keys {
-            op: Operation::Partials,
-            vnode: None,
-            epoch: Some(epoch),
-        };
-        self.finish(&span, keys, &result);
-        result
+        let span = call_span!(self, "partials", epoch, count = Empty);
+        let keys = Keys::of(Operation::Partials, None, Some(epoch));
+        let call = self.inner.partials(epoch);
+        self.traced(span, keys, call, |span, listed| {
+            if let Some(vnodes) = listed {
+                span.record("count", vnodes.len());
+            }
+        })
+        .await
     }
 
     async fn persist_authoritative_version(&self, version: u64) -> Result<(), StateBackendError> {
-        let span = tracing::debug_span!(
-            "state_backend",
-            operation = "persist_authoritative_version",
-            backend = &*self.backend,
-            instance = &*self.instance,
-            version,
-            outcome = Empty,
-        );
-        let result = self
-            .inner
-            .persist_authoritative_version(version)
-            .instrument(span.clone())
-            .await;
-        let keys = Keys {
-            op: Operation::PersistAuthoritativeVersion,
-            vnode: None,
-            epoch: None,
-        };
-        self.finish(&span, keys, &result);
+        let span = call_span!(self, "persist_authoritative_version", version);
+        let keys = Keys::of(Operation::PersistAuthoritativeVersion, None, None);
+        let call = self.inner.persist_authoritative_version(version);
+        let result = self.traced(span.clone(), keys, call, |_, ()| {}).await;
         if result.is_ok() {
             tracing::info!(
                 parent: &span,
