@@ -19,6 +19,26 @@ pub(crate) fn cargo() -> Command {
     command
 }
 
+/// Run a cargo build `command` that prints JSON messages
+/// (`--message-format=json-render-diagnostics`) and return them. Cargo's own
+/// progress and diagnostics go to stderr as usual; only its JSON messages on
+/// stdout, which name the artifacts, are kept. `what` names the build in
+/// the error.
+pub(crate) fn build_messages(mut command: Command, what: &str) -> Result<String, String> {
+    command.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    eprintln!("$ {command:?}");
+    let output = command
+        .output()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "building {what} failed ({}); cargo's errors are above",
+            output.status
+        ));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
 /// Run `command`, streaming its output; fail if it fails.
 pub(crate) fn run(mut command: Command) -> Result<(), String> {
     let shown = format!("{command:?}");

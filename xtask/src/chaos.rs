@@ -2,7 +2,7 @@
 //! binary (see chaos/README.md), one per backend.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::Value;
 
@@ -83,19 +83,8 @@ fn build() -> Result<PathBuf, String> {
         "--no-run",
         "--message-format=json-render-diagnostics",
     ]);
-    command.stdout(Stdio::piped()).stderr(Stdio::inherit());
-    eprintln!("$ {command:?}");
-    let output = command
-        .output()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !output.status.success() {
-        return Err(format!(
-            "building the chaos binary failed ({}); cargo's errors are above",
-            output.status
-        ));
-    }
-    chaos_binary(&String::from_utf8_lossy(&output.stdout))
-        .ok_or_else(|| "cargo named no laminar-state-chaos binary".to_owned())
+    let messages = crate::cargo::build_messages(command, "the chaos binary")?;
+    chaos_binary(&messages).ok_or_else(|| "cargo named no laminar-state-chaos binary".to_owned())
 }
 
 /// The executable of the `laminar-state-chaos` bin target among cargo's

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -79,24 +79,10 @@ pub(crate) fn run(backends: &[&Backend]) -> Result<(), String> {
 /// For `all` (what CI runs) every `tests/conformance.rs` of the workspace is
 /// built in one call, with the packages and features `cargo xtask test`
 /// uses, so CI compiles each dependency once for both.
-///
-/// Cargo's own progress and diagnostics go to stderr as usual; only its
-/// JSON messages on stdout, which name the test binaries, are read here.
 fn build(backends: &[&Backend]) -> Result<Vec<PathBuf>, String> {
     let mut command = cargo();
     command.args(build_args(backends));
-    command.stdout(Stdio::piped()).stderr(Stdio::inherit());
-    eprintln!("$ {command:?}");
-    let output = command
-        .output()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !output.status.success() {
-        return Err(format!(
-            "building the conformance tests failed ({}); cargo's errors are above",
-            output.status
-        ));
-    }
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = crate::cargo::build_messages(command, "the conformance tests")?;
     backends
         .iter()
         .map(|backend| {
