@@ -784,9 +784,7 @@ impl StateBackend for RedbBackend {
         epoch: u64,
         vnodes: &[u32],
     ) -> Result<Vec<Option<Bytes>>, StateBackendError> {
-        for &vnode in vnodes {
-            self.limits.check_vnode(vnode)?;
-        }
+        self.limits.check_vnodes(vnodes)?;
         let core = &self.store.inner.core;
         let what = || format!("read_partials({epoch}, {} vnodes)", vnodes.len());
         core.with_db(what, |db| {

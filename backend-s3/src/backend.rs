@@ -428,9 +428,7 @@ impl StateBackend for S3Backend {
         epoch: u64,
         vnodes: &[u32],
     ) -> Result<Vec<Option<Bytes>>, StateBackendError> {
-        for &vnode in vnodes {
-            self.limits.check_vnode(vnode)?;
-        }
+        self.limits.check_vnodes(vnodes)?;
         if vnodes.is_empty() {
             return Ok(Vec::new());
         }

@@ -345,6 +345,12 @@ impl InputLimits {
                 "epoch_complete({epoch}) got an empty vnode list: nothing would be sealed"
             )));
         }
+        self.check_vnodes(vnodes)
+    }
+
+    /// Refuse a batch (a batch read) naming any vnode outside the capacity:
+    /// the first such vnode's error from [`check_vnode`](Self::check_vnode).
+    pub fn check_vnodes(&self, vnodes: &[u32]) -> Result<(), StateBackendError> {
         vnodes.iter().try_for_each(|&vnode| self.check_vnode(vnode))
     }
 }
@@ -374,5 +380,9 @@ mod tests {
         assert!(limits.check_gate(1, &[]).is_err());
         assert!(limits.check_gate(1, &[0, 9]).is_err());
         assert!(limits.check_gate(1, &[0, 3]).is_ok());
+        // A batch may be empty; its first vnode out of range is named.
+        assert!(limits.check_vnodes(&[]).is_ok());
+        let err = limits.check_vnodes(&[1, 7, 9]).unwrap_err();
+        assert!(matches!(&err, StateBackendError::Serialization(m) if m.contains("vnode 7")));
     }
 }
