@@ -18,6 +18,9 @@ pub(crate) const HANDLES: usize = 3;
 pub(crate) const VNODES: u32 = 4;
 /// Epochs `0..EPOCHS` are used.
 pub(crate) const EPOCHS: u64 = 6;
+/// Versions `0..VERSIONS` are written and raised to (`RaiseThenWrite` may
+/// write at `VERSIONS`).
+pub(crate) const VERSIONS: u64 = 8;
 
 /// One call on one handle.
 #[derive(Clone, Debug)]
@@ -69,14 +72,14 @@ pub(crate) fn op_strategy() -> impl Strategy<Value = Op> {
     // A tiny alphabet, so replays of identical bytes happen often.
     let bytes = proptest::collection::vec(0u8..3, 0..5);
     prop_oneof![
-        4 => (handle.clone(), vnode.clone(), epoch.clone(), 0u64..8, bytes.clone()).prop_map(
+        4 => (handle.clone(), vnode.clone(), epoch.clone(), 0..VERSIONS, bytes.clone()).prop_map(
             |(handle, vnode, epoch, version, bytes)| Op::Write { handle, vnode, epoch, version, bytes }
         ),
         2 => (handle.clone(), vnode.clone(), epoch.clone())
             .prop_map(|(handle, vnode, epoch)| Op::Read { handle, vnode, epoch }),
         1 => (handle.clone(), epoch.clone(), proptest::collection::vec(vnode.clone(), 0..=2 * VNODES as usize))
             .prop_map(|(handle, epoch, vnodes)| Op::ReadMany { handle, epoch, vnodes }),
-        1 => (handle.clone(), 0u64..8, 0u64..2, vnode.clone(), epoch.clone(), bytes).prop_map(
+        1 => (handle.clone(), 0..VERSIONS, 0u64..2, vnode.clone(), epoch.clone(), bytes).prop_map(
             |(handle, raise, above, vnode, epoch, bytes)| Op::RaiseThenWrite {
                 handle, raise, above, vnode, epoch, bytes
             }

@@ -208,23 +208,29 @@ async fn raise_is_shared_by_seal_and_persist(factory: &dyn BackendFactory) -> Ch
 }
 
 /// P7: zombie writers at `v - 1` race a raise to `v` for many rounds. Once the
-/// raise is acknowledged (the raising handle's next write returned), no
-/// zombie write that starts is acknowledged, and none lands afterwards: the
-/// new leader's bytes, written after the raise, are what every key holds at
-/// the end, with zombies still hammering. Half the zombies give up on their
-/// writes after a random few hundred microseconds (the future is dropped,
-/// as a caller's timeout does): a write abandoned mid-flight, whose request
-/// may still reach the store after the raise, must not land either.
+/// raise is acknowledged, no zombie write that starts is acknowledged, and
+/// none lands afterwards: what every key holds the moment the raise returns
+/// is what it holds after the zombies, still hammering, are stopped. A write
+/// checked against the old fence before the raise and stored after it (a
+/// check-then-write that is not atomic) changes a key in between and fails.
+/// Rounds alternate the two ways a raise is acknowledged: the explicit
+/// `persist_authoritative_version`, and the raising handle's next write
+/// (to a key no zombie writes). Half the zombies give up on their writes
+/// after a random few hundred microseconds (the future is dropped, as a
+/// caller's timeout does): a write abandoned mid-flight, whose request may
+/// still reach the store after the raise, must not land either.
 pub async fn p07_atomic_fence(factory: &dyn BackendFactory) -> Checked {
     const ZOMBIES: u64 = 4;
     const KEYS: u32 = 4;
+    // The key the leader's raising write goes to; zombies write the others.
+    const RAISE_KEY: u32 = KEYS;
     let shared = factory.capabilities().shared_fence;
     let seed = run_seed();
     let store = fresh_store(factory).await?;
     let tag = unique_tag("p07");
-    let leader = open(&*store, &format!("{tag}-leader"), KEYS).await?;
+    let leader = open(&*store, &format!("{tag}-leader"), KEYS + 1).await?;
     let zombie_handle = if shared {
-        open(&*store, &format!("{tag}-zombie"), KEYS).await?
+        open(&*store, &format!("{tag}-zombie"), KEYS + 1).await?
     } else {
         Arc::clone(&leader)
     };
@@ -232,6 +238,7 @@ pub async fn p07_atomic_fence(factory: &dyn BackendFactory) -> Checked {
         let old = 2 * round + 1;
         let new = old + 1;
         let epoch = round;
+        let by_persist = round % 2 == 0;
         leader.set_authoritative_version(old);
         write(&leader, 0, epoch, old, &Bytes::from_static(b"start")).await?;
 
@@ -282,14 +289,27 @@ pub async fn p07_atomic_fence(factory: &dyn BackendFactory) -> Checked {
         let delay = splitmix64(seed ^ round) % 2_000;
         tokio::time::sleep(Duration::from_micros(delay)).await;
 
-        leader.set_authoritative_version(new);
-        let leader_bytes = |key: u32| Bytes::from(format!("leader round {round} key {key}"));
-        write(&leader, 0, epoch, new, &leader_bytes(0)).await?;
+        let leader_bytes = Bytes::from(format!("leader round {round}"));
+        let how = if by_persist {
+            leader
+                .persist_authoritative_version(new)
+                .await
+                .map_err(|e| {
+                    format!("round {round}: persist_authoritative_version({new}) failed: {e:?}")
+                })?;
+            "persist_authoritative_version"
+        } else {
+            leader.set_authoritative_version(new);
+            write(&leader, RAISE_KEY, epoch, new, &leader_bytes).await?;
+            "the leader's next write"
+        };
         raised.store(true, Ordering::Release);
-        for key in 1..KEYS {
-            write(&leader, key, epoch, new, &leader_bytes(key)).await?;
+        // The raise is acknowledged: from here on, no key may change.
+        let mut frozen = Vec::with_capacity(KEYS as usize);
+        for key in 0..KEYS {
+            frozen.push(read(&leader, key, epoch).await?);
         }
-        // Keep the zombies going past the leader's writes, boundedly.
+        // Keep the zombies going past the raise, boundedly.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while after_raise.load(Ordering::Acquire) < ZOMBIES * 4
             && tokio::time::Instant::now() < deadline
@@ -305,12 +325,22 @@ pub async fn p07_atomic_fence(factory: &dyn BackendFactory) -> Checked {
         while let Some(joined) = zombies.join_next().await {
             joined.map_err(|e| format!("a zombie task panicked: {e}"))??;
         }
-        for key in 0..KEYS {
+        let text = |b: &Option<Bytes>| b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
+        for (key, before) in (0..KEYS).zip(&frozen) {
             let held = read(&leader, key, epoch).await?;
             ensure!(
-                held.as_ref() == Some(&leader_bytes(key)),
-                "round {round}: after the raise to {new}, key {key} holds {:?}, not the new leader's bytes: a zombie write landed after the raise",
-                held.map(|b| String::from_utf8_lossy(&b).into_owned())
+                held == *before,
+                "round {round}: key {key} held {:?} when the raise to {new} (by {how}) was acknowledged, and {:?} after the zombies at {old} stopped: a zombie write landed after the raise",
+                text(before),
+                text(&held)
+            );
+        }
+        if !by_persist {
+            let held = read(&leader, RAISE_KEY, epoch).await?;
+            ensure!(
+                held.as_ref() == Some(&leader_bytes),
+                "round {round}: the leader's raising write at {new} to key {RAISE_KEY} was acknowledged, yet the key holds {:?}",
+                text(&held)
             );
         }
     }
