@@ -16,10 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use laminar_state_api::StateBackend;
-use laminar_state_bench::{
-    CHECKPOINT_BYTES, CHECKPOINT_VNODES, Latency, Mode, Row, Unit, alternate, alternate_latency,
-    checkpoint, report,
-};
+use laminar_state_bench::{CHECKPOINT_VNODES, Mode, Row, Unit, alternate, checkpoint_rows, report};
 use laminar_state_memory::MemoryBackend;
 
 const VNODES: u32 = 256;
@@ -227,11 +224,13 @@ fn main() {
         Arc::default(),
         Arc::new(MemoryBackend::new("bench", vnodes)),
     );
-    let ckpt_payload = Bytes::from(vec![0x6B; CHECKPOINT_BYTES]);
-    let (raw, our_latency) = runtime.block_on(alternate_latency(
+    rows.extend(runtime.block_on(checkpoint_rows(
         scale.gate_rounds / 4,
-        |epoch| {
-            let (base, payload, all) = (Arc::clone(&base), ckpt_payload.clone(), &all);
+        &ours,
+        vnodes,
+        "",
+        |epoch, payload| {
+            let (base, all) = (Arc::clone(&base), &all);
             async move {
                 let mut writes = tokio::task::JoinSet::new();
                 for vnode in 0..vnodes {
@@ -245,20 +244,7 @@ fn main() {
                 base.prune(epoch.saturating_sub(1));
             }
         },
-        |epoch| {
-            let (ours, payload) = (&ours, &ckpt_payload);
-            async move {
-                checkpoint(ours, epoch, 0, vnodes, payload)
-                    .await
-                    .expect("checkpoint");
-            }
-        },
-    ));
-    rows.extend(Latency::rows(
-        &format!("checkpoint {vnodes}x16KiB"),
-        &our_latency,
-        &raw,
-    ));
+    )));
 
     report(
         "memory",

@@ -15,10 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use laminar_state_api::StateBackend;
-use laminar_state_bench::{
-    CHECKPOINT_BYTES, CHECKPOINT_VNODES, Latency, Mode, Row, Unit, alternate, alternate_latency,
-    checkpoint, report,
-};
+use laminar_state_bench::{CHECKPOINT_VNODES, Mode, Row, Unit, alternate, checkpoint_rows, report};
 use laminar_state_redb::RedbStore;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -75,12 +72,31 @@ fn main() {
         (1u64, 0, scale.single_writes, 0.8),
         (64, 1, scale.concurrent_writes, 10.0),
     ] {
-        let (raw, ours) = runtime.block_on(alternate(
-            writers,
-            count,
-            raw_write(&raw_db, epoch, &payload),
-            our_write(&backend, epoch, &payload),
-        ));
+        let raw_write = {
+            let (db, payload) = (Arc::clone(&raw_db), payload.clone());
+            move |i: u64| {
+                let txn = db.begin_write().expect("begin");
+                txn.open_table(RAW)
+                    .expect("table")
+                    .insert((epoch, i as u32), &payload[..])
+                    .expect("insert");
+                txn.commit().expect("commit");
+                std::future::ready(())
+            }
+        };
+        let our_write = {
+            let (backend, payload) = (Arc::clone(&backend), payload.clone());
+            move |i: u64| {
+                let (backend, payload) = (Arc::clone(&backend), payload.clone());
+                async move {
+                    backend
+                        .write_partial(i as u32, epoch, 0, payload)
+                        .await
+                        .expect("write");
+                }
+            }
+        };
+        let (raw, ours) = runtime.block_on(alternate(writers, count, raw_write, our_write));
         rows.push(Row {
             name: format!("durable writes/s, {writers} writer(s)"),
             unit: Unit::PerSecond,
@@ -294,29 +310,18 @@ fn main() {
         8
     };
     let ckpt_backend: Arc<dyn StateBackend> = Arc::new(ckpt.handle("bench", vnodes));
-    let ckpt_payload = Bytes::from(vec![0x6B; CHECKPOINT_BYTES]);
-    let (raw, ours) = runtime.block_on(alternate_latency(
+    rows.extend(runtime.block_on(checkpoint_rows(
         scale.gate_rounds,
-        |epoch| {
-            raw_writes_at(&raw_db, epoch, vnodes, &ckpt_payload);
+        &ckpt_backend,
+        vnodes,
+        "",
+        |epoch, payload| {
+            raw_writes_at(&raw_db, epoch, vnodes, &payload);
             raw_seal(&raw_db, epoch, vnodes);
             raw_prune(&raw_db, epoch.saturating_sub(1));
             std::future::ready(())
         },
-        |epoch| {
-            let (backend, payload) = (&ckpt_backend, &ckpt_payload);
-            async move {
-                checkpoint(backend, epoch, 0, vnodes, payload)
-                    .await
-                    .expect("checkpoint");
-            }
-        },
-    ));
-    rows.extend(Latency::rows(
-        &format!("checkpoint {vnodes}x16KiB"),
-        &ours,
-        &raw,
-    ));
+    )));
 
     let stats = store.commit_stats();
     let notes = [format!(
@@ -330,47 +335,6 @@ fn per_second(ops: u64, work: impl FnOnce()) -> f64 {
     let started = Instant::now();
     work();
     ops as f64 / started.elapsed().as_secs_f64()
-}
-
-/// One durable write to raw redb, operation `i` at `(epoch, i)`: a
-/// transaction each.
-fn raw_write(
-    db: &Arc<Database>,
-    epoch: u64,
-    payload: &Bytes,
-) -> impl Fn(u64) -> std::future::Ready<()> + Clone + Send + Sync + 'static {
-    let (db, payload) = (Arc::clone(db), payload.clone());
-    move |i| {
-        let txn = db.begin_write().expect("begin");
-        txn.open_table(RAW)
-            .expect("table")
-            .insert((epoch, i as u32), &payload[..])
-            .expect("insert");
-        txn.commit().expect("commit");
-        std::future::ready(())
-    }
-}
-
-/// One write through the backend, operation `i` at `(vnode i, epoch)`.
-fn our_write(
-    backend: &Arc<dyn StateBackend>,
-    epoch: u64,
-    payload: &Bytes,
-) -> impl Fn(u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
-+ Clone
-+ Send
-+ Sync
-+ 'static {
-    let (backend, payload) = (Arc::clone(backend), payload.clone());
-    move |i| {
-        let (backend, payload) = (Arc::clone(&backend), payload.clone());
-        Box::pin(async move {
-            backend
-                .write_partial(i as u32, epoch, 0, payload)
-                .await
-                .expect("write");
-        })
-    }
 }
 
 /// `count` writes, `per_txn` to a durable transaction.

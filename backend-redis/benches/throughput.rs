@@ -14,10 +14,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use laminar_state_api::StateBackend;
-use laminar_state_bench::{
-    CHECKPOINT_BYTES, CHECKPOINT_VNODES, Latency, Mode, Row, Unit, alternate, alternate_latency,
-    checkpoint, report,
-};
+use laminar_state_bench::{CHECKPOINT_VNODES, Mode, Row, Unit, alternate, checkpoint_rows, report};
 use laminar_state_redis::{RedisBackend, RedisConfig};
 use laminar_state_test_support::redis as support;
 use redis::aio::ConnectionManager;
@@ -174,7 +171,7 @@ async fn measure(url: &str, ops: u64, gate_rounds: u64) -> Vec<Row> {
         raw: ms(seed),
         target: None,
     });
-    rows.extend(checkpoint_rows(url, &raw, gate_rounds).await);
+    rows.extend(whole_checkpoints(url, &raw, gate_rounds).await);
     rows
 }
 
@@ -183,72 +180,55 @@ async fn measure(url: &str, ops: u64, gate_rounds: u64) -> Vec<Row> {
 /// doing the same: a `SET` per vnode at once, the gate as above (pipelined
 /// `EXISTS`, then `SET NX` of the marker), and one pipelined `DEL` of the
 /// epoch before the last two.
-async fn checkpoint_rows(url: &str, raw: &ConnectionManager, rounds: u64) -> Vec<Row> {
+async fn whole_checkpoints(url: &str, raw: &ConnectionManager, rounds: u64) -> Vec<Row> {
     let vnodes = if rounds > 10 { CHECKPOINT_VNODES } else { 8 };
     let backend: Arc<dyn StateBackend> = Arc::new(
         RedisBackend::connect(&RedisConfig::new(url, "ckpt"), "bench", vnodes)
             .await
             .expect("backend"),
     );
-    let payload = Bytes::from(vec![0x6B; CHECKPOINT_BYTES]);
-    let (raw_latency, our_latency) = alternate_latency(
-        rounds,
-        |epoch| {
-            let (raw, payload) = (raw.clone(), payload.clone());
-            async move {
-                let mut sets = tokio::task::JoinSet::new();
-                for vnode in 0..vnodes {
-                    let (mut raw, payload) = (raw.clone(), payload.clone());
-                    sets.spawn(async move {
-                        let () = redis::cmd("SET")
-                            .arg(format!("rawckpt:{epoch}:{vnode}"))
-                            .arg(&payload[..])
-                            .query_async(&mut raw)
-                            .await
-                            .expect("SET");
-                    });
-                }
-                while let Some(done) = sets.join_next().await {
-                    done.expect("SET task");
-                }
-                let mut exists = redis::pipe();
-                for vnode in 0..vnodes {
-                    exists.cmd("EXISTS").arg(format!("rawckpt:{epoch}:{vnode}"));
-                }
-                let present: Vec<u8> = exists.query_async(&mut raw.clone()).await.expect("EXISTS");
-                assert!(present.iter().all(|&p| p == 1));
-                let _: Option<String> = redis::cmd("SET")
-                    .arg(format!("rawckpt:marker:{epoch}"))
-                    .arg("bench")
-                    .arg("NX")
-                    .query_async(&mut raw.clone())
-                    .await
-                    .expect("SET NX");
-                if let Some(old) = epoch.checked_sub(2) {
-                    let mut del = redis::pipe();
-                    for vnode in 0..vnodes {
-                        del.cmd("DEL")
-                            .arg(format!("rawckpt:{old}:{vnode}"))
-                            .ignore();
-                    }
-                    del.cmd("DEL").arg(format!("rawckpt:marker:{old}")).ignore();
-                    let () = del.query_async(&mut raw.clone()).await.expect("DEL");
-                }
+    checkpoint_rows(rounds, &backend, vnodes, "", |epoch, payload| {
+        let raw = raw.clone();
+        async move {
+            let mut sets = tokio::task::JoinSet::new();
+            for vnode in 0..vnodes {
+                let (mut raw, payload) = (raw.clone(), payload.clone());
+                sets.spawn(async move {
+                    let () = redis::cmd("SET")
+                        .arg(format!("rawckpt:{epoch}:{vnode}"))
+                        .arg(&payload[..])
+                        .query_async(&mut raw)
+                        .await
+                        .expect("SET");
+                });
             }
-        },
-        |epoch| {
-            let (backend, payload) = (&backend, &payload);
-            async move {
-                checkpoint(backend, epoch, 0, vnodes, payload)
-                    .await
-                    .expect("checkpoint");
+            while let Some(done) = sets.join_next().await {
+                done.expect("SET task");
             }
-        },
-    )
-    .await;
-    Latency::rows(
-        &format!("checkpoint {vnodes}x16KiB"),
-        &our_latency,
-        &raw_latency,
-    )
+            let mut exists = redis::pipe();
+            for vnode in 0..vnodes {
+                exists.cmd("EXISTS").arg(format!("rawckpt:{epoch}:{vnode}"));
+            }
+            let present: Vec<u8> = exists.query_async(&mut raw.clone()).await.expect("EXISTS");
+            assert!(present.iter().all(|&p| p == 1));
+            let _: Option<String> = redis::cmd("SET")
+                .arg(format!("rawckpt:marker:{epoch}"))
+                .arg("bench")
+                .arg("NX")
+                .query_async(&mut raw.clone())
+                .await
+                .expect("SET NX");
+            if let Some(old) = epoch.checked_sub(2) {
+                let mut del = redis::pipe();
+                for vnode in 0..vnodes {
+                    del.cmd("DEL")
+                        .arg(format!("rawckpt:{old}:{vnode}"))
+                        .ignore();
+                }
+                del.cmd("DEL").arg(format!("rawckpt:marker:{old}")).ignore();
+                let () = del.query_async(&mut raw.clone()).await.expect("DEL");
+            }
+        }
+    })
+    .await
 }

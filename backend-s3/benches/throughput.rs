@@ -22,8 +22,7 @@ use aws_sdk_s3::Client;
 use bytes::Bytes;
 use laminar_state_api::StateBackend;
 use laminar_state_bench::{
-    CHECKPOINT_BYTES, CHECKPOINT_VNODES, Latency, Mode, Row, Unit, alternate, alternate_latency,
-    checkpoint, raw_s3, report,
+    CHECKPOINT_VNODES, Mode, Row, Unit, alternate, checkpoint_rows, raw_s3, report,
 };
 use laminar_state_s3::S3Store;
 
@@ -33,8 +32,6 @@ const PRUNE_VNODES: u32 = 256;
 /// The vnodes of the recovery measure, and their partials' size.
 const RECOVERY_VNODES: u32 = 256;
 const RECOVERY_PAYLOAD: usize = 64 << 10;
-/// The seed's HEADs in flight at once.
-const SEED_PARALLELISM: usize = 256;
 
 fn main() {
     let mode = Mode::from_args();
@@ -53,7 +50,8 @@ fn main() {
     let notes = [
         "(raw writes: one PUT per write; raw reads: one GET)".to_owned(),
         format!(
-            "(raw epoch_complete: the seed's approach, one HEAD per vnode, {SEED_PARALLELISM} in parallel, then PUT If-None-Match of the marker)"
+            "(raw epoch_complete: the seed's approach, one HEAD per vnode, {} in parallel, then PUT If-None-Match of the marker)",
+            raw_s3::HEADS_IN_FLIGHT
         ),
         "(raw prune: LIST the keys below the bound, DeleteObjects in batches of 1,000)".to_owned(),
     ];
@@ -278,7 +276,7 @@ async fn measure(endpoint: &str, ops: u64, gate_rounds: u64) -> Vec<Row> {
         raw,
         target: None,
     });
-    rows.extend(checkpoint_rows(endpoint, gate_rounds).await);
+    rows.extend(whole_checkpoints(endpoint, gate_rounds).await);
     rows
 }
 
@@ -287,10 +285,9 @@ async fn measure(endpoint: &str, ops: u64, gate_rounds: u64) -> Vec<Row> {
 /// a raw client needs (the PUTs, one LIST, the conditional marker PUT, the
 /// prune's LIST and DeleteObjects), and against the seed's approach (a HEAD
 /// per vnode instead of the LIST); alternated checkpoint by checkpoint.
-async fn checkpoint_rows(endpoint: &str, rounds: u64) -> Vec<Row> {
+async fn whole_checkpoints(endpoint: &str, rounds: u64) -> Vec<Row> {
     let rounds = 2 * rounds;
     let vnodes = if rounds > 10 { CHECKPOINT_VNODES } else { 8 };
-    let payload = Bytes::from(vec![0x6B; CHECKPOINT_BYTES]);
     let mut rows = Vec::new();
     for (name, gate) in [
         ("raw LIST", raw_s3::Gate::List),
@@ -306,32 +303,22 @@ async fn checkpoint_rows(endpoint: &str, rounds: u64) -> Vec<Row> {
         .await
         .expect("raw store");
         let backend: Arc<dyn StateBackend> = Arc::new(store.handle("bench", vnodes));
-        let (raw_latency, our_latency) = alternate_latency(
-            rounds,
-            |epoch| {
-                let (raw, payload) = (&raw, &payload);
-                async move {
+        let raw = &raw;
+        rows.extend(
+            checkpoint_rows(
+                rounds,
+                &backend,
+                vnodes,
+                &format!(" vs {name}"),
+                |epoch, payload| async move {
                     let (client, bucket, root) = (raw.client(), raw.bucket(), raw.prefix());
-                    raw_s3::checkpoint(client, bucket, root, epoch, vnodes, payload, gate)
+                    raw_s3::checkpoint(client, bucket, root, epoch, vnodes, &payload, gate)
                         .await
                         .expect("raw checkpoint");
-                }
-            },
-            |epoch| {
-                let (backend, payload) = (&backend, &payload);
-                async move {
-                    checkpoint(backend, epoch, 0, vnodes, payload)
-                        .await
-                        .expect("checkpoint");
-                }
-            },
-        )
-        .await;
-        rows.extend(Latency::rows(
-            &format!("checkpoint {vnodes}x16KiB vs {name}"),
-            &our_latency,
-            &raw_latency,
-        ));
+                },
+            )
+            .await,
+        );
     }
     rows
 }
@@ -360,32 +347,14 @@ async fn put_many_of(client: &Client, bucket: &str, prefix: &str, count: u32, bo
     }
 }
 
-/// The seed's gate: a HEAD per vnode, [`SEED_PARALLELISM`] in flight, then
-/// the marker with `If-None-Match: *`.
-async fn seed_gate(client: &Client, bucket: &str, prefix: &str, vnodes: u32) {
-    let mut heads = tokio::task::JoinSet::new();
-    for i in 0..vnodes {
-        let request = client
-            .head_object()
-            .bucket(bucket)
-            .key(format!("{prefix}{i:010}"));
-        heads.spawn(async move { request.send().await.is_ok() });
-        if heads.len() >= SEED_PARALLELISM {
-            assert!(heads.join_next().await.expect("a HEAD").expect("task"));
-        }
-    }
-    while let Some(done) = heads.join_next().await {
-        assert!(done.expect("task"), "a partial is missing");
-    }
-    client
-        .put_object()
-        .bucket(bucket)
-        .key(format!("{prefix}marker"))
-        .if_none_match("*")
-        .body(Bytes::from_static(b"bench").into())
-        .send()
+/// The seed's gate: a HEAD per vnode ([`raw_s3::HEADS_IN_FLIGHT`] in
+/// flight), then the marker with `If-None-Match: *`.
+async fn seed_gate(client: &Client, bucket: &str, dir: &str, vnodes: u32) {
+    let present = raw_s3::count_present(client, bucket, dir, vnodes, raw_s3::Gate::Heads)
         .await
-        .expect("marker PUT");
+        .expect("HEADs");
+    assert_eq!(present, vnodes as usize, "a partial is missing");
+    raw_s3::seal(client, bucket, dir).await.expect("marker PUT");
 }
 
 /// A recovery as the raw store does it: LIST `prefix`, then GET every

@@ -261,7 +261,7 @@ impl Latency {
     }
 
     /// Three rows, median, p99 and slowest of `name`, ours against raw.
-    pub fn rows(name: &str, ours: &Latency, raw: &Latency) -> Vec<Row> {
+    fn rows(name: &str, ours: &Latency, raw: &Latency) -> Vec<Row> {
         [
             ("p50", ours.p50_ms, raw.p50_ms),
             ("p99", ours.p99_ms, raw.p99_ms),
@@ -279,10 +279,47 @@ impl Latency {
     }
 }
 
+/// The checkpoint-latency rows of a bench: `rounds` [`checkpoint`]s
+/// (epochs `1..=rounds`) of `vnodes` partials of [`CHECKPOINT_BYTES`]
+/// through `backend`, alternated one by one with `raw(epoch, payload)` doing
+/// the same on the raw store; median, p99 and slowest, named
+/// `checkpoint {vnodes}x16KiB{suffix}`.
+pub async fn checkpoint_rows<R, RFut>(
+    rounds: u64,
+    backend: &Arc<dyn StateBackend>,
+    vnodes: u32,
+    suffix: &str,
+    mut raw: R,
+) -> Vec<Row>
+where
+    R: FnMut(u64, Bytes) -> RFut,
+    RFut: Future<Output = ()>,
+{
+    let payload = Bytes::from(vec![0x6B; CHECKPOINT_BYTES]);
+    let (raw_latency, our_latency) = alternate_latency(
+        rounds,
+        |epoch| raw(epoch, payload.clone()),
+        |epoch| {
+            let payload = &payload;
+            async move {
+                checkpoint(backend, epoch, 0, vnodes, payload)
+                    .await
+                    .expect("checkpoint");
+            }
+        },
+    )
+    .await;
+    Latency::rows(
+        &format!("checkpoint {vnodes}x16KiB{suffix}"),
+        &our_latency,
+        &raw_latency,
+    )
+}
+
 /// `rounds` operations of each side, `raw(i)` and `ours(i)` for `i` in
 /// `1..=rounds`, one at a time, the side that goes first alternating each
 /// round so drift falls on both; their latencies, raw first.
-pub async fn alternate_latency<R, RFut, O, OFut>(
+async fn alternate_latency<R, RFut, O, OFut>(
     rounds: u64,
     mut raw: R,
     mut ours: O,

@@ -11,9 +11,12 @@ use bytes::Bytes;
 pub enum Gate {
     /// One LIST of the epoch: the least the store needs.
     List,
-    /// A HEAD per vnode, all in flight at once: the seed's approach.
+    /// A HEAD per vnode, [`HEADS_IN_FLIGHT`] at a time: the seed's approach.
     Heads,
 }
+
+/// How many HEADs [`Gate::Heads`] keeps in flight.
+pub const HEADS_IN_FLIGHT: usize = 256;
 
 /// One checkpoint under `root` (empty, or ending with `/`): every vnode's
 /// partial PUT at once, the `gate`, the commit marker PUT with
@@ -42,37 +45,61 @@ pub async fn checkpoint(
     while let Some(done) = puts.join_next().await {
         done.map_err(|e| e.to_string())??;
     }
-    let present = match gate {
-        Gate::List => client
+    let present = count_present(client, bucket, &dir, vnodes, gate).await?;
+    if present != vnodes as usize {
+        return Err(format!(
+            "raw gate of epoch {epoch} found {present} of {vnodes} partials"
+        ));
+    }
+    seal(client, bucket, &dir).await?;
+    let keep = format!("{root}{:020}/", epoch.saturating_sub(1));
+    delete_below(client, bucket, root, Some(&keep)).await
+}
+
+/// How many of the partials `{dir}{vnode:010}`, for `vnode` in
+/// `0..vnodes`, the `gate` finds.
+pub async fn count_present(
+    client: &Client,
+    bucket: &str,
+    dir: &str,
+    vnodes: u32,
+    gate: Gate,
+) -> Result<usize, String> {
+    match gate {
+        Gate::List => Ok(client
             .list_objects_v2()
             .bucket(bucket)
-            .prefix(&dir)
+            .prefix(dir)
             .send()
             .await
             .map_err(|e| format!("raw LIST: {e:?}"))?
             .contents()
-            .len(),
+            .len()),
         Gate::Heads => {
             let mut heads = tokio::task::JoinSet::new();
+            let mut present = 0;
             for vnode in 0..vnodes {
+                if heads.len() >= HEADS_IN_FLIGHT {
+                    let done = heads.join_next().await.expect("a HEAD in flight");
+                    present += usize::from(done.map_err(|e| e.to_string())?);
+                }
                 let head = client
                     .head_object()
                     .bucket(bucket)
                     .key(format!("{dir}{vnode:010}"));
                 heads.spawn(async move { head.send().await.is_ok() });
             }
-            let mut present = 0;
             while let Some(done) = heads.join_next().await {
                 present += usize::from(done.map_err(|e| e.to_string())?);
             }
-            present
+            Ok(present)
         }
-    };
-    if present != vnodes as usize {
-        return Err(format!(
-            "raw gate of epoch {epoch} found {present} of {vnodes} partials"
-        ));
     }
+}
+
+/// The seal: the commit marker `{dir}commit`, PUT with `If-None-Match: *`
+/// so only the first seal wins.
+pub async fn seal(client: &Client, bucket: &str, dir: &str) -> Result<(), String> {
     client
         .put_object()
         .bucket(bucket)
@@ -82,8 +109,7 @@ pub async fn checkpoint(
         .send()
         .await
         .map_err(|e| format!("raw marker PUT: {e:?}"))?;
-    let keep = format!("{root}{:020}/", epoch.saturating_sub(1));
-    delete_below(client, bucket, root, Some(&keep)).await
+    Ok(())
 }
 
 /// Delete every object under `prefix` whose key sorts below `below` (all

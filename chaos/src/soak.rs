@@ -166,8 +166,6 @@ struct Store {
     s3: Option<(SeaweedServer, String)>,
     /// The client that counts the objects, connected at the first sample.
     s3_lister: tokio::sync::OnceCell<laminar_state_s3::S3Store>,
-    /// The raw client of the baseline cycles, on its own prefix.
-    s3_raw: tokio::sync::OnceCell<laminar_state_s3::S3Store>,
     redb: Option<PathBuf>,
 }
 
@@ -179,7 +177,6 @@ impl Store {
             cluster: None,
             s3: None,
             s3_lister: tokio::sync::OnceCell::new(),
-            s3_raw: tokio::sync::OnceCell::new(),
             redb: None,
         };
         let value = match backend {
@@ -231,7 +228,7 @@ impl Store {
         if let Some((_, endpoint)) = &self.s3 {
             let lister = self
                 .s3_lister
-                .get_or_try_init(|| connect_lister(endpoint, "soak"))
+                .get_or_try_init(|| connect_s3(endpoint, "soak"))
                 .await?;
             return s3_footprint(lister).await;
         }
@@ -266,7 +263,7 @@ fn redis_number(port: u16, args: &[&str], field: Option<&str>) -> Result<u64, St
 }
 
 /// A store on `prefix`, whose client lists it (or does raw cycles on it).
-async fn connect_lister(endpoint: &str, prefix: &str) -> Result<laminar_state_s3::S3Store, String> {
+async fn connect_s3(endpoint: &str, prefix: &str) -> Result<laminar_state_s3::S3Store, String> {
     let mut config = laminar_state_s3::S3Config::new(seaweed::BUCKET, prefix);
     config.endpoint = Some(endpoint.to_owned());
     config.force_path_style = true;
@@ -346,13 +343,9 @@ pub fn soak(options: &SoakOptions) -> Result<SoakReport, String> {
         let payload: Bytes = (0..options.bytes).map(|i| (i % 251) as u8).collect();
         let every = (options.cycles / 20).max(1);
         let (mut samples, mut window, mut raw_window) = (Vec::new(), Vec::new(), Vec::new());
+        // The raw client of the baseline cycles, on its own prefix.
         let raw = match &store.s3 {
-            Some((_, endpoint)) => Some(
-                store
-                    .s3_raw
-                    .get_or_try_init(|| connect_lister(endpoint, "raw-soak"))
-                    .await?,
-            ),
+            Some((_, endpoint)) => Some(connect_s3(endpoint, "raw-soak").await?),
             None => None,
         };
         let mut version = 1;
@@ -369,18 +362,16 @@ pub fn soak(options: &SoakOptions) -> Result<SoakReport, String> {
                     .map_err(|e| format!("raise to {version}: {e}"))?;
             }
             // Alternated, so a burst of noise falls on both sides alike.
-            if let Some(raw) = raw.filter(|_| cycle % 2 == 0) {
+            let ours_first = cycle % 2 == 1;
+            for ours in [ours_first, !ours_first] {
                 let begun = Instant::now();
-                raw_cycle(raw, cycle, options.vnodes, &payload).await?;
-                raw_window.push(begun.elapsed());
-            }
-            let begun = Instant::now();
-            checkpoint(&backend, cycle, version, options.vnodes, &payload).await?;
-            window.push(begun.elapsed());
-            if let Some(raw) = raw.filter(|_| cycle % 2 == 1) {
-                let begun = Instant::now();
-                raw_cycle(raw, cycle, options.vnodes, &payload).await?;
-                raw_window.push(begun.elapsed());
+                if ours {
+                    checkpoint(&backend, cycle, version, options.vnodes, &payload).await?;
+                    window.push(begun.elapsed());
+                } else if let Some(raw) = &raw {
+                    raw_cycle(raw, cycle, options.vnodes, &payload).await?;
+                    raw_window.push(begun.elapsed());
+                }
             }
             if cycle % every == 0 || cycle == options.cycles {
                 let latency = Latency::of(std::mem::take(&mut window));
@@ -391,7 +382,7 @@ pub fn soak(options: &SoakOptions) -> Result<SoakReport, String> {
                     p50_ms: latency.p50_ms,
                     p99_ms: latency.p99_ms,
                     max_ms: latency.max_ms,
-                    raw_p50_ms: raw.map(|_| raw_latency.p50_ms),
+                    raw_p50_ms: raw.as_ref().map(|_| raw_latency.p50_ms),
                 };
                 eprintln!(
                     "soak {}: {cycle:>6} cycles  items {:>8}  bytes {:>12}  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms",

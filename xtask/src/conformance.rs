@@ -28,23 +28,21 @@ pub(crate) fn run(backends: &[&Backend]) -> Result<(), String> {
         crate::cargo::install()?;
     }
     let binaries = build(backends)?;
-    let mut cells_to_run: Vec<(&PathBuf, String)> = Vec::new();
-    let mut column_of_bare_name = Vec::new();
+    let mut planned = Vec::new();
     for (backend, binary) in backends.iter().zip(&binaries) {
         for test in list(binary)? {
-            column_of_bare_name.push(backend.name);
-            cells_to_run.push((binary, test));
+            planned.push(PlannedCell::new(binary, backend.name, test));
         }
     }
-    let outcomes = run_cells(&cells_to_run, jobs())?;
+    let outcomes = run_cells(&planned, jobs())?;
     let mut columns: Vec<(String, Vec<(String, Cell)>)> = Vec::new();
-    for (((_, test), cell), backend) in cells_to_run.iter().zip(outcomes).zip(column_of_bare_name) {
-        // One column per conformance module: a crate may test several
-        // deployments (redis: standalone and cluster).
-        let (column, property) = test.rsplit_once("::").unwrap_or((backend, test));
-        match columns.iter_mut().find(|(name, _)| name == column) {
-            Some((_, cells)) => cells.push((property.to_owned(), cell)),
-            None => columns.push((column.to_owned(), vec![(property.to_owned(), cell)])),
+    for (planned, cell) in planned.into_iter().zip(outcomes) {
+        let PlannedCell {
+            column, property, ..
+        } = planned;
+        match columns.iter_mut().find(|(name, _)| *name == column) {
+            Some((_, cells)) => cells.push((property, cell)),
+            None => columns.push((column, vec![(property, cell)])),
         }
     }
     print_matrix(&columns);
@@ -176,7 +174,34 @@ fn jobs() -> usize {
 
 /// Run every `(binary, test)` cell, `jobs` at a time, and return their
 /// outcomes in the order given; each is printed as it finishes.
-fn run_cells(cells: &[(&PathBuf, String)], jobs: usize) -> Result<Vec<Cell>, String> {
+/// One cell of the matrix to run: a test of a backend's conformance binary,
+/// and where its verdict goes in the table.
+struct PlannedCell<'a> {
+    binary: &'a PathBuf,
+    /// The test's full name, as the binary lists it.
+    test: String,
+    /// The column: the test's module, so a crate that tests several
+    /// deployments (redis: standalone and cluster) gets one column each;
+    /// the backend's name for a test at the binary's root.
+    column: String,
+    /// The row: the property's name.
+    property: String,
+}
+
+impl<'a> PlannedCell<'a> {
+    fn new(binary: &'a PathBuf, backend: &str, test: String) -> Self {
+        let (column, property) = test.rsplit_once("::").unwrap_or((backend, &test));
+        let (column, property) = (column.to_owned(), property.to_owned());
+        Self {
+            binary,
+            test,
+            column,
+            property,
+        }
+    }
+}
+
+fn run_cells(cells: &[PlannedCell<'_>], jobs: usize) -> Result<Vec<Cell>, String> {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let outcomes: std::sync::Mutex<Vec<Option<Result<Cell, String>>>> =
         std::sync::Mutex::new(cells.iter().map(|_| None).collect());
@@ -185,7 +210,7 @@ fn run_cells(cells: &[(&PathBuf, String)], jobs: usize) -> Result<Vec<Cell>, Str
             scope.spawn(|| {
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some((binary, test)) = cells.get(i) else {
+                    let Some(PlannedCell { binary, test, .. }) = cells.get(i) else {
                         break;
                     };
                     let outcome = run_one(binary, test);
