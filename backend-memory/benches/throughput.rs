@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use laminar_state_api::StateBackend;
-use laminar_state_bench::{CHECKPOINT_VNODES, Mode, Row, Unit, alternate, checkpoint_rows, report};
+use laminar_state_bench::{
+    BackendOps, CHECKPOINT_VNODES, Mode, Row, alternate, checkpoint_rows, report,
+};
 use laminar_state_memory::MemoryBackend;
 
 const VNODES: u32 = 256;
@@ -98,22 +100,18 @@ fn main() {
                 b.write(vnode, epoch, 0, p);
             }
         };
-        let (o, p) = (Arc::clone(&ours), payload.clone());
+        let (o, p) = (BackendOps::new(&ours), payload.clone());
         let our_write = move |i: u64| {
-            let (o, p) = (Arc::clone(&o), p.clone());
-            async move {
-                let (vnode, epoch) = key(i);
-                o.write_partial(vnode, epoch, 0, p).await.expect("write");
-            }
+            let (vnode, epoch) = key(i);
+            o.write(vnode, epoch, p.clone())
         };
         let (raw, mine) = runtime.block_on(alternate(tasks, ops, base_write, our_write));
-        rows.push(Row {
-            name: format!("writes/s, {tasks} task(s), 4 KiB"),
-            unit: Unit::PerSecond,
-            backend: mine,
+        rows.push(Row::per_second(
+            format!("writes/s, {tasks} task(s), 4 KiB"),
+            mine,
             raw,
-            target: Some(1.0),
-        });
+            Some(1.0),
+        ));
 
         let b = Arc::clone(&base);
         let base_read = move |i: u64| {
@@ -123,22 +121,18 @@ fn main() {
                 assert!(b.read(vnode, epoch).is_some());
             }
         };
-        let o = Arc::clone(&ours);
+        let o = BackendOps::new(&ours);
         let our_read = move |i: u64| {
-            let o = Arc::clone(&o);
-            async move {
-                let (vnode, epoch) = key(i);
-                assert!(o.read_partial(vnode, epoch).await.expect("read").is_some());
-            }
+            let (vnode, epoch) = key(i);
+            o.read(vnode, epoch, PAYLOAD)
         };
         let (raw, mine) = runtime.block_on(alternate(tasks, ops, base_read, our_read));
-        rows.push(Row {
-            name: format!("reads/s, {tasks} task(s)"),
-            unit: Unit::PerSecond,
-            backend: mine,
+        rows.push(Row::per_second(
+            format!("reads/s, {tasks} task(s)"),
+            mine,
             raw,
-            target: Some(1.0),
-        });
+            Some(1.0),
+        ));
         base.prune(u64::MAX);
         runtime
             .block_on(ours.prune_before(u64::MAX))
@@ -171,13 +165,12 @@ fn main() {
         }
     }
     let per_second = |d: Duration| scale.gate_rounds as f64 / d.as_secs_f64();
-    rows.push(Row {
-        name: "epoch_complete/s, 256 vnodes".into(),
-        unit: Unit::PerSecond,
-        backend: per_second(our_gate),
-        raw: per_second(base_gate),
-        target: Some(1.0),
-    });
+    rows.push(Row::per_second(
+        "epoch_complete/s, 256 vnodes",
+        per_second(our_gate),
+        per_second(base_gate),
+        Some(1.0),
+    ));
 
     // Prune: 64 epochs x 256 vnodes below the bound, timed alone.
     let (mut base_prune, mut our_prune) = (Duration::ZERO, Duration::ZERO);
@@ -203,13 +196,12 @@ fn main() {
         our_prune += started.elapsed();
     }
     let ms = |d: Duration| d.as_secs_f64() * 1e3 / 4.0;
-    rows.push(Row {
-        name: format!("prune {} epochs x 256 vnodes", scale.epochs),
-        unit: Unit::Millis,
-        backend: ms(our_prune),
-        raw: ms(base_prune),
-        target: Some(1.0),
-    });
+    rows.push(Row::millis(
+        format!("prune {} epochs x 256 vnodes", scale.epochs),
+        ms(our_prune),
+        ms(base_prune),
+        Some(1.0),
+    ));
 
     // Whole checkpoints on stores of their own, alternated: every vnode
     // written at once (a task each, on both sides), the gate, a prune

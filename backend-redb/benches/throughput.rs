@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use laminar_state_api::StateBackend;
-use laminar_state_bench::{CHECKPOINT_VNODES, Mode, Row, Unit, alternate, checkpoint_rows, report};
+use laminar_state_bench::{
+    BackendOps, CHECKPOINT_VNODES, Mode, Row, alternate, checkpoint_rows, report,
+};
 use laminar_state_redb::RedbStore;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -85,25 +87,16 @@ fn main() {
             }
         };
         let our_write = {
-            let (backend, payload) = (Arc::clone(&backend), payload.clone());
-            move |i: u64| {
-                let (backend, payload) = (Arc::clone(&backend), payload.clone());
-                async move {
-                    backend
-                        .write_partial(i as u32, epoch, 0, payload)
-                        .await
-                        .expect("write");
-                }
-            }
+            let (ours, payload) = (BackendOps::new(&backend), payload.clone());
+            move |i: u64| ours.write(i as u32, epoch, payload.clone())
         };
         let (raw, ours) = runtime.block_on(alternate(writers, count, raw_write, our_write));
-        rows.push(Row {
-            name: format!("durable writes/s, {writers} writer(s)"),
-            unit: Unit::PerSecond,
-            backend: ours,
+        rows.push(Row::per_second(
+            format!("durable writes/s, {writers} writer(s)"),
+            ours,
             raw,
-            target: Some(target),
-        });
+            Some(target),
+        ));
     }
     let ours = rows.last().map_or(0.0, |row| row.backend);
 
@@ -112,13 +105,12 @@ fn main() {
     let ceiling = per_second(scale.concurrent_writes, || {
         raw_batched_writes(&raw_db, 3, scale.concurrent_writes, 64, &payload)
     });
-    rows.push(Row {
-        name: "durable writes/s, 64 writers vs raw 64/txn".into(),
-        unit: Unit::PerSecond,
-        backend: ours,
-        raw: ceiling,
-        target: None,
-    });
+    rows.push(Row::per_second(
+        "durable writes/s, 64 writers vs raw 64/txn",
+        ours,
+        ceiling,
+        None,
+    ));
 
     // Reads of what was just written: the same keys on both sides (some of
     // those the 64-writer run wrote at epoch 1), the same count, from the
@@ -140,32 +132,15 @@ fn main() {
                 std::hint::black_box(Bytes::copy_from_slice(value.value()));
             }
         };
-        let ours = Arc::clone(&backend);
-        let our_read = move |i: u64| {
-            let backend = Arc::clone(&ours);
-            async move {
-                std::hint::black_box(
-                    backend
-                        .read_partial((i % keys) as u32, 1)
-                        .await
-                        .expect("read")
-                        .expect("present"),
-                );
-            }
-        };
+        let ours = BackendOps::new(&backend);
+        let our_read = move |i: u64| ours.read((i % keys) as u32, 1, PAYLOAD);
         let (raw, ours) = runtime.block_on(alternate(tasks, scale.reads, raw_read, our_read));
         let name = if tasks == 1 {
             "reads/s, 1 reader"
         } else {
             "reads/s, 64 readers"
         };
-        rows.push(Row {
-            name: name.into(),
-            unit: Unit::PerSecond,
-            backend: ours,
-            raw,
-            target: Some(0.5),
-        });
+        rows.push(Row::per_second(name, ours, raw, Some(0.5)));
     }
 
     // Recovery: one epoch of 256 vnodes x 64 KiB read back whole, every
@@ -223,13 +198,12 @@ fn main() {
         raw_recovery,
         our_recovery,
     ));
-    rows.push(Row {
-        name: "recoveries/s, 256 vnodes x 64 KiB".into(),
-        unit: Unit::PerSecond,
-        backend: ours,
+    rows.push(Row::per_second(
+        "recoveries/s, 256 vnodes x 64 KiB",
+        ours,
         raw,
-        target: Some(0.8),
-    });
+        Some(0.8),
+    ));
 
     // The commit gate at 256 vnodes: a fresh seal each round.
     let gate_vnodes: Vec<u32> = (0..GATE_VNODES).collect();
@@ -259,13 +233,12 @@ fn main() {
         });
     }
     let per_round = |d: Duration| d.as_secs_f64() * 1e3 / scale.gate_rounds as f64;
-    rows.push(Row {
-        name: "epoch_complete, 256 vnodes".into(),
-        unit: Unit::Millis,
-        backend: per_round(our_gate),
-        raw: per_round(raw_gate),
-        target: None,
-    });
+    rows.push(Row::millis(
+        "epoch_complete, 256 vnodes",
+        per_round(our_gate),
+        per_round(raw_gate),
+        None,
+    ));
 
     // Prune 20 epochs x 256 vnodes.
     let base = 2_000_000;
@@ -290,13 +263,7 @@ fn main() {
         .block_on(backend.prune_before(base + scale.prune_epochs))
         .expect("prune");
     let ours = started.elapsed().as_secs_f64() * 1e3;
-    rows.push(Row {
-        name: "prune 20 epochs x 256 vnodes".into(),
-        unit: Unit::Millis,
-        backend: ours,
-        raw,
-        target: None,
-    });
+    rows.push(Row::millis("prune 20 epochs x 256 vnodes", ours, raw, None));
 
     // Whole checkpoints, on databases of their own: ours (every vnode
     // written at once, the gate, a prune keeping two epochs) against the

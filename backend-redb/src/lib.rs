@@ -217,6 +217,24 @@ struct Core {
 #[doc(hidden)]
 pub type PruneHook = Arc<dyn Fn() + Send + Sync>;
 
+/// Which record [`RedbStore::store_damaged`] damages. Test-only.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub enum DamagedRecord {
+    /// The partial of `vnode` at `epoch`.
+    Partial {
+        /// The vnode.
+        vnode: u32,
+        /// The epoch.
+        epoch: u64,
+    },
+    /// The commit marker of `epoch`.
+    Marker {
+        /// The epoch.
+        epoch: u64,
+    },
+}
+
 /// A fault the committer injects into its next batch, inside the write
 /// transaction: for tests only (see [`RedbStore::inject_commit_fault`]).
 #[doc(hidden)]
@@ -402,6 +420,34 @@ impl RedbStore {
         self.inner
             .core
             .with_db(|| "with_raw_database".to_owned(), |db| Ok(work(db)))
+    }
+
+    /// Test-only: store bytes that fail this backend's framing as the
+    /// partial of `vnode` at `epoch` (a valid header whose checksum does not
+    /// match the body), or as `epoch`'s commit marker (too short for a
+    /// header): what a bad disk leaves, for the tests and conformance runs
+    /// that prove damage is reported, never returned as data. Bypasses the
+    /// fence. Not for production use.
+    #[doc(hidden)]
+    pub fn store_damaged(&self, what: DamagedRecord) -> Result<(), StateBackendError> {
+        let what_name = || format!("store_damaged({what:?})");
+        self.with_raw_database(|db| {
+            let txn = db.begin_write().or_redb(what_name)?;
+            match what {
+                DamagedRecord::Partial { vnode, epoch } => {
+                    let mut table = txn.open_table(PARTIALS).or_redb(what_name)?;
+                    let body_mismatch: &[u8] = &[FRAME_FORMAT, 0, 0, 0, 0, 42];
+                    table
+                        .insert((epoch, vnode), body_mismatch)
+                        .or_redb(what_name)?;
+                }
+                DamagedRecord::Marker { epoch } => {
+                    let mut table = txn.open_table(MARKERS).or_redb(what_name)?;
+                    table.insert(epoch, &[9u8, 9][..]).or_redb(what_name)?;
+                }
+            }
+            txn.commit().or_redb(what_name)
+        })?
     }
 
     /// Test-only fault injection: the committer's next batch suffers

@@ -6,8 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use laminar_state_api::{StateBackend, StateBackendError};
 use laminar_state_conformance::{BackendFactory, Capabilities, Damage, TestStore};
-use laminar_state_redb::{RedbConfig, RedbStore};
-use redb::TableDefinition;
+use laminar_state_redb::{DamagedRecord, RedbConfig, RedbStore};
 
 /// A small limit keeps the oversize checks cheap.
 const TEST_MAX_PAYLOAD: usize = 1 << 20;
@@ -84,29 +83,15 @@ impl TestStore for RedbTestStore {
     }
 
     async fn damage(&self, what: Damage) -> Result<(), StateBackendError> {
-        const PARTIALS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("partials");
-        const MARKERS: TableDefinition<u64, &[u8]> = TableDefinition::new("markers");
-        let store = self.store().await?;
-        let io = |e: redb::Error| StateBackendError::Io(e.to_string());
-        store.with_raw_database(|db| {
-            let txn = db.begin_write().map_err(|e| io(e.into()))?;
-            match what {
-                // A valid header whose checksum does not match the body.
-                Damage::Partial { vnode, epoch } => {
-                    let mut table = txn.open_table(PARTIALS).map_err(|e| io(e.into()))?;
-                    table
-                        .insert((epoch, vnode), &[1u8, 0, 0, 0, 0, 42][..])
-                        .map_err(|e| io(e.into()))?;
-                }
-                Damage::Marker { epoch } => {
-                    let mut table = txn.open_table(MARKERS).map_err(|e| io(e.into()))?;
-                    table
-                        .insert(epoch, &[9u8, 9][..])
-                        .map_err(|e| io(e.into()))?;
-                }
-            }
-            txn.commit().map_err(|e| io(e.into()))
-        })?
+        self.store().await?.store_damaged(damaged_record(what))
+    }
+}
+
+/// The redb record a conformance [`Damage`] names.
+fn damaged_record(what: Damage) -> DamagedRecord {
+    match what {
+        Damage::Partial { vnode, epoch } => DamagedRecord::Partial { vnode, epoch },
+        Damage::Marker { epoch } => DamagedRecord::Marker { epoch },
     }
 }
 

@@ -447,6 +447,30 @@ fn census(store: &RedbStore) -> (BTreeMap<u64, u32>, Vec<u64>) {
     store.with_raw_database(census_of).unwrap()
 }
 
+/// Prune `store` again below `kept.start` (as an operator does after a
+/// crash mid-prune): afterwards exactly the epochs of `kept` are left, each
+/// with its `vnodes` partials and its marker. `case` names the round in a
+/// failure.
+fn prune_again_keeps_every_epoch_from_the_bound(
+    store: &RedbStore,
+    vnodes: u32,
+    kept: std::ops::Range<u64>,
+    case: &str,
+) {
+    runtime().block_on(async {
+        let handle = store.handle("again", vnodes);
+        handle.prune_before(kept.start).await.unwrap();
+    });
+    let (partials, markers) = census(store);
+    let expected: BTreeMap<u64, u32> = kept.clone().map(|epoch| (epoch, vnodes)).collect();
+    assert_eq!(partials, expected, "{case}: partials after pruning again");
+    assert_eq!(
+        markers,
+        kept.collect::<Vec<_>>(),
+        "{case}: markers after pruning again"
+    );
+}
+
 /// The census of the file exactly as a kill left it, read with redb alone.
 fn raw_census(path: &Path) -> (BTreeMap<u64, u32>, Vec<u64>) {
     census_of(&Database::open(path).unwrap())
@@ -546,21 +570,12 @@ fn a_crash_mid_prune_never_leaves_a_sealed_epoch_without_its_partials() {
         if below > 0 && below < PRUNE_BEFORE as u32 * PRUNE_VNODES {
             killed_mid_prune += 1;
         }
-        let store = RedbStore::open(&path).unwrap();
         // Pruning again finishes the job, and keeps everything from PRUNE_BEFORE.
-        runtime().block_on(async {
-            let handle = store.handle("again", PRUNE_VNODES);
-            handle.prune_before(PRUNE_BEFORE).await.unwrap();
-        });
-        let (partials, markers) = census(&store);
-        let expected: BTreeMap<u64, u32> = (PRUNE_BEFORE..PRUNE_EPOCHS)
-            .map(|epoch| (epoch, PRUNE_VNODES))
-            .collect();
-        assert_eq!(partials, expected, "round {round}: after pruning again");
-        assert_eq!(
-            markers,
-            (PRUNE_BEFORE..PRUNE_EPOCHS).collect::<Vec<_>>(),
-            "round {round}: after pruning again"
+        prune_again_keeps_every_epoch_from_the_bound(
+            &RedbStore::open(&path).unwrap(),
+            PRUNE_VNODES,
+            PRUNE_BEFORE..PRUNE_EPOCHS,
+            &format!("round {round}"),
         );
     }
     eprintln!("{killed_mid_prune} of {PRUNE_ROUNDS} rounds were killed mid-prune");
@@ -1009,22 +1024,11 @@ fn a_seal_racing_a_prune_then_a_kill_never_leaves_a_sealed_epoch_without_its_par
         // Pruning again finishes the job: nothing below the bound is left,
         // everything from it is intact.
         let store = RedbStore::open(&path).unwrap();
-        runtime().block_on(async {
-            let handle = store.handle("again", RACE_VNODES);
-            handle.prune_before(RACE_BEFORE).await.unwrap();
-        });
-        let (partials, markers) = census(&store);
-        let expected: BTreeMap<u64, u32> = (RACE_BEFORE..RACE_EPOCHS)
-            .map(|epoch| (epoch, RACE_VNODES))
-            .collect();
-        assert_eq!(
-            partials, expected,
-            "victim {victim}: partials after pruning again"
-        );
-        assert_eq!(
-            markers,
-            (RACE_BEFORE..RACE_EPOCHS).collect::<Vec<_>>(),
-            "victim {victim}: markers after pruning again"
+        prune_again_keeps_every_epoch_from_the_bound(
+            &store,
+            RACE_VNODES,
+            RACE_BEFORE..RACE_EPOCHS,
+            &format!("victim {victim}"),
         );
         // A pruned epoch can be written and sealed again.
         runtime().block_on(async {

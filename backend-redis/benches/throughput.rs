@@ -14,7 +14,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use laminar_state_api::StateBackend;
-use laminar_state_bench::{CHECKPOINT_VNODES, Mode, Row, Unit, alternate, checkpoint_rows, report};
+use laminar_state_bench::{
+    BackendOps, CHECKPOINT_VNODES, Mode, Row, alternate, checkpoint_rows, report,
+};
 use laminar_state_redis::{RedisBackend, RedisConfig};
 use laminar_state_test_support::redis as support;
 use redis::aio::ConnectionManager;
@@ -71,25 +73,16 @@ async fn measure(url: &str, ops: u64, gate_rounds: u64) -> Vec<Row> {
             }
         };
         let our_write = {
-            let (backend, payload) = (Arc::clone(&backend), payload.clone());
-            move |i: u64| {
-                let (backend, payload) = (Arc::clone(&backend), payload.clone());
-                async move {
-                    backend
-                        .write_partial(i as u32, 1, 0, payload)
-                        .await
-                        .expect("write")
-                }
-            }
+            let (ours, payload) = (BackendOps::new(&backend), payload.clone());
+            move |i: u64| ours.write(i as u32, 1, payload.clone())
         };
         let (raw_rate, our_rate) = alternate(tasks, ops, raw_set, our_write).await;
-        rows.push(Row {
-            name: format!("writes/s, {tasks} task(s), 4 KiB"),
-            unit: Unit::PerSecond,
-            backend: our_rate,
-            raw: raw_rate,
-            target: Some(0.8),
-        });
+        rows.push(Row::per_second(
+            format!("writes/s, {tasks} task(s), 4 KiB"),
+            our_rate,
+            raw_rate,
+            Some(0.8),
+        ));
 
         let raw_get = {
             let raw = raw.clone();
@@ -106,23 +99,16 @@ async fn measure(url: &str, ops: u64, gate_rounds: u64) -> Vec<Row> {
             }
         };
         let our_read = {
-            let backend = Arc::clone(&backend);
-            move |i: u64| {
-                let backend = Arc::clone(&backend);
-                async move {
-                    let read = backend.read_partial(i as u32, 1).await.expect("read");
-                    assert!(read.is_some());
-                }
-            }
+            let ours = BackendOps::new(&backend);
+            move |i: u64| ours.read(i as u32, 1, PAYLOAD)
         };
         let (raw_rate, our_rate) = alternate(tasks, ops, raw_get, our_read).await;
-        rows.push(Row {
-            name: format!("reads/s, {tasks} task(s), 4 KiB"),
-            unit: Unit::PerSecond,
-            backend: our_rate,
-            raw: raw_rate,
-            target: Some(0.8),
-        });
+        rows.push(Row::per_second(
+            format!("reads/s, {tasks} task(s), 4 KiB"),
+            our_rate,
+            raw_rate,
+            Some(0.8),
+        ));
     }
 
     let vnodes: Vec<u32> = (0..GATE_VNODES).collect();
@@ -164,13 +150,12 @@ async fn measure(url: &str, ops: u64, gate_rounds: u64) -> Vec<Row> {
         seed += started.elapsed().as_secs_f64();
     }
     let ms = |total: f64| total * 1e3 / gate_rounds as f64;
-    rows.push(Row {
-        name: "epoch_complete, 256 vnodes".into(),
-        unit: Unit::Millis,
-        backend: ms(ours),
-        raw: ms(seed),
-        target: None,
-    });
+    rows.push(Row::millis(
+        "epoch_complete, 256 vnodes",
+        ms(ours),
+        ms(seed),
+        None,
+    ));
     rows.extend(whole_checkpoints(url, &raw, gate_rounds).await);
     rows
 }

@@ -30,24 +30,61 @@ fn all() -> Vec<u32> {
 }
 
 /// A primary with one replica linked through a relay that can partition
-/// them, each server in its own directory.
-fn pair(dir: &std::path::Path) -> (RedisServer, RedisServer, TcpRelay) {
-    let primary = RedisServer::start(&dir.join("primary"), &[]);
-    let link = TcpRelay::start(primary.port);
-    let replica = RedisServer::start_replica_of(&dir.join("replica"), link.port);
-    (primary, replica, link)
+/// them, each server in its own directory under `dir`, and a handle
+/// "leader" on the primary with `replicas` to confirm each step.
+async fn leader_on_a_pair(
+    dir: &std::path::Path,
+    replicas: u32,
+) -> (RedisServer, RedisServer, TcpRelay, RedisBackend) {
+    let dir = dir.to_path_buf();
+    let (primary, replica, link) = run_blocking(move || {
+        let primary = RedisServer::start(&dir.join("primary"), &[]);
+        let link = TcpRelay::start(primary.port);
+        let replica = RedisServer::start_replica_of(&dir.join("replica"), link.port);
+        (primary, replica, link)
+    })
+    .await;
+    let leader = connect(&primary, replicas, "leader").await;
+    (primary, replica, link, leader)
 }
 
 /// SIGKILL the primary (what the partition held is gone with it) and
-/// promote the replica.
-fn fail_over(mut primary: RedisServer, replica: &RedisServer) {
-    primary.kill();
-    let answer = replica.cli(&["replicaof", "no", "one"]);
-    assert!(answer.contains("OK"), "promotion failed: {answer}");
+/// promote the replica; the promoted replica.
+async fn fail_over(mut primary: RedisServer, replica: RedisServer) -> RedisServer {
+    run_blocking(move || {
+        primary.kill();
+        let answer = replica.cli(&["replicaof", "no", "one"]);
+        assert!(answer.contains("OK"), "promotion failed: {answer}");
+        replica
+    })
+    .await
 }
 
 async fn run_blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(work).await.unwrap()
+}
+
+/// A handle `id` on `server`, with `replicas` to confirm each step.
+async fn connect(server: &RedisServer, replicas: u32, id: &str) -> RedisBackend {
+    RedisBackend::connect(&config(server, replicas), id, VNODES)
+        .await
+        .unwrap()
+}
+
+/// Write the partial of every vnode in `epoch` at `version`, each one's
+/// bytes given by `bytes`, and expect every write to be acknowledged.
+async fn write_every_vnode(
+    handle: &RedisBackend,
+    epoch: u64,
+    version: u64,
+    bytes: impl Fn(u32) -> Bytes,
+) {
+    for vnode in all() {
+        handle
+            .write_partial(vnode, epoch, version, bytes(vnode))
+            .await
+            .unwrap();
+    }
 }
 
 /// With `replicas=1`, what was acknowledged while the replica followed
@@ -57,20 +94,8 @@ async fn run_blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'stat
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_replicas_set_a_failover_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
-    let (primary, replica, link) = run_blocking({
-        let dir = dir.path().to_path_buf();
-        move || pair(&dir)
-    })
-    .await;
-    let leader = RedisBackend::connect(&config(&primary, 1), "leader", VNODES)
-        .await
-        .unwrap();
-    for vnode in all() {
-        leader
-            .write_partial(vnode, 1, 1, Bytes::from(format!("one-{vnode}")))
-            .await
-            .unwrap();
-    }
+    let (primary, replica, link, leader) = leader_on_a_pair(dir.path(), 1).await;
+    write_every_vnode(&leader, 1, 1, |vnode| Bytes::from(format!("one-{vnode}"))).await;
     assert!(leader.epoch_complete(1, &all()).await.unwrap());
     leader.persist_authoritative_version(5).await.unwrap();
 
@@ -96,17 +121,10 @@ async fn with_replicas_set_a_failover_loses_nothing_acknowledged() {
         "a raise the replica never received was answered {result:?}"
     );
 
-    let replica = run_blocking(move || {
-        fail_over(primary, &replica);
-        replica
-    })
-    .await;
+    let replica = fail_over(primary, replica).await;
 
     // The promoted replica holds everything that was acknowledged.
-    let config = config(&replica, 0);
-    let survivor = RedisBackend::connect(&config, "successor", VNODES)
-        .await
-        .unwrap();
+    let survivor = connect(&replica, 0, "successor").await;
     for vnode in all() {
         assert_eq!(
             survivor.read_partial(vnode, 1).await.unwrap(),
@@ -119,9 +137,7 @@ async fn with_replicas_set_a_failover_loses_nothing_acknowledged() {
         matches!(&result, Err(StateBackendError::SplitBrainCommit { committer, .. }) if committer == "leader"),
         "the acknowledged seal of epoch 1 was lost: a second instance got {result:?}"
     );
-    let zombie = RedisBackend::connect(&config, "zombie", VNODES)
-        .await
-        .unwrap();
+    let zombie = connect(&replica, 0, "zombie").await;
     let result = zombie
         .write_partial(0, 3, 4, Bytes::from_static(b"zombie"))
         .await;
@@ -144,37 +160,14 @@ async fn with_replicas_set_a_failover_loses_nothing_acknowledged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_replicas_a_failover_can_seal_an_epoch_twice() {
     let dir = tempfile::tempdir().unwrap();
-    let (primary, replica, link) = run_blocking({
-        let dir = dir.path().to_path_buf();
-        move || pair(&dir)
-    })
-    .await;
-    let leader = RedisBackend::connect(&config(&primary, 0), "leader", VNODES)
-        .await
-        .unwrap();
+    let (primary, replica, link, leader) = leader_on_a_pair(dir.path(), 0).await;
     link.hold();
-    for vnode in all() {
-        leader
-            .write_partial(vnode, 1, 0, Bytes::from_static(b"lost"))
-            .await
-            .unwrap();
-    }
+    write_every_vnode(&leader, 1, 0, |_| Bytes::from_static(b"lost")).await;
     assert!(leader.epoch_complete(1, &all()).await.unwrap());
-    let replica = run_blocking(move || {
-        fail_over(primary, &replica);
-        replica
-    })
-    .await;
-    let successor = RedisBackend::connect(&config(&replica, 0), "successor", VNODES)
-        .await
-        .unwrap();
+    let replica = fail_over(primary, replica).await;
+    let successor = connect(&replica, 0, "successor").await;
     assert_eq!(successor.read_partial(0, 1).await.unwrap(), None);
-    for vnode in all() {
-        successor
-            .write_partial(vnode, 1, 0, Bytes::from_static(b"again"))
-            .await
-            .unwrap();
-    }
+    write_every_vnode(&successor, 1, 0, |_| Bytes::from_static(b"again")).await;
     assert!(
         successor.epoch_complete(1, &all()).await.unwrap(),
         "expected the unreplicated seal to be lost, so that epoch 1 is sealed a second time"
@@ -188,20 +181,8 @@ async fn without_replicas_a_failover_can_seal_an_epoch_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_dropped_around_the_wait_confirm_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let (primary, _replica, link) = run_blocking({
-        let dir = dir.path().to_path_buf();
-        move || pair(&dir)
-    })
-    .await;
-    let leader = RedisBackend::connect(&config(&primary, 1), "leader", VNODES)
-        .await
-        .unwrap();
-    for vnode in all() {
-        leader
-            .write_partial(vnode, 1, 1, Bytes::from_static(b"one"))
-            .await
-            .unwrap();
-    }
+    let (primary, _replica, link, leader) = leader_on_a_pair(dir.path(), 1).await;
+    write_every_vnode(&leader, 1, 1, |_| Bytes::from_static(b"one")).await;
     link.hold();
     // Kill every client connection of the primary, again and again.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -2,7 +2,7 @@
 //! mid-run, a full server, the spread of one namespace over a cluster, and
 //! round trips of the commit gate.
 
-use laminar_state_test_support::redis as support;
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +12,7 @@ use bytes::Bytes;
 use laminar_state_api::{StateBackend, StateBackendError};
 use laminar_state_conformance::properties;
 use laminar_state_redis::{RedisBackend, RedisConfig};
-use support::{RedisCluster, RedisServer};
+use support::{TempCluster, TempServer, write_epoch};
 
 fn config(url: &str, namespace: &str) -> RedisConfig {
     let mut config = RedisConfig::from_url(url).unwrap();
@@ -21,10 +21,25 @@ fn config(url: &str, namespace: &str) -> RedisConfig {
     config
 }
 
+/// A handle "w" on namespace `namespace` at `url`, serving `vnodes`
+/// vnodes, each with the partial `bytes` in epoch 1; and those vnodes.
+async fn written(
+    url: &str,
+    namespace: &str,
+    vnodes: u32,
+    bytes: &'static [u8],
+) -> (RedisBackend, Vec<u32>) {
+    let handle = RedisBackend::connect(&config(url, namespace), "w", vnodes)
+        .await
+        .unwrap();
+    let all: Vec<u32> = (0..vnodes).collect();
+    write_epoch(&handle, 1, &all, Bytes::from_static(bytes)).await;
+    (handle, all)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_restart_gives_typed_errors_then_loses_nothing_acknowledged() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = RedisServer::start(dir.path(), &[]);
+    let mut server = TempServer::start(&[]);
     let handle: Arc<dyn StateBackend> = Arc::new(
         RedisBackend::connect(&config(&server.url(), "restart"), "w", 1 << 20)
             .await
@@ -86,11 +101,7 @@ async fn a_server_restart_gives_typed_errors_then_loses_nothing_acknowledged() {
 
 #[tokio::test]
 async fn a_full_server_is_a_typed_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = RedisServer::start(
-        dir.path(),
-        &["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"],
-    );
+    let server = TempServer::start(&["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"]);
     let handle = RedisBackend::connect(&config(&server.url(), "full"), "w", 1 << 20)
         .await
         .unwrap();
@@ -118,23 +129,8 @@ async fn a_full_server_is_a_typed_error() {
 
 #[tokio::test]
 async fn one_namespace_spreads_over_every_shard() {
-    let dir = tempfile::tempdir().unwrap();
-    let cluster = tokio::task::spawn_blocking({
-        let path = dir.path().to_path_buf();
-        move || RedisCluster::start(&path)
-    })
-    .await
-    .unwrap();
-    let handle = RedisBackend::connect(&config(&cluster.url(), "spread"), "w", 64)
-        .await
-        .unwrap();
-    for vnode in 0..64 {
-        handle
-            .write_partial(vnode, 1, 0, Bytes::from_static(b"x"))
-            .await
-            .unwrap();
-    }
-    let all: Vec<u32> = (0..64).collect();
+    let cluster = TempCluster::start().await;
+    let (handle, all) = written(&cluster.url(), "spread", 64, b"x").await;
     assert!(handle.epoch_complete(1, &all).await.unwrap());
     for node in &cluster.nodes {
         let keys: u64 = node.cli(&["dbsize"]).trim().parse().unwrap();
@@ -144,8 +140,7 @@ async fn one_namespace_spreads_over_every_shard() {
 
 #[tokio::test]
 async fn a_namespace_keeps_its_layout() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = RedisServer::start(dir.path(), &[]);
+    let server = TempServer::start(&[]);
     let mut four = config(&server.url(), "layout");
     four.groups = Some(4);
     RedisBackend::connect(&four, "a", 8).await.unwrap();
@@ -173,18 +168,8 @@ async fn a_namespace_keeps_its_layout() {
 
 #[tokio::test]
 async fn the_commit_gate_is_one_round_trip_on_a_standalone_server() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = RedisServer::start(dir.path(), &[]);
-    let handle = RedisBackend::connect(&config(&server.url(), "trips"), "w", 256)
-        .await
-        .unwrap();
-    for vnode in 0..256 {
-        handle
-            .write_partial(vnode, 1, 0, Bytes::from_static(b"p"))
-            .await
-            .unwrap();
-    }
-    let all: Vec<u32> = (0..256).collect();
+    let server = TempServer::start(&[]);
+    let (handle, all) = written(&server.url(), "trips", 256, b"p").await;
     // Load the script once, then count what one call sends.
     assert!(!handle.epoch_complete(2, &all).await.unwrap());
     let stat = |info: &str, name: &str| -> u64 {
@@ -242,8 +227,7 @@ async fn the_commit_gate_is_one_round_trip_on_a_standalone_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_share_script_calls_and_fail_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = RedisServer::start(dir.path(), &[]);
+    let server = TempServer::start(&[]);
     let handle: Arc<dyn StateBackend> = Arc::new(
         RedisBackend::connect(&config(&server.url(), "batch"), "w", 256)
             .await

@@ -2,14 +2,18 @@
 //! leaves the server, against a real redis-server: a raise that dies half
 //! way, two namespaces whose keys collided, and a server that may evict keys.
 
-use laminar_state_test_support::redis as support;
+mod support;
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use laminar_state_api::{StateBackend, StateBackendError};
 use laminar_state_redis::{RedisBackend, RedisConfig, RedisStore};
-use support::RedisServer;
+use support::{TempCluster, TempServer, write_epoch};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 
 fn config(url: &str, namespace: &str, groups: u32) -> RedisConfig {
     let mut config = RedisConfig::from_url(url).unwrap();
@@ -25,8 +29,7 @@ fn config(url: &str, namespace: &str, groups: u32) -> RedisConfig {
 /// and a zombie is refused in every group afterwards.
 #[tokio::test]
 async fn a_raise_that_dies_half_way_is_finished_by_the_next_raise() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = RedisServer::start(dir.path(), &[]);
+    let server = TempServer::start(&[]);
     let config = config(&server.url(), "half", 4);
     let store = RedisStore::connect(&config).await.unwrap();
     let old_leader = store.handle("old", 16).await.unwrap();
@@ -75,8 +78,7 @@ async fn a_raise_that_dies_half_way_is_finished_by_the_next_raise() {
 /// `x/g1` once shared its fence key with group 1 of `x`.
 #[tokio::test]
 async fn namespaces_never_share_a_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = RedisServer::start(dir.path(), &[]);
+    let server = TempServer::start(&[]);
     let plain = RedisBackend::connect(&config(&server.url(), "x", 2), "x", 4)
         .await
         .unwrap();
@@ -128,11 +130,7 @@ async fn namespaces_never_share_a_key() {
 /// silently lose acknowledged state: refused at connect unless allowed.
 #[tokio::test]
 async fn a_server_that_may_evict_any_key_is_refused_unless_allowed() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = RedisServer::start(
-        dir.path(),
-        &["--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru"],
-    );
+    let server = TempServer::start(&["--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru"]);
     let mut config = config(&server.url(), "evict", 1);
     let error = RedisBackend::connect(&config, "w", 4)
         .await
@@ -178,27 +176,64 @@ fn the_url_takes_the_safety_settings() {
         );
     }
 }
-/// A cluster started in `dir`, and a config for `namespace` on it.
-async fn cluster(dir: &std::path::Path, namespace: &str) -> (support::RedisCluster, RedisConfig) {
-    let cluster = tokio::task::spawn_blocking({
-        let path = dir.to_path_buf();
-        move || support::RedisCluster::start(&path)
-    })
-    .await
-    .unwrap();
+/// A cluster, and a config for `namespace` on it.
+async fn cluster(namespace: &str) -> (TempCluster, RedisConfig) {
+    let cluster = TempCluster::start().await;
     let mut config = RedisConfig::from_url(&cluster.url()).unwrap();
     config.namespace = namespace.into();
     (cluster, config)
 }
 
-/// Write `bytes` as the partial of every one of `vnodes` in `epoch`.
-async fn write_epoch(handle: &RedisBackend, epoch: u64, vnodes: &[u32], bytes: Bytes) {
-    for vnode in vnodes {
-        handle
-            .write_partial(*vnode, epoch, 0, bytes.clone())
-            .await
-            .unwrap();
-    }
+/// `scenario` on namespace `namespace` (4 vnode groups) of a standalone
+/// server.
+async fn on_a_server<F: Future<Output = ()>>(
+    namespace: &str,
+    scenario: impl FnOnce(RedisConfig) -> F,
+) {
+    let server = TempServer::start(&[]);
+    scenario(config(&server.url(), namespace, 4)).await;
+}
+
+/// `scenario` on namespace `namespace` of a cluster.
+async fn on_a_cluster<F: Future<Output = ()>>(
+    namespace: &str,
+    scenario: impl FnOnce(RedisConfig) -> F,
+) {
+    let (cluster, config) = cluster(namespace).await;
+    scenario(config).await;
+    drop(cluster);
+}
+
+/// `operation` on a task of its own, once it has stopped at the pause
+/// `point` armed on `store`; the task, and the `Notify` that lets it go on.
+async fn paused_at<T: Send + 'static>(
+    store: &RedisStore,
+    point: &'static str,
+    operation: impl Future<Output = T> + Send + 'static,
+) -> (JoinHandle<T>, Arc<Notify>) {
+    let (reached, resume) = store.pauses().arm(point);
+    let task = tokio::spawn(operation);
+    reached.notified().await;
+    (task, resume)
+}
+
+/// `sealer`'s gate for `epoch` over `vnodes`, to run on a task of its own.
+fn gating(
+    sealer: &Arc<RedisBackend>,
+    epoch: u64,
+    vnodes: &[u32],
+) -> impl Future<Output = Result<bool, StateBackendError>> + Send + 'static {
+    let (sealer, vnodes) = (Arc::clone(sealer), vnodes.to_vec());
+    async move { sealer.epoch_complete(epoch, &vnodes).await }
+}
+
+/// `pruner`'s prune below `bound`, to run on a task of its own.
+fn pruning(
+    pruner: &Arc<RedisBackend>,
+    bound: u64,
+) -> impl Future<Output = Result<(), StateBackendError>> + Send + 'static {
+    let pruner = Arc::clone(pruner);
+    async move { pruner.prune_before(bound).await }
 }
 
 /// Write and seal each of `epochs` (the partials hold the epoch's number).
@@ -227,19 +262,14 @@ async fn assert_no_marker_without_partials(handle: &RedisBackend, vnodes: u32, w
 /// `false`, as a gate ordered after the prune would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prune_between_the_gate_and_its_seal_leaves_no_marker_without_partials() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cluster, config) = cluster(dir.path(), "gate-prune").await;
+    let (cluster, config) = cluster("gate-prune").await;
     let store = RedisStore::connect(&config).await.unwrap();
-    let sealer = std::sync::Arc::new(store.handle("sealer", 32).await.unwrap());
+    let sealer = Arc::new(store.handle("sealer", 32).await.unwrap());
     let pruner = store.handle("pruner", 32).await.unwrap();
     let all: Vec<u32> = (0..32).collect();
     write_epoch(&sealer, 1, &all, Bytes::from_static(b"one")).await;
-    let (reached, resume) = store.pauses().arm(laminar_state_redis::PAUSE_GATE_CHECKED);
-    let gate = tokio::spawn({
-        let (sealer, all) = (std::sync::Arc::clone(&sealer), all.clone());
-        async move { sealer.epoch_complete(1, &all).await }
-    });
-    reached.notified().await;
+    let checked = laminar_state_redis::PAUSE_GATE_CHECKED;
+    let (gate, resume) = paused_at(&store, checked, gating(&sealer, 1, &all)).await;
     pruner.prune_before(2).await.unwrap();
     resume.notify_one();
     let result = gate.await.unwrap();
@@ -262,15 +292,9 @@ async fn prune_cut_short(config: RedisConfig) {
     let first = store.handle("first", VNODES).await.unwrap();
     let all: Vec<u32> = (0..VNODES).collect();
     seal_epochs(&first, 1..=4, &all).await;
-    let (reached, _never) = store
-        .pauses()
-        .arm(laminar_state_redis::PAUSE_PRUNE_PARTIALS_DELETED);
-    let pruner = std::sync::Arc::new(store.handle("pruner", VNODES).await.unwrap());
-    let prune = tokio::spawn({
-        let pruner = std::sync::Arc::clone(&pruner);
-        async move { pruner.prune_before(3).await }
-    });
-    reached.notified().await;
+    let pruner = Arc::new(store.handle("pruner", VNODES).await.unwrap());
+    let deleted = laminar_state_redis::PAUSE_PRUNE_PARTIALS_DELETED;
+    let (prune, _never) = paused_at(&store, deleted, pruning(&pruner, 3)).await;
     prune.abort();
     assert!(prune.await.unwrap_err().is_cancelled());
 
@@ -293,17 +317,12 @@ async fn prune_cut_short(config: RedisConfig) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prune_cut_short_leaves_no_marker_without_partials() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = RedisServer::start(dir.path(), &[]);
-    prune_cut_short(config(&server.url(), "cut-short", 4)).await;
+    on_a_server("cut-short", prune_cut_short).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prune_cut_short_leaves_no_marker_without_partials_on_a_cluster() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cluster, config) = cluster(dir.path(), "cut-short").await;
-    prune_cut_short(config).await;
-    drop(cluster);
+    on_a_cluster("cut-short", prune_cut_short).await;
 }
 
 /// On a cluster, a prune that began before the gate read the prune count,
@@ -311,30 +330,19 @@ async fn a_prune_cut_short_leaves_no_marker_without_partials_on_a_cluster() {
 /// script, is seen too: the gate checks again and answers `false`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prune_begun_before_the_gate_and_ended_before_its_seal_is_seen() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cluster, config) = cluster(dir.path(), "begun-before").await;
+    let (cluster, config) = cluster("begun-before").await;
     let store = RedisStore::connect(&config).await.unwrap();
-    let sealer = std::sync::Arc::new(store.handle("sealer", 32).await.unwrap());
-    let pruner = std::sync::Arc::new(store.handle("pruner", 32).await.unwrap());
+    let sealer = Arc::new(store.handle("sealer", 32).await.unwrap());
+    let pruner = Arc::new(store.handle("pruner", 32).await.unwrap());
     let all: Vec<u32> = (0..32).collect();
     write_epoch(&sealer, 1, &all, Bytes::from_static(b"one")).await;
     // The prune registers, then waits before deleting any partial.
-    let (registered, go_prune) = store
-        .pauses()
-        .arm(laminar_state_redis::PAUSE_PRUNE_REGISTERED);
-    let prune = tokio::spawn({
-        let pruner = std::sync::Arc::clone(&pruner);
-        async move { pruner.prune_before(2).await }
-    });
-    registered.notified().await;
+    let registered = laminar_state_redis::PAUSE_PRUNE_REGISTERED;
+    let (prune, go_prune) = paused_at(&store, registered, pruning(&pruner, 2)).await;
     // The gate reads the count (the prune has begun) and finds every
     // partial, then waits before its seal script.
-    let (checked, go_seal) = store.pauses().arm(laminar_state_redis::PAUSE_GATE_CHECKED);
-    let gate = tokio::spawn({
-        let (sealer, all) = (std::sync::Arc::clone(&sealer), all.clone());
-        async move { sealer.epoch_complete(1, &all).await }
-    });
-    checked.notified().await;
+    let checked = laminar_state_redis::PAUSE_GATE_CHECKED;
+    let (gate, go_seal) = paused_at(&store, checked, gating(&sealer, 1, &all)).await;
     // The prune deletes the partials and ends; then the seal script runs.
     go_prune.notify_one();
     prune.await.unwrap().unwrap();
@@ -360,15 +368,9 @@ async fn slow_prune_overtaken(config: RedisConfig) {
     seal_epochs(&sealer, 1..=3, &all).await;
     // The slow prune registers, deletes the markers, and stalls before the
     // partials.
-    let (registered, resume) = store
-        .pauses()
-        .arm(laminar_state_redis::PAUSE_PRUNE_REGISTERED);
-    let slow = std::sync::Arc::new(store.handle("slow", VNODES).await.unwrap());
-    let prune = tokio::spawn({
-        let slow = std::sync::Arc::clone(&slow);
-        async move { slow.prune_before(3).await }
-    });
-    registered.notified().await;
+    let slow = Arc::new(store.handle("slow", VNODES).await.unwrap());
+    let registered = laminar_state_redis::PAUSE_PRUNE_REGISTERED;
+    let (prune, resume) = paused_at(&store, registered, pruning(&slow, 3)).await;
     // Another pruner covers its bound and runs to the end.
     let other = RedisBackend::connect(&config, "other", VNODES)
         .await
@@ -393,15 +395,10 @@ async fn slow_prune_overtaken(config: RedisConfig) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_prune_overtaken_by_another_deletes_nothing_after() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = RedisServer::start(dir.path(), &[]);
-    slow_prune_overtaken(config(&server.url(), "overtaken", 4)).await;
+    on_a_server("overtaken", slow_prune_overtaken).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_prune_overtaken_by_another_deletes_nothing_after_on_a_cluster() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cluster, config) = cluster(dir.path(), "overtaken").await;
-    slow_prune_overtaken(config).await;
-    drop(cluster);
+    on_a_cluster("overtaken", slow_prune_overtaken).await;
 }

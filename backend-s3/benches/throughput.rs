@@ -22,7 +22,7 @@ use aws_sdk_s3::Client;
 use bytes::Bytes;
 use laminar_state_api::StateBackend;
 use laminar_state_bench::{
-    CHECKPOINT_VNODES, Mode, Row, Unit, alternate, checkpoint_rows, raw_s3, report,
+    BackendOps, CHECKPOINT_VNODES, Mode, Row, alternate, checkpoint_rows, raw_s3, report,
 };
 use laminar_state_s3::S3Store;
 
@@ -95,25 +95,16 @@ async fn measure(endpoint: &str, ops: u64, gate_rounds: u64) -> Vec<Row> {
         };
         let epoch = tasks;
         let our_write = {
-            let (backend, payload) = (Arc::clone(&backend), payload.clone());
-            move |i: u64| {
-                let (backend, payload) = (Arc::clone(&backend), payload.clone());
-                async move {
-                    backend
-                        .write_partial(i as u32, epoch, 0, payload)
-                        .await
-                        .expect("write")
-                }
-            }
+            let (ours, payload) = (BackendOps::new(&backend), payload.clone());
+            move |i: u64| ours.write(i as u32, epoch, payload.clone())
         };
         let (raw_rate, our_rate) = alternate(tasks, ops, raw_put, our_write).await;
-        rows.push(Row {
-            name: format!("writes/s, {tasks} task(s), 4 KiB"),
-            unit: Unit::PerSecond,
-            backend: our_rate,
-            raw: raw_rate,
-            target: Some(0.8),
-        });
+        rows.push(Row::per_second(
+            format!("writes/s, {tasks} task(s), 4 KiB"),
+            our_rate,
+            raw_rate,
+            Some(0.8),
+        ));
 
         let raw_get = {
             let (client, bucket, prefix) = (client.clone(), bucket.clone(), raw_prefix.clone());
@@ -134,23 +125,16 @@ async fn measure(endpoint: &str, ops: u64, gate_rounds: u64) -> Vec<Row> {
             }
         };
         let our_read = {
-            let backend = Arc::clone(&backend);
-            move |i: u64| {
-                let backend = Arc::clone(&backend);
-                async move {
-                    let read = backend.read_partial(i as u32, epoch).await.expect("read");
-                    assert_eq!(read.map(|b| b.len()), Some(PAYLOAD));
-                }
-            }
+            let ours = BackendOps::new(&backend);
+            move |i: u64| ours.read(i as u32, epoch, PAYLOAD)
         };
         let (raw_rate, our_rate) = alternate(tasks, ops, raw_get, our_read).await;
-        rows.push(Row {
-            name: format!("reads/s, {tasks} task(s), 4 KiB"),
-            unit: Unit::PerSecond,
-            backend: our_rate,
-            raw: raw_rate,
-            target: None,
-        });
+        rows.push(Row::per_second(
+            format!("reads/s, {tasks} task(s), 4 KiB"),
+            our_rate,
+            raw_rate,
+            None,
+        ));
     }
 
     for vnodes in [256u32, 1024] {
@@ -174,13 +158,12 @@ async fn measure(endpoint: &str, ops: u64, gate_rounds: u64) -> Vec<Row> {
             }
         }
         let ms = |total: f64| total * 1e3 / gate_rounds as f64;
-        rows.push(Row {
-            name: format!("epoch_complete, {vnodes} vnodes (ms)"),
-            unit: Unit::Millis,
-            backend: ms(ours),
-            raw: ms(seed),
-            target: (vnodes == 256).then_some(5.0),
-        });
+        rows.push(Row::millis(
+            format!("epoch_complete, {vnodes} vnodes (ms)"),
+            ms(ours),
+            ms(seed),
+            (vnodes == 256).then_some(5.0),
+        ));
     }
 
     // Recovery: one epoch of RECOVERY_VNODES x 64 KiB read back whole.
@@ -220,13 +203,12 @@ async fn measure(endpoint: &str, ops: u64, gate_rounds: u64) -> Vec<Row> {
         }
     }
     let per_second = |total: f64| gate_rounds as f64 / total;
-    rows.push(Row {
-        name: format!("recoveries/s, {vnodes} vnodes x 64 KiB"),
-        unit: Unit::PerSecond,
-        backend: per_second(ours),
-        raw: per_second(raw),
-        target: Some(0.8),
-    });
+    rows.push(Row::per_second(
+        format!("recoveries/s, {vnodes} vnodes x 64 KiB"),
+        per_second(ours),
+        per_second(raw),
+        Some(0.8),
+    ));
 
     // Prune, on a store of its own: 20 epochs x 256 vnodes, all sealed,
     // below the bound; two more epochs above it that must stay.
@@ -269,13 +251,12 @@ async fn measure(endpoint: &str, ops: u64, gate_rounds: u64) -> Vec<Row> {
         .await
         .expect("raw prune");
     let raw = started.elapsed().as_secs_f64() * 1e3;
-    rows.push(Row {
-        name: format!("prune {PRUNE_EPOCHS} epochs x {PRUNE_VNODES} vnodes (ms)"),
-        unit: Unit::Millis,
-        backend: ours,
+    rows.push(Row::millis(
+        format!("prune {PRUNE_EPOCHS} epochs x {PRUNE_VNODES} vnodes (ms)"),
+        ours,
         raw,
-        target: None,
-    });
+        None,
+    ));
     rows.extend(whole_checkpoints(endpoint, gate_rounds).await);
     rows
 }

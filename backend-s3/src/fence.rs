@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use aws_sdk_s3::operation::head_object::HeadObjectOutput;
 use bytes::Bytes;
 use laminar_state_api::StateBackendError;
 use tokio::sync::oneshot;
@@ -78,15 +79,7 @@ impl Shared {
     /// most of a small GET's time on SeaweedFS).
     pub(crate) async fn read_fence(&self) -> Result<FenceState, StateBackendError> {
         let key = self.layout.fence();
-        let head = self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .send()
-            .await
-            .map_err(|e| classify("fence read", &key, e));
-        let state = match head {
+        let state = match self.head_fence("fence read").await {
             Ok(object) => {
                 let text = object
                     .metadata()
@@ -116,6 +109,18 @@ impl Shared {
         Ok(state)
     }
 
+    /// One HEAD of the fence object, for the request `what` names.
+    async fn head_fence(&self, what: &str) -> Result<HeadObjectOutput, Failure> {
+        let key = self.layout.fence();
+        self.client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+            .map_err(|e| classify(what, &key, e))
+    }
+
     pub(crate) fn fence_missing(&self, why: &str) -> StateBackendError {
         StateBackendError::Serialization(format!(
             "the fence object {:?} is missing{why}: it exists from the first connect on, so it \
@@ -132,15 +137,7 @@ impl Shared {
     /// a handle learns the fence from its operations.
     pub(crate) async fn check_fence(&self) -> Result<(), StateBackendError> {
         let key = self.layout.fence();
-        match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .send()
-            .await
-            .map_err(|e| classify("fence check", &key, e))
-        {
+        match self.head_fence("fence check").await {
             Ok(_) => return Ok(()),
             Err(Failure::Missing(_)) => {}
             Err(other) => return Err(other.into()),

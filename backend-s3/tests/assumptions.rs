@@ -16,7 +16,7 @@ use laminar_state_api::{StateBackend, StateBackendError};
 use laminar_state_s3::{S3Backend, S3Store};
 use laminar_state_test_support::s3::S3Kind;
 use support::proxy::FaultProxy;
-use support::{TestServer, config, fresh_prefix, store};
+use support::{TestServer, config, fresh_prefix, raw_delete, raw_put, store, stored_keys};
 
 /// One `#[tokio::test]` per store for the async fn `$check(kind)`: a
 /// module `$check` with the tests `seaweedfs` and `moto`.
@@ -75,19 +75,7 @@ async fn a_store_that_ignores_conditional_writes_is_refused_at_connect(kind: S3K
         let accepted = connect_without(&proxy, &[]).await;
         assert!(accepted.is_ok(), "{accepted:?}");
         let raw = store(&config(&server.endpoint(), "")).await;
-        let listed = raw
-            .client()
-            .list_objects_v2()
-            .bucket(raw.bucket())
-            .send()
-            .await
-            .expect("raw LIST");
-        let left: Vec<&str> = listed
-            .contents()
-            .iter()
-            .filter_map(|o| o.key())
-            .filter(|k| k.contains("conditional-write-probe"))
-            .collect();
+        let left = stored_keys(&raw, "conditional-write-probe").await;
         assert!(left.is_empty(), "probe objects left behind: {left:?}");
     }
 }
@@ -125,13 +113,7 @@ async fn a_missing_fence_object_whose_snapshots_exist_is_damage_not_fence_zero(k
     let bystander = store(&direct).await.handle("bystander", 4);
     // Lifecycle expiry, or a careless clean-up, removes the fence object.
     let raw = leader.store();
-    raw.client()
-        .delete_object()
-        .bucket(raw.bucket())
-        .key(format!("{}fence", raw.prefix()))
-        .send()
-        .await
-        .expect("raw DELETE");
+    raw_delete(raw, &format!("{}fence", raw.prefix())).await;
 
     // Handles already connected: their next fence read finds no fence.
     for handle in [&leader, &bystander] {
@@ -261,14 +243,7 @@ async fn listings_are_ordered_from_start_after(kind: S3Kind) {
         keys.insert(format!("{prefix}m/{epoch:020}"));
     }
     for key in keys.iter().rev() {
-        raw.client()
-            .put_object()
-            .bucket(raw.bucket())
-            .key(key)
-            .body(b"x".to_vec().into())
-            .send()
-            .await
-            .expect("PUT");
+        raw_put(&raw, key, b"x").await.expect("PUT");
     }
     let keys: Vec<String> = keys.into_iter().collect();
     for start in [0, 4, keys.len() / 2, keys.len() - 1] {

@@ -75,16 +75,9 @@ impl Connector for S3 {
             }
             Damage::Marker { epoch } => format!("{}m/{epoch:020}", store.prefix()),
         };
-        store
-            .client()
-            .put_object()
-            .bucket(store.bucket())
-            .key(key)
-            .body(b"not a frame".to_vec().into())
-            .send()
+        support::raw_put(store, &key, b"not a frame")
             .await
-            .map_err(|e| StateBackendError::Io(format!("damaging: {e}")))?;
-        Ok(())
+            .map_err(|e| StateBackendError::Io(format!("damaging: {e}")))
     }
 }
 

@@ -10,72 +10,43 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use laminar_state_api::{StateBackend, StateBackendError};
 use laminar_state_s3::{S3Backend, S3Config};
-use support::proxy::{Action, FaultProxy, Rule};
-use support::{TestServer, config, fresh_prefix, impatient_config, store};
+use support::proxy::Action;
+use support::{ProxiedPrefix, impatient_config, is_stale, raw_put, read, store};
 
-struct Setup {
-    server: TestServer,
-    proxy: FaultProxy,
-    config: S3Config,
-    backend: S3Backend,
+/// The configuration of the faulted store: impatient, through the proxy.
+fn impatient(proxied: &ProxiedPrefix) -> S3Config {
+    impatient_config(&proxied.proxy.endpoint(), &proxied.prefix)
 }
 
-async fn setup(id: &str) -> Setup {
-    let server = TestServer::start();
-    let proxy = FaultProxy::start(&server.address()).await;
-    let config = impatient_config(&proxy.endpoint(), &fresh_prefix("faults"));
-    let backend = store(&config).await.handle(id, 16);
-    Setup {
-        server,
-        proxy,
-        config,
-        backend,
-    }
-}
-
-fn rule(method: &'static str, contains: &str, action: Action, times: usize) -> Rule {
-    Rule {
-        method,
-        contains: contains.into(),
-        action,
-        times,
-    }
-}
-
-fn attempts(proxy: &FaultProxy, method: &str, contains: &str) -> usize {
-    proxy
-        .seen()
-        .iter()
-        .filter(|s| s.method == method && s.target.contains(contains))
-        .count()
+/// A prefix on a server behind a proxy, and a handle `id` (16 vnodes) on
+/// a store that reaches it through the proxy, impatiently.
+async fn setup(id: &str) -> (ProxiedPrefix, S3Backend) {
+    let proxied = ProxiedPrefix::start("faults").await;
+    let backend = store(&impatient(&proxied)).await.handle(id, 16);
+    (proxied, backend)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn error_answers_are_retried_then_typed() {
-    let Setup {
-        server: _server,
-        proxy,
-        backend,
-        ..
-    } = setup("errors").await;
+    let (proxied, backend) = setup("errors").await;
     backend
         .write_partial(0, 1, 0, Bytes::from_static(b"acknowledged"))
         .await
         .unwrap();
 
     // Two 503s, then the server: the write goes through.
-    proxy.add(rule("PUT", "/p/", Action::Status(503), 2));
+    proxied.fault("PUT", "/p/", Action::Status(503), 2);
     backend
         .write_partial(1, 1, 0, Bytes::from_static(b"after 503s"))
         .await
         .expect("retried past two 503s");
     assert_eq!(
-        attempts(&proxy, "PUT", "/p/00000000000000000001/0000000001."),
+        proxied.seen("PUT", "/p/00000000000000000001/0000000001."),
         3
     );
 
     // 500 on every attempt: a typed error naming the operation.
-    proxy.add(rule("PUT", "/p/", Action::Status(500), 1_000));
+    proxied.fault("PUT", "/p/", Action::Status(500), 1_000);
     let failed = backend
         .write_partial(2, 1, 0, Bytes::from_static(b"never"))
         .await;
@@ -87,11 +58,11 @@ async fn error_answers_are_retried_then_typed() {
         other => panic!("a write against a failing server gave {other:?}"),
     }
     assert_eq!(
-        attempts(&proxy, "PUT", "/p/00000000000000000001/0000000002."),
+        proxied.seen("PUT", "/p/00000000000000000001/0000000002."),
         3,
         "max_attempts is 3"
     );
-    proxy.add(rule("GET", "list-type=2", Action::Status(503), 1_000));
+    proxied.fault("GET", "list-type=2", Action::Status(503), 1_000);
     assert!(matches!(
         backend.read_partial(0, 1).await,
         Err(StateBackendError::Io(_))
@@ -102,34 +73,30 @@ async fn error_answers_are_retried_then_typed() {
     ));
 
     // The server recovers: everything acknowledged is there, nothing else.
-    proxy.clear_rules();
+    proxied.proxy.clear_rules();
     assert_eq!(
-        backend.read_partial(0, 1).await.unwrap().as_deref(),
+        read(&backend, 0, 1).await.as_deref(),
         Some(&b"acknowledged"[..])
     );
     assert_eq!(
-        backend.read_partial(1, 1).await.unwrap().as_deref(),
+        read(&backend, 1, 1).await.as_deref(),
         Some(&b"after 503s"[..])
     );
-    assert_eq!(backend.read_partial(2, 1).await.unwrap(), None);
+    assert_eq!(read(&backend, 2, 1).await, None);
     assert!(backend.epoch_complete(1, &[0, 1]).await.unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalls_hit_the_attempt_timeout_and_the_operation_timeout() {
-    let Setup {
-        server: _server,
-        proxy,
-        config,
-        backend,
-    } = setup("stalls").await;
+    let (proxied, backend) = setup("stalls").await;
+    let config = impatient(&proxied);
     backend
         .write_partial(0, 1, 0, Bytes::from_static(b"x"))
         .await
         .unwrap();
 
     // One stalled attempt: the next one succeeds.
-    proxy.add(rule("HEAD", "/fence", Action::Stall, 1));
+    proxied.fault("HEAD", "/fence", Action::Stall, 1);
     let started = Instant::now();
     backend
         .write_partial(1, 1, 0, Bytes::from_static(b"y"))
@@ -138,7 +105,7 @@ async fn stalls_hit_the_attempt_timeout_and_the_operation_timeout() {
     assert!(started.elapsed() >= config.attempt_timeout);
 
     // Every attempt stalls: a typed error, within the operation timeout.
-    proxy.add(rule("GET", "list-type=2", Action::Stall, 1_000));
+    proxied.fault("GET", "list-type=2", Action::Stall, 1_000);
     let started = Instant::now();
     let stalled = backend.read_partial(0, 1).await;
     let waited = started.elapsed();
@@ -151,37 +118,28 @@ async fn stalls_hit_the_attempt_timeout_and_the_operation_timeout() {
         "a stalled read took {waited:?}, the operation timeout is {:?}",
         config.operation_timeout
     );
-    proxy.clear_rules();
-    assert_eq!(
-        backend.read_partial(1, 1).await.unwrap().as_deref(),
-        Some(&b"y"[..])
-    );
+    proxied.proxy.clear_rules();
+    assert_eq!(read(&backend, 1, 1).await.as_deref(), Some(&b"y"[..]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_that_landed_but_lost_their_answer_are_retried_safely() {
-    let Setup {
-        server,
-        proxy,
-        backend,
-        ..
-    } = setup("lost").await;
-    let prefix = backend.store().prefix().trim_end_matches('/').to_owned();
-    let direct = store(&config(&server.endpoint(), &prefix)).await;
+    let (proxied, backend) = setup("lost").await;
+    let direct = proxied.direct_store().await;
 
     // A partial PUT that landed: the retry writes the same object again.
-    proxy.add(rule("PUT", "/p/", Action::ForwardThenDrop, 1));
+    proxied.fault("PUT", "/p/", Action::ForwardThenDrop, 1);
     for vnode in [0, 1] {
         backend
             .write_partial(vnode, 1, 0, Bytes::from_static(b"landed"))
             .await
             .expect("a write whose first answer was lost");
     }
-    assert_eq!(proxy.seen().iter().filter(|s| s.fault.is_some()).count(), 1);
+    assert_eq!(proxied.faulted(), 1);
 
     // A marker PUT that landed: the retry meets 412, and the marker names
     // this very instance, so the seal is ours.
-    proxy.add(rule("PUT", "/m/", Action::ForwardThenDrop, 1));
+    proxied.fault("PUT", "/m/", Action::ForwardThenDrop, 1);
     assert!(
         backend.epoch_complete(1, &[0, 1]).await.unwrap(),
         "a seal whose first answer was lost"
@@ -196,38 +154,22 @@ async fn requests_that_landed_but_lost_their_answer_are_retried_safely() {
 
     // A fence swap that landed: the retry meets 412, the fence reads 5,
     // and the raise is complete (snapshot included).
-    proxy.add(rule("PUT", "/fence", Action::ForwardThenDrop, 1));
+    proxied.fault("PUT", "/fence", Action::ForwardThenDrop, 1);
     backend
         .persist_authoritative_version(5)
         .await
         .expect("a raise whose first answer was lost");
     let stale = other.write_partial(2, 2, 4, Bytes::new()).await;
-    assert!(
-        matches!(
-            stale,
-            Err(StateBackendError::StaleVersion {
-                caller: 4,
-                authoritative: 5
-            })
-        ),
-        "{stale:?}"
-    );
-    assert_eq!(
-        other.read_partial(0, 1).await.unwrap().as_deref(),
-        Some(&b"landed"[..])
-    );
+    assert!(is_stale(&stale, 4, 5), "{stale:?}");
+    assert_eq!(read(&other, 0, 1).await.as_deref(), Some(&b"landed"[..]));
     // Every injected fault was hit.
-    assert_eq!(proxy.seen().iter().filter(|s| s.fault.is_some()).count(), 3);
+    assert_eq!(proxied.faulted(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_server_gives_typed_errors_and_a_missing_bucket_is_named() {
-    let Setup {
-        mut server,
-        config,
-        backend,
-        ..
-    } = setup("dead").await;
+    let (mut proxied, backend) = setup("dead").await;
+    let config = impatient(&proxied);
     backend
         .write_partial(0, 1, 0, Bytes::from_static(b"x"))
         .await
@@ -240,7 +182,7 @@ async fn a_dead_server_gives_typed_errors_and_a_missing_bucket_is_named() {
         }
         other => panic!("a missing bucket gave {:?}", other.map(|_| ())),
     }
-    server.server.kill();
+    proxied.server.server.kill();
     let started = Instant::now();
     for outcome in [
         backend.write_partial(1, 1, 0, Bytes::new()).await.err(),
@@ -258,25 +200,17 @@ async fn a_dead_server_gives_typed_errors_and_a_missing_bucket_is_named() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damaged_fence_or_snapshot_objects_are_typed_errors() {
-    let Setup {
-        server, backend, ..
-    } = setup("damaged").await;
+    let (proxied, backend) = setup("damaged").await;
     backend.persist_authoritative_version(3).await.unwrap();
-    let store = backend.store();
+    let damaged = backend.store();
     for key in ["fence".to_owned(), format!("snapshots/{:020}", 3)] {
-        store
-            .client()
-            .put_object()
-            .bucket(store.bucket())
-            .key(format!("{}{key}", store.prefix()))
-            .body(b"garbage".to_vec().into())
-            .send()
+        raw_put(damaged, &format!("{}{key}", damaged.prefix()), b"garbage")
             .await
             .unwrap();
     }
-    let fresh = support::store(&impatient_config(
-        &server.endpoint(),
-        store.prefix().trim_end_matches('/'),
+    let fresh = store(&impatient_config(
+        &proxied.server.endpoint(),
+        &proxied.prefix,
     ))
     .await
     .handle("fresh", 16);

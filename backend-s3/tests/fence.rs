@@ -10,24 +10,36 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use laminar_state_api::{StateBackend, StateBackendError};
-use support::proxy::{Action, FaultProxy, Rule};
-use support::{TestServer, config, fresh_prefix, store, stored_keys, wait_for};
+use support::proxy::{Action, FaultProxy};
+use support::{
+    ProxiedPrefix, assert_sealed_by, config, held, is_stale, read, requests, rule, store,
+    stored_keys, wait_for, while_held, write_epoch,
+};
 
 /// The path fragment of the partials of `(vnode, epoch)`.
 fn partial_path(vnode: u32, epoch: u64) -> String {
     format!("/p/{epoch:020}/{vnode:010}.")
 }
 
+/// A handle through the proxy, told version 1, whose write to vnode 0 of
+/// epoch 5 was acknowledged (before a raise to come).
+async fn zombie_told_1(race: &ProxiedPrefix) -> laminar_state_s3::S3Backend {
+    let zombie = race.proxied("zombie").await;
+    zombie.set_authoritative_version(1);
+    zombie
+        .write_partial(0, 5, 1, Bytes::from_static(b"before"))
+        .await
+        .expect("a write before the raise");
+    zombie
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zombie_write_landing_after_the_raise_is_invisible() {
-    let server = TestServer::start();
-    let proxy = FaultProxy::start(&server.address()).await;
-    let prefix = fresh_prefix("zombie");
+    let race = ProxiedPrefix::start("zombie").await;
     // The zombie reaches the bucket through the proxy; the leader and the
     // observer directly.
-    let zombie_store = store(&config(&proxy.endpoint(), &prefix)).await;
-    let direct = config(&server.endpoint(), &prefix);
-    let leader = store(&direct).await.handle("leader", 8);
+    let zombie_store = store(&race.proxied_config()).await;
+    let leader = race.direct_store().await.handle("leader", 8);
     let zombie = zombie_store.handle("zombie", 8);
     zombie.set_authoritative_version(1);
 
@@ -42,19 +54,9 @@ async fn a_zombie_write_landing_after_the_raise_is_invisible() {
     // The zombie's next writes to vnodes 1 and 2 are held at the proxy, and
     // its clean-up deletes fail, as if it died right after the PUT.
     for vnode in [1, 2] {
-        proxy.add(Rule {
-            method: "PUT",
-            contains: partial_path(vnode, 5),
-            action: Action::Hold,
-            times: 1,
-        });
+        race.fault("PUT", &partial_path(vnode, 5), Action::Hold, 1);
     }
-    proxy.add(Rule {
-        method: "DELETE",
-        contains: "/p/".into(),
-        action: Action::Status(500),
-        times: 1_000,
-    });
+    race.fault("DELETE", "/p/", Action::Status(500), 1_000);
     let late = |vnode: u32| {
         let zombie = &zombie;
         async move {
@@ -64,32 +66,23 @@ async fn a_zombie_write_landing_after_the_raise_is_invisible() {
         }
     };
     let zombie_writes = async { tokio::join!(late(1), late(2)) };
-    let raise_then_release = async {
-        wait_for(&proxy, "the zombie's PUTs to reach the proxy", |p| {
-            p.seen()
-                .iter()
-                .filter(|s| s.fault == Some(Action::Hold))
-                .count()
-                == 2
-        })
+    // Only once the raise is acknowledged do the zombie's PUTs land.
+    let ((one, two), ()) = race
+        .while_held(
+            2,
+            "the zombie's PUTs to reach the proxy",
+            zombie_writes,
+            async {
+                leader
+                    .persist_authoritative_version(2)
+                    .await
+                    .expect("the raise");
+            },
+        )
         .await;
-        leader
-            .persist_authoritative_version(2)
-            .await
-            .expect("the raise");
-        // The raise is acknowledged: only now do the zombie's PUTs land.
-        proxy.release(2);
-    };
-    let ((one, two), ()) = tokio::join!(zombie_writes, raise_then_release);
     for (vnode, outcome) in [(1, one), (2, two)] {
         assert!(
-            matches!(
-                outcome,
-                Err(StateBackendError::StaleVersion {
-                    caller: 1,
-                    authoritative: 2
-                })
-            ),
+            is_stale(&outcome, 1, 2),
             "the late zombie write to vnode {vnode} gave {outcome:?}"
         );
     }
@@ -105,17 +98,14 @@ async fn a_zombie_write_landing_after_the_raise_is_invisible() {
 
     // A handle in a fresh process state sees the pre-raise data, not the
     // zombie's.
-    let observer = store(&direct).await.handle("observer", 8);
-    assert_eq!(observer.read_partial(1, 5).await.unwrap(), None);
+    let observer = race.direct_store().await.handle("observer", 8);
+    assert_eq!(read(&observer, 1, 5).await, None);
     assert_eq!(
-        observer.read_partial(2, 5).await.unwrap().as_deref(),
+        read(&observer, 2, 5).await.as_deref(),
         Some(&b"before"[..]),
         "the zombie's late write replaced acknowledged data"
     );
-    assert_eq!(
-        observer.read_partial(0, 5).await.unwrap().as_deref(),
-        Some(&b"before"[..])
-    );
+    assert_eq!(read(&observer, 0, 5).await.as_deref(), Some(&b"before"[..]));
     assert!(
         !observer.epoch_complete(5, &[0, 1, 2]).await.unwrap(),
         "the gate counted the zombie's late partial"
@@ -129,68 +119,44 @@ async fn a_zombie_write_landing_after_the_raise_is_invisible() {
         .write_partial(1, 5, 2, Bytes::from_static(b"leader"))
         .await
         .expect("the leader's write");
-    assert_eq!(
-        observer.read_partial(1, 5).await.unwrap().as_deref(),
-        Some(&b"leader"[..])
-    );
+    assert_eq!(read(&observer, 1, 5).await.as_deref(), Some(&b"leader"[..]));
     assert!(observer.epoch_complete(5, &[0, 1, 2]).await.unwrap());
 
     // Another raise builds on the snapshot: the late object stays hidden,
     // the pre-raise data stays visible.
     leader.persist_authoritative_version(3).await.unwrap();
-    let later = store(&direct).await.handle("later", 8);
-    assert_eq!(
-        later.read_partial(2, 5).await.unwrap().as_deref(),
-        Some(&b"before"[..])
-    );
-    assert_eq!(
-        later.read_partial(1, 5).await.unwrap().as_deref(),
-        Some(&b"leader"[..])
-    );
+    let later = race.direct_store().await.handle("later", 8);
+    assert_eq!(read(&later, 2, 5).await.as_deref(), Some(&b"before"[..]));
+    assert_eq!(read(&later, 1, 5).await.as_deref(), Some(&b"leader"[..]));
     assert_eq!(later.partials(5).await.unwrap(), Some(vec![0, 1, 2]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raise_cut_short_before_its_snapshot_is_finished_by_the_next_reader() {
-    let server = TestServer::start();
-    let proxy = FaultProxy::start(&server.address()).await;
-    let prefix = fresh_prefix("cut");
-    let direct = config(&server.endpoint(), &prefix);
-    let mut through_proxy = config(&proxy.endpoint(), &prefix);
+    let race = ProxiedPrefix::start("cut").await;
+    let mut through_proxy = race.proxied_config();
     through_proxy.max_attempts = 2;
     let leader = store(&through_proxy).await.handle("leader", 4);
-    let writer = store(&direct).await.handle("writer", 4);
+    let writer = race.direct("writer").await;
     writer
         .write_partial(0, 7, 0, Bytes::from_static(b"kept"))
         .await
         .unwrap();
 
     // The raise swaps the fence, then cannot write its snapshot.
-    proxy.add(Rule {
-        method: "PUT",
-        contains: "/snapshots/".into(),
-        action: Action::Status(500),
-        times: 1_000,
-    });
+    race.fault("PUT", "/snapshots/", Action::Status(500), 1_000);
     let cut = leader.persist_authoritative_version(4).await;
     assert!(
         matches!(cut, Err(StateBackendError::Io(_))),
         "a raise whose snapshot failed gave {cut:?}"
     );
-    let snapshot_writes = proxy
-        .seen()
-        .iter()
-        .filter(|s| s.method == "PUT" && s.target.contains("/snapshots/"))
-        .count();
+    let snapshot_writes = race.seen("PUT", "/snapshots/");
     assert_eq!(snapshot_writes, 2, "the snapshot PUT was retried once");
 
     // A reader that needs the missing snapshot builds it...
-    let reader = store(&direct).await.handle("reader", 4);
-    assert_eq!(
-        reader.read_partial(0, 7).await.unwrap().as_deref(),
-        Some(&b"kept"[..])
-    );
-    assert_eq!(reader.read_partial(1, 7).await.unwrap(), None);
+    let reader = race.direct("reader").await;
+    assert_eq!(read(&reader, 0, 7).await.as_deref(), Some(&b"kept"[..]));
+    assert_eq!(read(&reader, 1, 7).await, None);
     let built = stored_keys(&reader.store().clone(), "/snapshots/").await;
     assert!(
         built.iter().any(|k| k.ends_with(&format!("{:020}", 4))),
@@ -203,42 +169,25 @@ async fn a_raise_cut_short_before_its_snapshot_is_finished_by_the_next_reader() 
     let stale = writer
         .write_partial(1, 7, 3, Bytes::from_static(b"stale"))
         .await;
-    assert!(
-        matches!(
-            stale,
-            Err(StateBackendError::StaleVersion {
-                caller: 3,
-                authoritative: 4
-            })
-        ),
-        "{stale:?}"
-    );
-    assert_eq!(reader.read_partial(1, 7).await.unwrap(), None);
+    assert!(is_stale(&stale, 3, 4), "{stale:?}");
+    assert_eq!(read(&reader, 1, 7).await, None);
 
     // The leader, its fault gone, raises again.
-    proxy.clear_rules();
+    race.proxy.clear_rules();
     leader.persist_authoritative_version(6).await.unwrap();
     writer
         .write_partial(1, 7, 6, Bytes::from_static(b"new"))
         .await
         .unwrap();
-    let again = store(&direct).await.handle("again", 4);
-    assert_eq!(
-        again.read_partial(0, 7).await.unwrap().as_deref(),
-        Some(&b"kept"[..])
-    );
-    assert_eq!(
-        again.read_partial(1, 7).await.unwrap().as_deref(),
-        Some(&b"new"[..])
-    );
+    let again = race.direct("again").await;
+    assert_eq!(read(&again, 0, 7).await.as_deref(), Some(&b"kept"[..]));
+    assert_eq!(read(&again, 1, 7).await.as_deref(), Some(&b"new"[..]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_raisers_agree_and_every_acknowledged_write_survives() {
-    let server = TestServer::start();
-    let prefix = fresh_prefix("raisers");
-    let direct = config(&server.endpoint(), &prefix);
-    let writer = store(&direct).await.handle("writer", 16);
+    let race = ProxiedPrefix::start("raisers").await;
+    let writer = race.direct_store().await.handle("writer", 16);
     for vnode in 0..16 {
         writer
             .write_partial(vnode, 1, 0, Bytes::from(vec![vnode as u8; 8]))
@@ -249,7 +198,7 @@ async fn concurrent_raisers_agree_and_every_acknowledged_write_survives() {
     // different versions, while writers at version 100 keep writing.
     let mut raisers = Vec::new();
     for i in 0..8u64 {
-        raisers.push(store(&direct).await.handle(format!("raiser-{i}"), 16));
+        raisers.push(race.direct_store().await.handle(format!("raiser-{i}"), 16));
     }
     let raises = futures_join_all(
         raisers
@@ -264,30 +213,21 @@ async fn concurrent_raisers_agree_and_every_acknowledged_write_survives() {
     let (raised, written) = tokio::join!(raises, writes);
     raised.into_iter().for_each(|r| r.expect("a raise"));
     written.into_iter().for_each(|w| w.expect("a write at 100"));
-    let reader = store(&direct).await.handle("reader", 16);
+    let reader = race.direct_store().await.handle("reader", 16);
     assert_eq!(reader.authoritative_version(), 0, "not read yet");
     for vnode in 0..16u32 {
         assert_eq!(
-            reader.read_partial(vnode, 1).await.unwrap(),
+            read(&reader, vnode, 1).await,
             Some(Bytes::from(vec![vnode as u8; 8]))
         );
         assert_eq!(
-            reader.read_partial(vnode, 2).await.unwrap(),
+            read(&reader, vnode, 2).await,
             Some(Bytes::from(vec![vnode as u8; 4]))
         );
     }
     assert_eq!(reader.authoritative_version(), 17, "the highest raise won");
     let stale = reader.write_partial(0, 3, 16, Bytes::new()).await;
-    assert!(
-        matches!(
-            stale,
-            Err(StateBackendError::StaleVersion {
-                caller: 16,
-                authoritative: 17
-            })
-        ),
-        "{stale:?}"
-    );
+    assert!(is_stale(&stale, 16, 17), "{stale:?}");
 }
 
 /// Await every future, concurrently, in order.
@@ -318,61 +258,31 @@ async fn futures_join_all<F: std::future::Future>(
         .collect()
 }
 
-/// Requests the proxy logged (`seen` or `answered`) with this method whose
-/// target contains `fragment`.
-fn count(log: &[support::proxy::Seen], method: &str, fragment: &str) -> usize {
-    log.iter()
-        .filter(|s| s.method == method && s.target.contains(fragment))
-        .count()
-}
-
 /// Issue 9, point 5: a reader's LIST answered after a raise (and after a
 /// zombie's late object landed) is judged under a fence read that started
 /// after the listing, never under one answered before the raise.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listing_answered_after_a_raise_is_judged_under_a_later_fence_read() {
-    let server = TestServer::start();
-    let proxy = FaultProxy::start(&server.address()).await;
-    let prefix = fresh_prefix("order");
-    let direct = config(&server.endpoint(), &prefix);
-    let via_proxy = config(&proxy.endpoint(), &prefix);
-    let leader = store(&direct).await.handle("leader", 4);
+    let race = ProxiedPrefix::start("order").await;
+    let leader = race.direct("leader").await;
     leader.persist_authoritative_version(1).await.unwrap();
     // The zombie was told 1 and its store has read fence 1.
-    let zombie = store(&via_proxy).await.handle("zombie", 4);
-    zombie.set_authoritative_version(1);
-    zombie
-        .write_partial(0, 5, 1, Bytes::from_static(b"before"))
-        .await
-        .expect("a write before the raise");
+    let zombie = zombie_told_1(&race).await;
     // A reader and a gate, each on its own store (its own fence reads).
-    let reader = store(&via_proxy).await.handle("reader", 4);
-    let gate = store(&via_proxy).await.handle("gate", 4);
-    proxy.reset_log();
-    proxy.add(Rule {
-        method: "GET",
-        contains: "list-type=2".into(),
-        action: Action::Hold,
-        times: 2,
-    });
+    let reader = race.proxied("reader").await;
+    let gate = race.proxied("gate").await;
+    race.proxy.reset_log();
+    race.fault("GET", "list-type=2", Action::Hold, 2);
     let reading =
         async { tokio::join!(reader.read_partial(1, 5), gate.epoch_complete(5, &[0, 1])) };
     let meanwhile = async {
-        wait_for(&proxy, "both LISTs to be held", |p| {
-            p.seen()
-                .iter()
-                .filter(|s| s.fault == Some(Action::Hold))
-                .count()
-                == 2
-        })
-        .await;
         // A fence read sent alongside the LIST is answered now, before the
         // raise (fence 1). If none is sent within a second, none is coming.
         let quiet = Instant::now() + Duration::from_secs(1);
         let deadline = Instant::now() + Duration::from_secs(10);
         let sent_while_listing = loop {
-            let sent = count(&proxy.seen(), "HEAD", "/fence");
-            let answered = count(&proxy.answered(), "HEAD", "/fence");
+            let sent = requests(&race.proxy.seen(), "HEAD", "/fence");
+            let answered = requests(&race.proxy.answered(), "HEAD", "/fence");
             if (sent == 0 && Instant::now() >= quiet) || (sent == 2 && answered == 2) {
                 break sent;
             }
@@ -388,29 +298,16 @@ async fn a_listing_answered_after_a_raise_is_judged_under_a_later_fence_read() {
             .expect("the raise");
         // The zombie's write lands after the raise; its clean-up fails, so
         // its object stays in the bucket.
-        proxy.add(Rule {
-            method: "DELETE",
-            contains: "/p/".into(),
-            action: Action::Status(500),
-            times: 1_000,
-        });
+        race.fault("DELETE", "/p/", Action::Status(500), 1_000);
         let late = zombie
             .write_partial(1, 5, 1, Bytes::from_static(b"zombie"))
             .await;
-        assert!(
-            matches!(
-                late,
-                Err(StateBackendError::StaleVersion {
-                    caller: 1,
-                    authoritative: 2
-                })
-            ),
-            "the late zombie write gave {late:?}"
-        );
-        proxy.release(2);
+        assert!(is_stale(&late, 1, 2), "the late zombie write gave {late:?}");
         sent_while_listing
     };
-    let ((read, sealed), sent_while_listing) = tokio::join!(reading, meanwhile);
+    let ((read, sealed), sent_while_listing) = race
+        .while_held(2, "both LISTs to be held", reading, meanwhile)
+        .await;
     assert_eq!(
         stored_keys(reader.store(), &partial_path(1, 5)).await.len(),
         1,
@@ -437,70 +334,45 @@ async fn a_listing_answered_after_a_raise_is_judged_under_a_later_fence_read() {
 /// `StaleVersion` means never visible, `Ok` means visible for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_write_is_never_visible_even_when_its_clean_up_fails() {
-    let server = TestServer::start();
-    let zombie_proxy = FaultProxy::start(&server.address()).await;
-    let leader_proxy = FaultProxy::start(&server.address()).await;
-    let prefix = fresh_prefix("refused");
-    let direct = config(&server.endpoint(), &prefix);
-    let leader = store(&config(&leader_proxy.endpoint(), &prefix))
+    // The zombie reaches the bucket through the race's proxy, the leader
+    // through a proxy of its own.
+    let race = ProxiedPrefix::start("refused").await;
+    let leader_proxy = FaultProxy::start(&race.server.address()).await;
+    let leader = store(&config(&leader_proxy.endpoint(), &race.prefix))
         .await
         .handle("leader", 4);
     leader.persist_authoritative_version(1).await.unwrap();
-    let zombie = store(&config(&zombie_proxy.endpoint(), &prefix))
-        .await
-        .handle("zombie", 4);
-    zombie.set_authoritative_version(1);
-    zombie
-        .write_partial(0, 5, 1, Bytes::from_static(b"before"))
-        .await
-        .expect("a write before the raise");
+    let zombie = zombie_told_1(&race).await;
 
-    zombie_proxy.add(Rule {
-        method: "PUT",
-        contains: partial_path(1, 5),
-        action: Action::Hold,
-        times: 1,
-    });
-    zombie_proxy.add(Rule {
-        method: "DELETE",
-        contains: "/p/".into(),
-        action: Action::Status(500),
-        times: 1_000,
-    });
+    race.fault("PUT", &partial_path(1, 5), Action::Hold, 1);
+    race.fault("DELETE", "/p/", Action::Status(500), 1_000);
     // The raise's listing for its snapshot is held: the swap is done, the
     // snapshot not yet listed.
     leader_proxy.reset_log();
-    leader_proxy.add(Rule {
-        method: "GET",
-        contains: "list-type=2".into(),
-        action: Action::Hold,
-        times: 1,
-    });
+    leader_proxy.add(rule("GET", "list-type=2", Action::Hold, 1));
     let write = zombie.write_partial(1, 5, 1, Bytes::from_static(b"zombie"));
     let raise = async {
-        wait_for(&zombie_proxy, "the zombie's PUT to be held", |p| {
-            p.seen().iter().any(|s| s.fault == Some(Action::Hold))
-        })
-        .await;
-        let raising = leader.persist_authoritative_version(2);
+        wait_for(&race.proxy, "the zombie's PUT to be held", |p| held(p) > 0).await;
         let land_in_between = async {
-            wait_for(&leader_proxy, "the raise's listing to be held", |p| {
-                p.seen().iter().any(|s| s.fault == Some(Action::Hold))
-            })
-            .await;
             assert_eq!(
-                count(&leader_proxy.answered(), "PUT", "/fence"),
+                requests(&leader_proxy.answered(), "PUT", "/fence"),
                 1,
                 "the swap is done"
             );
-            zombie_proxy.release(1);
-            wait_for(&zombie_proxy, "the zombie's PUT to land", |p| {
-                count(&p.answered(), "PUT", &partial_path(1, 5)) == 1
+            race.proxy.release(1);
+            wait_for(&race.proxy, "the zombie's PUT to land", |p| {
+                requests(&p.answered(), "PUT", &partial_path(1, 5)) == 1
             })
             .await;
-            leader_proxy.release(1);
         };
-        let (raised, ()) = tokio::join!(raising, land_in_between);
+        let (raised, ()) = while_held(
+            &leader_proxy,
+            1,
+            "the raise's listing to be held",
+            leader.persist_authoritative_version(2),
+            land_in_between,
+        )
+        .await;
         raised.expect("the raise");
     };
     let (outcome, ()) = tokio::join!(write, raise);
@@ -509,7 +381,7 @@ async fn a_refused_write_is_never_visible_even_when_its_clean_up_fails() {
         1,
         "the zombie's object is in the bucket"
     );
-    let observer = store(&direct).await.handle("observer", 4);
+    let observer = race.direct("observer").await;
     let seen = observer.read_partial(1, 5).await.expect("a read");
     let counted = observer.epoch_complete(5, &[0, 1]).await.expect("the gate");
     match &outcome {
@@ -528,11 +400,8 @@ async fn a_refused_write_is_never_visible_even_when_its_clean_up_fails() {
     assert!(outcome.is_ok(), "the zombie's write gave {outcome:?}");
     // Later snapshots carry it, and a new leader's gate agrees.
     leader.persist_authoritative_version(3).await.unwrap();
-    let later = store(&direct).await.handle("later", 4);
-    assert_eq!(
-        later.read_partial(1, 5).await.unwrap().as_deref(),
-        Some(&b"zombie"[..])
-    );
+    let later = race.direct("later").await;
+    assert_eq!(read(&later, 1, 5).await.as_deref(), Some(&b"zombie"[..]));
 }
 
 /// Issue 9, point 6, the rewrite path: a writer whose version satisfies a
@@ -541,12 +410,10 @@ async fn a_refused_write_is_never_visible_even_when_its_clean_up_fails() {
 /// deleted, not left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_rewritten_in_the_new_period_leaves_no_object_behind() {
-    let server = TestServer::start();
-    let prefix = fresh_prefix("rewrite");
-    let direct = config(&server.endpoint(), &prefix);
-    let leader = store(&direct).await.handle("leader", 4);
+    let race = ProxiedPrefix::start("rewrite").await;
+    let leader = race.direct("leader").await;
     leader.persist_authoritative_version(1).await.unwrap();
-    let writer = store(&direct).await.handle("writer", 4);
+    let writer = race.direct("writer").await;
     writer
         .write_partial(0, 5, 1, Bytes::from_static(b"period 1"))
         .await
@@ -563,9 +430,9 @@ async fn a_write_rewritten_in_the_new_period_leaves_no_object_behind() {
         keys[0].contains(&format!(".{:020}.", 2)),
         "the object left is of period 2: {keys:?}"
     );
-    let reader = store(&direct).await.handle("reader", 4);
+    let reader = race.direct("reader").await;
     assert_eq!(
-        reader.read_partial(1, 5).await.unwrap().as_deref(),
+        read(&reader, 1, 5).await.as_deref(),
         Some(&b"rewritten"[..])
     );
 }
@@ -578,75 +445,43 @@ async fn a_write_rewritten_in_the_new_period_leaves_no_object_behind() {
 /// per epoch: the new leader learns who sealed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deposed_leader_can_seal_while_its_marker_is_in_flight() {
-    let server = TestServer::start();
-    let proxy = FaultProxy::start(&server.address()).await;
-    let prefix = fresh_prefix("seal-window");
-    let direct = config(&server.endpoint(), &prefix);
-    let old = store(&config(&proxy.endpoint(), &prefix))
-        .await
-        .handle("old", 4);
-    let new = store(&direct).await.handle("new", 4);
+    let race = ProxiedPrefix::start("seal-window").await;
+    let old = race.proxied("old").await;
+    let new = race.direct("new").await;
     old.persist_authoritative_version(1).await.unwrap();
     for epoch in [3, 4] {
-        for vnode in [0, 1] {
-            old.write_partial(vnode, epoch, 1, Bytes::from_static(b"x"))
-                .await
-                .unwrap();
-        }
+        write_epoch(&old, epoch, 1, &[0, 1]).await;
     }
-    proxy.add(Rule {
-        method: "PUT",
-        contains: "/m/".into(),
-        action: Action::Hold,
-        times: 1,
-    });
-    let sealing = old.epoch_complete(3, &[0, 1]);
-    let raise = async {
-        wait_for(&proxy, "the marker PUT to be held", |p| {
-            p.seen().iter().any(|s| s.fault == Some(Action::Hold))
-        })
+    race.fault("PUT", "/m/", Action::Hold, 1);
+    let (sealed, ()) = race
+        .while_held(
+            1,
+            "the marker PUT to be held",
+            old.epoch_complete(3, &[0, 1]),
+            async {
+                new.persist_authoritative_version(2)
+                    .await
+                    .expect("the raise");
+            },
+        )
         .await;
-        new.persist_authoritative_version(2)
-            .await
-            .expect("the raise");
-        proxy.release(1);
-    };
-    let (sealed, ()) = tokio::join!(sealing, raise);
     assert!(
         matches!(sealed, Ok(true)),
         "the documented window: the deposed leader's seal in flight during the raise gave {sealed:?}"
     );
-    match new.epoch_complete(3, &[0, 1]).await {
-        Err(StateBackendError::SplitBrainCommit { committer, .. }) => assert_eq!(committer, "old"),
-        other => panic!("the new leader's gate gave {other:?}"),
-    }
+    assert_sealed_by(&new, 3, &[0, 1], "old", "the new leader's gate").await;
     // Once the raise is acknowledged, a gate that starts then reads the new
     // fence and refuses the deposed leader (the best effort that holds
     // whenever no marker PUT is already in flight), sealing nothing.
     let late = old.epoch_complete(4, &[0, 1]).await;
     assert!(
-        matches!(
-            late,
-            Err(StateBackendError::StaleVersion {
-                caller: 1,
-                authoritative: 2
-            })
-        ),
+        is_stale(&late, 1, 2),
         "a deposed leader's gate after the raise gave {late:?}"
     );
     assert!(matches!(new.epoch_complete(4, &[0, 1]).await, Ok(true)));
     // The deposed leader's writes are refused, as ever.
     let stale = old.write_partial(0, 5, 1, Bytes::from_static(b"x")).await;
-    assert!(
-        matches!(
-            stale,
-            Err(StateBackendError::StaleVersion {
-                caller: 1,
-                authoritative: 2
-            })
-        ),
-        "{stale:?}"
-    );
+    assert!(is_stale(&stale, 1, 2), "{stale:?}");
 }
 
 /// Issue 9, point 9 (the part fixed): a gate whose marker PUT met 412, and
@@ -654,40 +489,18 @@ async fn a_deposed_leader_can_seal_while_its_marker_is_in_flight() {
 /// it, lists the partials again instead of creating the marker unchecked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gate_whose_marker_was_pruned_after_its_412_lists_again() {
-    let server = TestServer::start();
-    let proxy = FaultProxy::start(&server.address()).await;
-    let prefix = fresh_prefix("gate-prune");
-    let first = store(&config(&server.endpoint(), &prefix))
-        .await
-        .handle("first", 4);
-    let second = store(&config(&proxy.endpoint(), &prefix))
-        .await
-        .handle("second", 4);
-    for vnode in [0, 1] {
-        first
-            .write_partial(vnode, 3, 0, Bytes::from_static(b"x"))
-            .await
-            .unwrap();
-    }
+    let race = ProxiedPrefix::start("gate-prune").await;
+    let first = race.direct("first").await;
+    let second = race.proxied("second").await;
+    write_epoch(&first, 3, 0, &[0, 1]).await;
     assert!(first.epoch_complete(3, &[0, 1]).await.unwrap());
     // The second gate's read of the marker (after its 412) is held while
     // the epoch is pruned.
-    proxy.add(Rule {
-        method: "GET",
-        contains: "/m/".into(),
-        action: Action::Hold,
-        times: 1,
-    });
+    race.fault("GET", "/m/", Action::Hold, 1);
     let gate = second.epoch_complete(3, &[0, 1]);
-    let prune = async {
-        wait_for(&proxy, "the marker read to be held", |p| {
-            p.seen().iter().any(|s| s.fault == Some(Action::Hold))
-        })
+    let gated = race
+        .prune_while_held("the marker read to be held", gate, &first, 4)
         .await;
-        first.prune_before(4).await.expect("the prune");
-        proxy.release(1);
-    };
-    let (gated, ()) = tokio::join!(gate, prune);
     assert!(
         matches!(gated, Ok(false)),
         "a gate racing the prune of its epoch gave {gated:?}"

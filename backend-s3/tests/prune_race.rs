@@ -12,8 +12,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use laminar_state_api::{StateBackend, StateBackendError};
-use support::proxy::{Action, FaultProxy, Rule};
-use support::{TestServer, config, fresh_prefix, impatient_config, store, stored_keys, wait_for};
+use laminar_state_s3::S3Backend;
+use support::proxy::Action;
+use support::{
+    ProxiedPrefix, VNODE_CAPACITY, assert_sealed_by, held, impatient_config, raw_delete, raw_put,
+    read, store, stored_keys, wait_for, write_epoch,
+};
 
 /// Every epoch the recovery queries call sealed has a partial for each of
 /// `vnodes`, and `latest_committed_epoch` is the last of them. Run while
@@ -23,11 +27,7 @@ async fn every_sealed_epoch_has_its_partials(handle: &dyn StateBackend, vnodes: 
     for &epoch in &sealed {
         for &vnode in vnodes {
             assert!(
-                handle
-                    .read_partial(vnode, epoch)
-                    .await
-                    .expect("read_partial")
-                    .is_some(),
+                read(handle, vnode, epoch).await.is_some(),
                 "epoch {epoch} is sealed (sealed_epochs(0) = {sealed:?}) but its partial for \
                  vnode {vnode} is gone"
             );
@@ -43,20 +43,146 @@ async fn every_sealed_epoch_has_its_partials(handle: &dyn StateBackend, vnodes: 
     );
 }
 
-async fn write_epoch(handle: &dyn StateBackend, epoch: u64, vnodes: &[u32]) {
-    for &vnode in vnodes {
-        handle
-            .write_partial(vnode, epoch, 0, Bytes::from_static(b"x"))
-            .await
-            .expect("write_partial");
+/// Write and seal each of `epochs` through `handle`.
+async fn seal_epochs(handle: &dyn StateBackend, epochs: &[u64], vnodes: &[u32]) {
+    for &epoch in epochs {
+        write_epoch(handle, epoch, 0, vnodes).await;
+        assert!(handle.epoch_complete(epoch, vnodes).await.unwrap());
     }
 }
 
-fn held(proxy: &FaultProxy) -> bool {
-    proxy
-        .seen()
-        .iter()
-        .any(|s| matches!(s.fault, Some(Action::Hold | Action::HoldAnswer)))
+/// Poll every `period` until `done` holds, failing with `never` at
+/// `deadline`; when it held.
+async fn poll_until<F: std::future::Future<Output = bool>>(
+    deadline: Instant,
+    period: Duration,
+    never: &str,
+    mut done: impl FnMut() -> F,
+) -> Instant {
+    while !done().await {
+        assert!(Instant::now() < deadline, "{never}");
+        tokio::time::sleep(period).await;
+    }
+    Instant::now()
+}
+
+/// The pruned epoch 3 is written again and sealed by `pruner`, after
+/// which `sealed` are the sealed epochs; `sealer`'s gate (`who`), asking
+/// again, is told that the pruner sealed it.
+async fn pruner_reseals_3(
+    sealer: &dyn StateBackend,
+    pruner: &dyn StateBackend,
+    vnodes: &[u32],
+    sealed: &[u64],
+    who: &str,
+) {
+    seal_epochs(pruner, &[3], vnodes).await;
+    assert_eq!(pruner.sealed_epochs(0).await.unwrap(), sealed);
+    let asking = format!("{who}, asking again,");
+    assert_sealed_by(sealer, 3, vnodes, "pruner", &asking).await;
+    every_sealed_epoch_has_its_partials(pruner, vnodes).await;
+}
+
+/// A gate racing a prune: on a prefix behind a proxy, a handle "sealer"
+/// that reaches it through the proxy and a handle "pruner" that reaches it
+/// directly.
+struct Race {
+    on: ProxiedPrefix,
+    sealer: S3Backend,
+    pruner: S3Backend,
+}
+
+impl Race {
+    async fn start(tag: &str) -> Self {
+        let on = ProxiedPrefix::start(tag).await;
+        let sealer = on.proxied("sealer").await;
+        let pruner = on.direct("pruner").await;
+        Self { on, sealer, pruner }
+    }
+
+    /// The sealer's gate for `epoch` over `vnodes`, with one request (or
+    /// answer) of it held at the proxy (`what` names it) while the pruner
+    /// prunes below `bound` to the end; what the gate answered, once every
+    /// sealed epoch is seen to have its partials.
+    async fn gate_across_prune(
+        &self,
+        epoch: u64,
+        vnodes: &[u32],
+        bound: u64,
+        what: &str,
+    ) -> Result<bool, StateBackendError> {
+        let gate = self.sealer.epoch_complete(epoch, vnodes);
+        let gated = self
+            .on
+            .prune_while_held(what, gate, &self.pruner, bound)
+            .await;
+        every_sealed_epoch_has_its_partials(&self.pruner, vnodes).await;
+        gated
+    }
+}
+
+/// A gate whose seal another handle learns of before a prune: on a prefix
+/// behind a proxy, a handle "sealer" that reaches it through the proxy and
+/// has written epoch 3, and a "rival" and a "pruner" on one store that
+/// reaches it directly.
+struct Rivals {
+    on: ProxiedPrefix,
+    sealer: S3Backend,
+    rival: S3Backend,
+    pruner: S3Backend,
+}
+
+impl Rivals {
+    const VNODES: [u32; 2] = [0, 1];
+
+    async fn start(tag: &str) -> Self {
+        let on = ProxiedPrefix::start(tag).await;
+        let direct = on.direct_store().await;
+        let (rival, pruner) = (
+            direct.handle("rival", VNODE_CAPACITY),
+            direct.handle("pruner", VNODE_CAPACITY),
+        );
+        let sealer = on.proxied("sealer").await;
+        write_epoch(&sealer, 3, 0, &Self::VNODES).await;
+        Self {
+            on,
+            sealer,
+            rival,
+            pruner,
+        }
+    }
+
+    /// The sealer's gate for epoch 3, with one request (or answer) of it
+    /// held at the proxy (`what` names it) while, once `landed` is done,
+    /// the rival's gate is told that the sealer sealed the epoch and a
+    /// prune of the epoch runs to the end. The sealer's gate must then
+    /// answer that it sealed.
+    async fn sealer_named_then_pruned(
+        &self,
+        what: &str,
+        landed: impl std::future::Future<Output = ()>,
+    ) {
+        let vnodes = &Self::VNODES;
+        let told_then_pruned = async {
+            landed.await;
+            assert_sealed_by(
+                &self.rival,
+                3,
+                vnodes,
+                "sealer",
+                "the rival's gate, after the sealer's marker landed,",
+            )
+            .await;
+            self.pruner.prune_before(4).await.expect("the prune");
+        };
+        let gate = self.sealer.epoch_complete(3, vnodes);
+        let (gated, ()) = self.on.while_held(1, what, gate, told_then_pruned).await;
+        assert!(
+            matches!(gated, Ok(true)),
+            "the rival was told the sealer sealed epoch 3, but the sealer's own gate gave {gated:?}"
+        );
+        every_sealed_epoch_has_its_partials(&self.pruner, vnodes).await;
+    }
 }
 
 /// The gate listed the partials and its marker PUT is in flight (held at
@@ -67,33 +193,16 @@ fn held(proxy: &FaultProxy) -> bool {
 /// the prune began, answers that it sealed (ordered before the prune).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prune_while_the_marker_put_is_in_flight_leaves_no_seal_without_partials() {
-    let server = TestServer::start();
-    let proxy = FaultProxy::start(&server.address()).await;
-    let prefix = fresh_prefix("race-put");
-    let pruner = store(&config(&server.endpoint(), &prefix))
-        .await
-        .handle("pruner", 4);
-    let sealer = store(&config(&proxy.endpoint(), &prefix))
-        .await
-        .handle("sealer", 4);
+    let race = Race::start("race-put").await;
+    let Race { sealer, pruner, .. } = &race;
     let vnodes = [0, 1];
-    write_epoch(&sealer, 3, &vnodes).await;
-    write_epoch(&sealer, 5, &vnodes).await;
+    write_epoch(sealer, 3, 0, &vnodes).await;
+    write_epoch(sealer, 5, 0, &vnodes).await;
     assert!(sealer.epoch_complete(5, &vnodes).await.unwrap());
-    proxy.add(Rule {
-        method: "PUT",
-        contains: "/m/".into(),
-        action: Action::Hold,
-        times: 1,
-    });
-    let gate = sealer.epoch_complete(3, &vnodes);
-    let prune = async {
-        wait_for(&proxy, "the marker PUT to be held", held).await;
-        pruner.prune_before(4).await.expect("the prune");
-        proxy.release(1);
-    };
-    let (gated, ()) = tokio::join!(gate, prune);
-    every_sealed_epoch_has_its_partials(&pruner, &vnodes).await;
+    race.on.fault("PUT", "/m/", Action::Hold, 1);
+    let gated = race
+        .gate_across_prune(3, &vnodes, 4, "the marker PUT to be held")
+        .await;
     // No prune had begun when the gate read the registry, after its
     // listing and before its marker PUT: the seal is ordered before the
     // prune, which took it away (readers never count the marker: the
@@ -104,16 +213,7 @@ async fn a_prune_while_the_marker_put_is_in_flight_leaves_no_seal_without_partia
     );
     assert_eq!(pruner.sealed_epochs(0).await.unwrap(), vec![5]);
     // The pruned epoch can be written and sealed afresh, by anyone.
-    write_epoch(&pruner, 3, &vnodes).await;
-    assert!(pruner.epoch_complete(3, &vnodes).await.unwrap());
-    assert_eq!(pruner.sealed_epochs(0).await.unwrap(), vec![3, 5]);
-    match sealer.epoch_complete(3, &vnodes).await {
-        Err(StateBackendError::SplitBrainCommit { committer, .. }) => {
-            assert_eq!(committer, "pruner")
-        }
-        other => panic!("the first gate, asking again, gave {other:?}"),
-    }
-    every_sealed_epoch_has_its_partials(&pruner, &vnodes).await;
+    pruner_reseals_3(sealer, pruner, &vnodes, &[3, 5], "the first gate").await;
 }
 
 /// The same race one step earlier: the gate's listing was answered (all
@@ -121,38 +221,20 @@ async fn a_prune_while_the_marker_put_is_in_flight_leaves_no_seal_without_partia
 /// of the epoch ran to the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prune_after_the_gates_listing_was_answered_leaves_no_seal_without_partials() {
-    let server = TestServer::start();
-    let proxy = FaultProxy::start(&server.address()).await;
-    let prefix = fresh_prefix("race-list");
-    let pruner = store(&config(&server.endpoint(), &prefix))
-        .await
-        .handle("pruner", 4);
-    let sealer = store(&config(&proxy.endpoint(), &prefix))
-        .await
-        .handle("sealer", 4);
+    let race = Race::start("race-list").await;
     let vnodes = [0, 1, 2];
-    write_epoch(&sealer, 7, &vnodes).await;
-    proxy.add(Rule {
-        method: "GET",
-        contains: "list-type=2".into(),
-        action: Action::HoldAnswer,
-        times: 1,
-    });
-    let gate = sealer.epoch_complete(7, &vnodes);
-    let prune = async {
-        wait_for(&proxy, "the listing's answer to be held", held).await;
-        pruner.prune_before(8).await.expect("the prune");
-        proxy.release(1);
-    };
-    let (gated, ()) = tokio::join!(gate, prune);
-    every_sealed_epoch_has_its_partials(&pruner, &vnodes).await;
+    write_epoch(&race.sealer, 7, 0, &vnodes).await;
+    race.on.fault("GET", "list-type=2", Action::HoldAnswer, 1);
+    let gated = race
+        .gate_across_prune(7, &vnodes, 8, "the listing's answer to be held")
+        .await;
     // The gate's registry read after its listing shows the prune: it
     // starts over and finds the partials gone.
     assert!(
         matches!(gated, Ok(false)),
         "the gate whose epoch was pruned under it gave {gated:?}"
     );
-    assert_eq!(pruner.latest_committed_epoch().await.unwrap(), None);
+    assert_eq!(race.pruner.latest_committed_epoch().await.unwrap(), None);
 }
 
 /// The gate's marker landed after a prune of its epoch ran to the end, and
@@ -164,37 +246,28 @@ async fn a_prune_after_the_gates_listing_was_answered_leaves_no_seal_without_par
 /// instance asking again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gate_that_dies_after_its_marker_landed_leaves_no_visible_seal() {
-    let server = TestServer::start();
-    let proxy = FaultProxy::start(&server.address()).await;
-    let prefix = fresh_prefix("race-dead-gate");
-    let direct = store(&config(&server.endpoint(), &prefix)).await;
-    let pruner = direct.handle("pruner", 4);
-    let sealer = store(&impatient_config(&proxy.endpoint(), &prefix))
+    let race = ProxiedPrefix::start("race-dead-gate").await;
+    let direct = race.direct_store().await;
+    let pruner = direct.handle("pruner", VNODE_CAPACITY);
+    let sealer = store(&impatient_config(&race.proxy.endpoint(), &race.prefix))
         .await
-        .handle("sealer", 4);
+        .handle("sealer", VNODE_CAPACITY);
     let vnodes = [0, 1];
-    write_epoch(&sealer, 3, &vnodes).await;
-    proxy.add(Rule {
-        method: "PUT",
-        contains: "/m/".into(),
-        action: Action::Hold,
-        times: 1,
-    });
-    let gate = sealer.epoch_complete(3, &vnodes);
-    let prune = async {
-        wait_for(&proxy, "the marker PUT to be held", held).await;
-        pruner.prune_before(4).await.expect("the prune");
-        // From now on the sealer cannot read anything but its marker PUT's
-        // answer: as if it died right after that PUT.
-        proxy.add(Rule {
-            method: "GET",
-            contains: String::new(),
-            action: Action::Status(500),
-            times: 1_000,
-        });
-        proxy.release(1);
-    };
-    let (gated, ()) = tokio::join!(gate, prune);
+    write_epoch(&sealer, 3, 0, &vnodes).await;
+    race.fault("PUT", "/m/", Action::Hold, 1);
+    let (gated, ()) = race
+        .while_held(
+            1,
+            "the marker PUT to be held",
+            sealer.epoch_complete(3, &vnodes),
+            async {
+                pruner.prune_before(4).await.expect("the prune");
+                // From now on the sealer cannot read anything but its marker
+                // PUT's answer: as if it died right after that PUT.
+                race.fault("GET", "", Action::Status(500), 1_000);
+            },
+        )
+        .await;
     every_sealed_epoch_has_its_partials(&pruner, &vnodes).await;
     assert!(
         matches!(gated, Ok(true)),
@@ -208,18 +281,10 @@ async fn a_gate_that_dies_after_its_marker_landed_leaves_no_visible_seal() {
     assert_eq!(pruner.latest_committed_epoch().await.unwrap(), None);
     assert_eq!(pruner.sealed_epochs(0).await.unwrap(), Vec::<u64>::new());
     // Written again and sealed by another instance: the left-over marker is
-    // no seal, so it is replaced.
-    write_epoch(&pruner, 3, &vnodes).await;
-    assert!(pruner.epoch_complete(3, &vnodes).await.unwrap());
-    assert_eq!(pruner.sealed_epochs(0).await.unwrap(), vec![3]);
-    proxy.clear_rules();
-    match sealer.epoch_complete(3, &vnodes).await {
-        Err(StateBackendError::SplitBrainCommit { committer, .. }) => {
-            assert_eq!(committer, "pruner")
-        }
-        other => panic!("the dead gate's instance, asking again, gave {other:?}"),
-    }
-    every_sealed_epoch_has_its_partials(&pruner, &vnodes).await;
+    // no seal, so it is replaced. (The pruner does not go through the
+    // proxy: only the dead gate's instance, asking again, is back.)
+    race.proxy.clear_rules();
+    pruner_reseals_3(&sealer, &pruner, &vnodes, &[3], "the dead gate's instance").await;
 }
 
 /// A prune whose caller gave up on it (its future dropped, as on a
@@ -227,60 +292,49 @@ async fn a_gate_that_dies_after_its_marker_landed_leaves_no_visible_seal() {
 /// behind nor blocks seals below its bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prune_whose_caller_gave_up_still_finishes() {
-    let server = TestServer::start();
-    let proxy = FaultProxy::start(&server.address()).await;
-    let prefix = fresh_prefix("race-dropped");
-    let direct = store(&config(&server.endpoint(), &prefix)).await;
-    let writer = direct.handle("writer", 4);
-    let pruner = store(&config(&proxy.endpoint(), &prefix))
-        .await
-        .handle("pruner", 4);
+    let race = ProxiedPrefix::start("race-dropped").await;
+    let direct = race.direct_store().await;
+    let writer = direct.handle("writer", VNODE_CAPACITY);
+    let pruner = race.proxied("pruner").await;
     let vnodes = [0, 1];
-    for epoch in [1, 2, 3] {
-        write_epoch(&writer, epoch, &vnodes).await;
-        assert!(writer.epoch_complete(epoch, &vnodes).await.unwrap());
-    }
-    proxy.add(Rule {
-        method: "GET",
-        contains: "list-type=2".into(),
-        action: Action::Hold,
-        times: 1,
-    });
+    seal_epochs(&writer, &[1, 2, 3], &vnodes).await;
+    race.fault("GET", "list-type=2", Action::Hold, 1);
     let prune = pruner.prune_before(3);
     let gave_up = async {
-        wait_for(&proxy, "the prune's listing to be held", held).await;
+        wait_for(&race.proxy, "the prune's listing to be held", |p| {
+            held(p) > 0
+        })
+        .await;
     };
     tokio::select! {
         done = prune => panic!("the prune finished while held: {done:?}"),
         () = gave_up => {}
     }
     // The future is dropped; the held request goes on.
-    proxy.release(1);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !stored_keys(&direct, "/p/00000000000000000002/")
-        .await
-        .is_empty()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the abandoned prune never finished"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    race.proxy.release(1);
+    poll_until(
+        Instant::now() + Duration::from_secs(10),
+        Duration::from_millis(20),
+        "the abandoned prune never finished",
+        || async {
+            stored_keys(&direct, "/p/00000000000000000002/")
+                .await
+                .is_empty()
+        },
+    )
+    .await;
     assert_eq!(writer.sealed_epochs(0).await.unwrap(), vec![3]);
     // Unregistered: a pruned epoch can be sealed again at once.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        write_epoch(&writer, 1, &vnodes).await;
-        if writer.epoch_complete(1, &vnodes).await.unwrap() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the abandoned prune kept blocking seals below its bound"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_until(
+        Instant::now() + Duration::from_secs(5),
+        Duration::from_millis(20),
+        "the abandoned prune kept blocking seals below its bound",
+        || async {
+            write_epoch(&writer, 1, 0, &vnodes).await;
+            writer.epoch_complete(1, &vnodes).await.unwrap()
+        },
+    )
+    .await;
     every_sealed_epoch_has_its_partials(&writer, &vnodes).await;
 }
 
@@ -291,27 +345,17 @@ async fn a_prune_whose_caller_gave_up_still_finishes() {
 /// later prune of the bound finishes the job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pruner_that_dies_registered_blocks_seals_below_its_bound_until_its_lease_ends() {
-    let server = TestServer::start();
-    let proxy = FaultProxy::start(&server.address()).await;
-    let prefix = fresh_prefix("race-dead-pruner");
-    let direct = store(&config(&server.endpoint(), &prefix)).await;
-    let writer: Arc<dyn StateBackend> = Arc::new(direct.handle("writer", 4));
-    let mut short = impatient_config(&proxy.endpoint(), &prefix);
+    let race = ProxiedPrefix::start("race-dead-pruner").await;
+    let direct = race.direct_store().await;
+    let writer: Arc<dyn StateBackend> = Arc::new(direct.handle("writer", VNODE_CAPACITY));
+    let mut short = impatient_config(&race.proxy.endpoint(), &race.prefix);
     short.max_attempts = 2;
     short.attempt_timeout = Duration::from_millis(500);
     short.operation_timeout = Duration::from_secs(1);
-    let pruner = store(&short).await.handle("pruner", 4);
+    let pruner = store(&short).await.handle("pruner", VNODE_CAPACITY);
     let vnodes = [0, 1];
-    for epoch in [2, 4] {
-        write_epoch(&*writer, epoch, &vnodes).await;
-        assert!(writer.epoch_complete(epoch, &vnodes).await.unwrap());
-    }
-    proxy.add(Rule {
-        method: "GET",
-        contains: "list-type=2".into(),
-        action: Action::Status(500),
-        times: 1_000,
-    });
+    seal_epochs(&*writer, &[2, 4], &vnodes).await;
+    race.fault("GET", "list-type=2", Action::Status(500), 1_000);
     let died = pruner.prune_before(3).await;
     let died_at = Instant::now();
     assert!(
@@ -327,21 +371,19 @@ async fn a_pruner_that_dies_registered_blocks_seals_below_its_bound_until_its_le
     // pruned: not sealed any more.
     assert_eq!(writer.sealed_epochs(0).await.unwrap(), vec![4]);
     assert_eq!(writer.latest_committed_epoch().await.unwrap(), Some(4));
-    assert!(writer.read_partial(0, 2).await.unwrap().is_some());
+    assert!(read(&*writer, 0, 2).await.is_some());
     assert!(
         !writer.epoch_complete(2, &vnodes).await.unwrap(),
         "a seal below the bound of a registered prune"
     );
-    let sealed_again = loop {
-        if writer.epoch_complete(2, &vnodes).await.unwrap() {
-            break died_at.elapsed();
-        }
-        assert!(
-            died_at.elapsed() < Duration::from_secs(30),
-            "seals below a dead prune's bound stayed blocked"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let sealed_again = poll_until(
+        died_at + Duration::from_secs(30),
+        Duration::from_millis(200),
+        "seals below a dead prune's bound stayed blocked",
+        || async { writer.epoch_complete(2, &vnodes).await.unwrap() },
+    )
+    .await
+        - died_at;
     // The lease: 4 x (1 s operation + 0.5 s attempt) = 6 s from the
     // registration, plus the clock skew allowed.
     assert!(
@@ -352,7 +394,7 @@ async fn a_pruner_that_dies_registered_blocks_seals_below_its_bound_until_its_le
     every_sealed_epoch_has_its_partials(&*writer, &vnodes).await;
     writer.prune_before(3).await.expect("a later prune");
     assert_eq!(writer.sealed_epochs(0).await.unwrap(), vec![4]);
-    assert!(writer.read_partial(0, 2).await.unwrap().is_none());
+    assert!(read(&*writer, 0, 2).await.is_none());
     every_sealed_epoch_has_its_partials(&*writer, &vnodes).await;
 }
 
@@ -362,36 +404,20 @@ async fn a_pruner_that_dies_registered_blocks_seals_below_its_bound_until_its_le
 /// registry, so a pruned epoch written again is sealed for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gate_with_an_old_copy_of_the_registry_seals_a_rewritten_epoch_for_good() {
-    let server = TestServer::start();
-    let prefix = fresh_prefix("race-stale-copy");
-    let sealer = store(&config(&server.endpoint(), &prefix))
-        .await
-        .handle("sealer", 4);
-    let pruner = store(&config(&server.endpoint(), &prefix))
-        .await
-        .handle("pruner", 4);
+    let race = ProxiedPrefix::start("race-stale-copy").await;
+    let sealer = race.direct("sealer").await;
+    let pruner = race.direct("pruner").await;
     let vnodes = [0, 1];
-    for epoch in [1, 2] {
-        write_epoch(&sealer, epoch, &vnodes).await;
-        assert!(sealer.epoch_complete(epoch, &vnodes).await.unwrap());
-    }
+    seal_epochs(&sealer, &[1, 2], &vnodes).await;
     // Another process prunes twice; the sealer's copy predates both.
     pruner.prune_before(2).await.unwrap();
     pruner.prune_before(3).await.unwrap();
     assert_eq!(pruner.sealed_epochs(0).await.unwrap(), Vec::<u64>::new());
-    write_epoch(&sealer, 1, &vnodes).await;
-    assert!(sealer.epoch_complete(1, &vnodes).await.unwrap());
-    let observer = store(&config(&server.endpoint(), &prefix))
-        .await
-        .handle("observer", 4);
+    seal_epochs(&sealer, &[1], &vnodes).await;
+    let observer = race.direct("observer").await;
     assert_eq!(observer.sealed_epochs(0).await.unwrap(), vec![1]);
     assert_eq!(observer.latest_committed_epoch().await.unwrap(), Some(1));
-    match observer.epoch_complete(1, &vnodes).await {
-        Err(StateBackendError::SplitBrainCommit { committer, .. }) => {
-            assert_eq!(committer, "sealer")
-        }
-        other => panic!("another instance sealing gave {other:?}"),
-    }
+    assert_sealed_by(&observer, 1, &vnodes, "sealer", "another instance sealing").await;
     every_sealed_epoch_has_its_partials(&observer, &vnodes).await;
 }
 
@@ -401,43 +427,24 @@ async fn a_gate_with_an_old_copy_of_the_registry_seals_a_rewritten_epoch_for_goo
 /// a process that read it before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_or_deleted_prune_registry_is_an_error() {
-    let server = TestServer::start();
-    let prefix = fresh_prefix("race-damage");
-    let direct = store(&config(&server.endpoint(), &prefix)).await;
-    let handle = direct.handle("a", 4);
+    let race = ProxiedPrefix::start("race-damage").await;
+    let direct = race.direct_store().await;
+    let handle = direct.handle("a", VNODE_CAPACITY);
     let vnodes = [0];
-    for epoch in [1, 2] {
-        write_epoch(&handle, epoch, &vnodes).await;
-        assert!(handle.epoch_complete(epoch, &vnodes).await.unwrap());
-    }
+    seal_epochs(&handle, &[1, 2], &vnodes).await;
     handle.prune_before(2).await.unwrap();
     assert_eq!(handle.sealed_epochs(0).await.unwrap(), vec![2]);
     let key = format!("{}prunes", direct.prefix());
-    direct
-        .client()
-        .delete_object()
-        .bucket(direct.bucket())
-        .key(&key)
-        .send()
-        .await
-        .expect("raw DELETE");
+    raw_delete(&direct, &key).await;
     let gone = handle.sealed_epochs(0).await;
     assert!(
         matches!(&gone, Err(StateBackendError::Serialization(m)) if m.contains("prune registry")),
         "a deleted registry gave {gone:?}"
     );
-    direct
-        .client()
-        .put_object()
-        .bucket(direct.bucket())
-        .key(&key)
-        .body(b"not a frame".to_vec().into())
-        .send()
+    raw_put(&direct, &key, b"not a frame")
         .await
         .expect("raw PUT");
-    let fresh = store(&config(&server.endpoint(), &prefix))
-        .await
-        .handle("b", 4);
+    let fresh = race.direct("b").await;
     let damaged = fresh.latest_committed_epoch().await;
     assert!(
         matches!(damaged, Err(StateBackendError::Serialization(_))),
@@ -458,52 +465,21 @@ async fn a_damaged_or_deleted_prune_registry_is_an_error() {
 /// marker landed, see the prune, and answer `Ok(false)`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gate_named_as_committer_never_answers_that_it_did_not_seal() {
-    let server = TestServer::start();
-    let proxy = FaultProxy::start(&server.address()).await;
-    let prefix = fresh_prefix("race-named");
-    let direct = store(&config(&server.endpoint(), &prefix)).await;
-    let (rival, pruner) = (direct.handle("rival", 4), direct.handle("pruner", 4));
-    let sealer = store(&config(&proxy.endpoint(), &prefix))
-        .await
-        .handle("sealer", 4);
-    let vnodes = [0, 1];
-    write_epoch(&sealer, 3, &vnodes).await;
+    let rivals = Rivals::start("race-named").await;
     // The gate's marker lands; its answer waits at the proxy.
-    proxy.add(Rule {
-        method: "PUT",
-        contains: "/m/".into(),
-        action: Action::HoldAnswer,
-        times: 1,
-    });
-    let gate = sealer.epoch_complete(3, &vnodes);
-    let others = async {
-        wait_for(&proxy, "the marker PUT's answer to be held", held).await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while rival.latest_committed_epoch().await.expect("latest") != Some(3) {
-            assert!(
-                Instant::now() < deadline,
-                "the sealer's marker never landed"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        match rival.epoch_complete(3, &vnodes).await {
-            Err(StateBackendError::SplitBrainCommit { committer, .. }) => {
-                assert_eq!(
-                    committer, "sealer",
-                    "the rival was told the wrong committer"
-                )
-            }
-            other => panic!("the rival's gate, after the sealer's marker landed, gave {other:?}"),
-        }
-        pruner.prune_before(4).await.expect("the prune");
-        proxy.release(1);
+    rivals.on.fault("PUT", "/m/", Action::HoldAnswer, 1);
+    let landed = async {
+        poll_until(
+            Instant::now() + Duration::from_secs(10),
+            Duration::from_millis(5),
+            "the sealer's marker never landed",
+            || async { rivals.rival.latest_committed_epoch().await.expect("latest") == Some(3) },
+        )
+        .await;
     };
-    let (gated, ()) = tokio::join!(gate, others);
-    assert!(
-        matches!(gated, Ok(true)),
-        "the rival was told the sealer sealed epoch 3, but the sealer's own gate gave {gated:?}"
-    );
-    every_sealed_epoch_has_its_partials(&pruner, &vnodes).await;
+    rivals
+        .sealer_named_then_pruned("the marker PUT's answer to be held", landed)
+        .await;
 }
 
 /// Found by `cargo xtask chaos --backend s3` (a long run: "refused bytes
@@ -514,56 +490,39 @@ async fn a_gate_named_as_committer_never_answers_that_it_did_not_seal() {
 /// `StaleVersion`: its bytes were visible.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_read_by_others_and_then_pruned_is_never_refused() {
-    let server = TestServer::start();
-    let proxy = FaultProxy::start(&server.address()).await;
-    let prefix = fresh_prefix("race-read-pruned");
-    let leader = store(&config(&server.endpoint(), &prefix))
-        .await
-        .handle("leader", 4);
-    let writer = store(&config(&proxy.endpoint(), &prefix))
-        .await
-        .handle("writer", 4);
+    let race = ProxiedPrefix::start("race-read-pruned").await;
+    let leader = race.direct("leader").await;
+    let writer = race.proxied("writer").await;
     writer
         .persist_authoritative_version(1)
         .await
         .expect("fence 1");
     // The write lands at once; its answer waits at the proxy.
-    proxy.add(Rule {
-        method: "PUT",
-        contains: "/p/".into(),
-        action: Action::HoldAnswer,
-        times: 1,
-    });
-    let write = writer.write_partial(0, 3, 1, Bytes::from_static(b"seen"));
-    let others = async {
-        wait_for(&proxy, "the write's answer to be held", held).await;
-        // Held once the server answered, which the proxy logs only after
-        // it saw the request: poll until the object is there.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while leader
-            .read_partial(0, 3)
-            .await
-            .expect("read_partial")
-            .is_none()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "the landed write never became visible under the fence it was written at"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert_eq!(
-            leader.read_partial(0, 3).await.expect("read_partial"),
-            Some(Bytes::from_static(b"seen"))
-        );
-        leader.prune_before(4).await.expect("the prune");
-        leader
-            .persist_authoritative_version(2)
-            .await
-            .expect("fence 2");
-        proxy.release(1);
-    };
-    let (written, ()) = tokio::join!(write, others);
+    race.fault("PUT", "/p/", Action::HoldAnswer, 1);
+    let (written, ()) = race
+        .while_held(
+            1,
+            "the write's answer to be held",
+            writer.write_partial(0, 3, 1, Bytes::from_static(b"seen")),
+            async {
+                // Held once the server answered, which the proxy logs only
+                // after it saw the request: poll until the object is there.
+                poll_until(
+                    Instant::now() + Duration::from_secs(10),
+                    Duration::from_millis(5),
+                    "the landed write never became visible under the fence it was written at",
+                    || async { read(&leader, 0, 3).await.is_some() },
+                )
+                .await;
+                assert_eq!(read(&leader, 0, 3).await, Some(Bytes::from_static(b"seen")));
+                leader.prune_before(4).await.expect("the prune");
+                leader
+                    .persist_authoritative_version(2)
+                    .await
+                    .expect("fence 2");
+            },
+        )
+        .await;
     assert!(
         matches!(written, Ok(()) | Err(StateBackendError::Io(_))),
         "a write whose bytes were read was answered {written:?}"
@@ -585,51 +544,11 @@ async fn a_write_read_by_others_and_then_pruned_is_never_refused() {
 /// it again). The gate must still answer that it sealed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gate_whose_marker_answer_was_lost_still_answers_that_it_sealed() {
-    let server = TestServer::start();
-    let proxy = FaultProxy::start(&server.address()).await;
-    let prefix = fresh_prefix("race-lost-marker");
-    let direct = store(&config(&server.endpoint(), &prefix)).await;
-    let (rival, pruner) = (direct.handle("rival", 4), direct.handle("pruner", 4));
-    let sealer = store(&config(&proxy.endpoint(), &prefix))
-        .await
-        .handle("sealer", 4);
-    let vnodes = [0, 1];
-    write_epoch(&sealer, 3, &vnodes).await;
+    let rivals = Rivals::start("race-lost-marker").await;
     // The first marker PUT lands and its answer is lost; the retry waits.
-    proxy.add(Rule {
-        method: "PUT",
-        contains: "/m/".into(),
-        action: Action::ForwardThenDrop,
-        times: 1,
-    });
-    proxy.add(Rule {
-        method: "PUT",
-        contains: "/m/".into(),
-        action: Action::Hold,
-        times: 1,
-    });
-    let gate = sealer.epoch_complete(3, &vnodes);
-    let others = async {
-        wait_for(&proxy, "the retried marker PUT to be held", |p| {
-            p.seen().iter().any(|s| s.fault == Some(Action::Hold))
-        })
+    rivals.on.fault("PUT", "/m/", Action::ForwardThenDrop, 1);
+    rivals.on.fault("PUT", "/m/", Action::Hold, 1);
+    rivals
+        .sealer_named_then_pruned("the retried marker PUT to be held", async {})
         .await;
-        match rival.epoch_complete(3, &vnodes).await {
-            Err(StateBackendError::SplitBrainCommit { committer, .. }) => {
-                assert_eq!(
-                    committer, "sealer",
-                    "the rival was told the wrong committer"
-                )
-            }
-            other => panic!("the rival's gate, after the sealer's marker landed, gave {other:?}"),
-        }
-        pruner.prune_before(4).await.expect("the prune");
-        proxy.release(1);
-    };
-    let (gated, ()) = tokio::join!(gate, others);
-    assert!(
-        matches!(gated, Ok(true)),
-        "the rival was told the sealer sealed epoch 3, but the sealer's own gate gave {gated:?}"
-    );
-    every_sealed_epoch_has_its_partials(&pruner, &vnodes).await;
 }

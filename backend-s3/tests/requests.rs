@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use laminar_state_api::StateBackend;
 use support::proxy::{FaultProxy, Seen};
-use support::{TestServer, config, fill, fresh_prefix, store};
+use support::{ProxiedPrefix, fill, read, store};
 
 /// What a request was, by method and key.
 fn kind(request: &Seen) -> String {
@@ -49,56 +49,43 @@ async fn cost<T>(
     (output, summary.join(", "))
 }
 
-struct Setup {
-    _server: TestServer,
-    proxy: FaultProxy,
-    backend: Arc<dyn StateBackend>,
-}
-
-async fn setup(vnodes: u32) -> Setup {
-    let server = TestServer::start();
-    let proxy = FaultProxy::start(&server.address()).await;
-    let store = store(&config(&proxy.endpoint(), &fresh_prefix("requests"))).await;
+/// A prefix on a server behind a proxy, and a handle (`vnodes` of them) on
+/// a store that reaches it through the proxy, which counts its requests.
+async fn setup(vnodes: u32) -> (ProxiedPrefix, Arc<dyn StateBackend>) {
+    let counted = ProxiedPrefix::start("requests").await;
+    let store = store(&counted.proxied_config()).await;
     let backend: Arc<dyn StateBackend> = Arc::new(store.handle("counted", vnodes));
-    Setup {
-        _server: server,
-        proxy,
-        backend,
-    }
+    (counted, backend)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_operations_cost_what_the_docs_say() {
-    let Setup {
-        _server,
-        proxy,
-        backend,
-    } = setup(8).await;
+    let (counted, backend) = setup(8).await;
     let (written, requests) = cost(
-        &proxy,
+        &counted.proxy,
         backend.write_partial(3, 1, 0, Bytes::from_static(b"x")),
     )
     .await;
     written.unwrap();
     assert_eq!(requests, "head-fence x1, put-partial x1", "write_partial");
-    let (read, requests) = cost(&proxy, backend.read_partial(3, 1)).await;
+    let (read, requests) = cost(&counted.proxy, backend.read_partial(3, 1)).await;
     assert!(read.unwrap().is_some());
     assert_eq!(
         requests, "get-partial x1, head-fence x1, list x1",
         "read_partial"
     );
-    let (read, requests) = cost(&proxy, backend.read_partial(4, 1)).await;
+    let (read, requests) = cost(&counted.proxy, backend.read_partial(4, 1)).await;
     assert!(read.unwrap().is_none());
     // Nothing listed: no fence read is needed.
     assert_eq!(requests, "list x1", "read_partial, missing");
     // No marker listed: the prune registry is not read.
-    let (latest, requests) = cost(&proxy, backend.latest_committed_epoch()).await;
+    let (latest, requests) = cost(&counted.proxy, backend.latest_committed_epoch()).await;
     assert_eq!(latest.unwrap(), None);
     assert_eq!(
         requests, "list x1",
         "latest_committed_epoch, nothing sealed"
     );
-    let (sealed, requests) = cost(&proxy, backend.epoch_complete(1, &[3])).await;
+    let (sealed, requests) = cost(&counted.proxy, backend.epoch_complete(1, &[3])).await;
     assert!(sealed.unwrap());
     assert_eq!(
         requests, "get-prunes x1, head-fence x1, list x1, put-marker x1",
@@ -106,7 +93,7 @@ async fn single_operations_cost_what_the_docs_say() {
     );
     // Sealed already: the registry is read before the marker PUT (which
     // meets 412), and the marker read then is judged under it.
-    let (sealed, requests) = cost(&proxy, backend.epoch_complete(1, &[3])).await;
+    let (sealed, requests) = cost(&counted.proxy, backend.epoch_complete(1, &[3])).await;
     assert!(sealed.unwrap());
     assert_eq!(
         requests, "get-marker x1, get-prunes x1, head-fence x1, list x1, put-marker x1",
@@ -116,13 +103,13 @@ async fn single_operations_cost_what_the_docs_say() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connecting_probes_once_and_creates_the_fence_on_a_new_store() {
-    let server = TestServer::start();
-    let proxy = FaultProxy::start(&server.address()).await;
-    let config = config(&proxy.endpoint(), &fresh_prefix("connect"));
+    let counted = ProxiedPrefix::start("connect").await;
+    let config = counted.proxied_config();
     // A new store, first connect of this process to this endpoint and
     // bucket: the probe, then the fence check finds no fence and no
     // snapshot, and creates the fence.
-    let (connected, requests) = cost(&proxy, laminar_state_s3::S3Store::connect(&config)).await;
+    let (connected, requests) =
+        cost(&counted.proxy, laminar_state_s3::S3Store::connect(&config)).await;
     connected.expect("connect");
     assert_eq!(
         requests,
@@ -130,22 +117,19 @@ async fn connecting_probes_once_and_creates_the_fence_on_a_new_store() {
         "the first connect"
     );
     // Again: probed already, the fence exists.
-    let (connected, requests) = cost(&proxy, laminar_state_s3::S3Store::connect(&config)).await;
+    let (connected, requests) =
+        cost(&counted.proxy, laminar_state_s3::S3Store::connect(&config)).await;
     connected.expect("connect");
     assert_eq!(requests, "head-bucket x1, head-fence x1", "a later connect");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_commit_gate_lists_instead_of_probing_each_vnode() {
-    let Setup {
-        _server,
-        proxy,
-        backend,
-    } = setup(1_500).await;
+    let (counted, backend) = setup(1_500).await;
     for (epoch, vnodes, pages) in [(1u64, 256u32, 1usize), (2, 1_000, 1), (3, 1_500, 2)] {
         fill(&backend, epoch, vnodes).await;
         let all: Vec<u32> = (0..vnodes).collect();
-        let (sealed, requests) = cost(&proxy, backend.epoch_complete(epoch, &all)).await;
+        let (sealed, requests) = cost(&counted.proxy, backend.epoch_complete(epoch, &all)).await;
         assert!(sealed.unwrap());
         assert_eq!(
             requests,
@@ -156,18 +140,14 @@ async fn the_commit_gate_lists_instead_of_probing_each_vnode() {
     // An incomplete epoch: the listing alone decides, no marker request.
     fill(&backend, 4, 255).await;
     let all: Vec<u32> = (0..256).collect();
-    let (sealed, requests) = cost(&proxy, backend.epoch_complete(4, &all)).await;
+    let (sealed, requests) = cost(&counted.proxy, backend.epoch_complete(4, &all)).await;
     assert!(!sealed.unwrap());
     assert_eq!(requests, "head-fence x1, list x1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pruning_lists_only_what_it_deletes_and_deletes_a_thousand_at_a_time() {
-    let Setup {
-        _server,
-        proxy,
-        backend,
-    } = setup(500).await;
+    let (counted, backend) = setup(500).await;
     let all: Vec<u32> = (0..500).collect();
     // 1,500 partials and 3 markers below the bound; 1,500 partials and 3
     // markers at or above it.
@@ -175,7 +155,7 @@ async fn pruning_lists_only_what_it_deletes_and_deletes_a_thousand_at_a_time() {
         fill(&backend, epoch, 500).await;
         assert!(backend.epoch_complete(epoch, &all).await.unwrap());
     }
-    let (pruned, requests) = cost(&proxy, backend.prune_before(13)).await;
+    let (pruned, requests) = cost(&counted.proxy, backend.prune_before(13)).await;
     pruned.unwrap();
     // The registry swapped twice (registered, unregistered), from the copy
     // the gates read. Markers: one page (3 below, 3 above), one batch.
@@ -185,27 +165,23 @@ async fn pruning_lists_only_what_it_deletes_and_deletes_a_thousand_at_a_time() {
     assert_eq!(requests, "delete-batch x3, list x4, put-prunes x2");
     // The kept markers are at or above every prune's bound: no marker is
     // read.
-    let (sealed, requests) = cost(&proxy, backend.sealed_epochs(0)).await;
+    let (sealed, requests) = cost(&counted.proxy, backend.sealed_epochs(0)).await;
     assert_eq!(sealed.unwrap(), vec![13, 14, 15]);
     assert_eq!(requests, "get-prunes x1, list x1", "sealed_epochs");
-    let (latest, requests) = cost(&proxy, backend.latest_committed_epoch()).await;
+    let (latest, requests) = cost(&counted.proxy, backend.latest_committed_epoch()).await;
     assert_eq!(latest.unwrap(), Some(15));
     assert_eq!(requests, "get-prunes x1, list x1", "latest_committed_epoch");
     for epoch in 10..16u64 {
-        let kept = backend.read_partial(499, epoch).await.unwrap().is_some();
+        let kept = read(&*backend, 499, epoch).await.is_some();
         assert_eq!(kept, epoch >= 13, "epoch {epoch}");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_share_fence_reads() {
-    let Setup {
-        _server,
-        proxy,
-        backend,
-    } = setup(64).await;
-    let ((), _) = cost(&proxy, fill(&backend, 1, 64)).await;
-    let kinds: Vec<String> = proxy.seen().iter().map(kind).collect();
+    let (counted, backend) = setup(64).await;
+    let ((), _) = cost(&counted.proxy, fill(&backend, 1, 64)).await;
+    let kinds: Vec<String> = counted.proxy.seen().iter().map(kind).collect();
     let count = |k: &str| kinds.iter().filter(|seen| *seen == k).count();
     assert_eq!(count("put-partial"), 64);
     assert!(
@@ -219,6 +195,6 @@ async fn concurrent_writers_share_fence_reads() {
         "{kinds:?}"
     );
     for vnode in 0..64 {
-        assert!(backend.read_partial(vnode, 1).await.unwrap().is_some());
+        assert!(read(&*backend, vnode, 1).await.is_some());
     }
 }

@@ -71,6 +71,28 @@ pub struct Row {
 }
 
 impl Row {
+    /// A throughput row: `ours` and `raw` in operations per second.
+    pub fn per_second(name: impl Into<String>, ours: f64, raw: f64, target: Option<f64>) -> Self {
+        Self {
+            name: name.into(),
+            unit: Unit::PerSecond,
+            backend: ours,
+            raw,
+            target,
+        }
+    }
+
+    /// A latency row: `ours` and `raw` in milliseconds per operation.
+    pub fn millis(name: impl Into<String>, ours: f64, raw: f64, target: Option<f64>) -> Self {
+        Self {
+            name: name.into(),
+            unit: Unit::Millis,
+            backend: ours,
+            raw,
+            target,
+        }
+    }
+
     /// How many times better than raw the backend is: above 1 is faster,
     /// for rates and times alike.
     pub fn ratio(&self) -> f64 {
@@ -188,6 +210,62 @@ where
         total / raw_time.as_secs_f64(),
         total / our_time.as_secs_f64(),
     )
+}
+
+/// The backend's side of the write and read measures, one operation per
+/// call, for the closures given to [`alternate`]: a handle that clones
+/// cheaply into each operation's future.
+#[derive(Clone)]
+pub struct BackendOps {
+    backend: Arc<dyn StateBackend>,
+}
+
+impl BackendOps {
+    /// Operations on `backend`.
+    pub fn new(backend: &Arc<dyn StateBackend>) -> Self {
+        Self {
+            backend: Arc::clone(backend),
+        }
+    }
+
+    /// Write `payload` as the partial of `vnode` at `epoch`, with
+    /// assignment version 0; panics if the backend refuses.
+    pub fn write(
+        &self,
+        vnode: u32,
+        epoch: u64,
+        payload: Bytes,
+    ) -> impl Future<Output = ()> + Send + use<> {
+        let backend = Arc::clone(&self.backend);
+        async move {
+            backend
+                .write_partial(vnode, epoch, 0, payload)
+                .await
+                .expect("write_partial");
+        }
+    }
+
+    /// Read the partial of `vnode` at `epoch`; panics unless it is there
+    /// and holds `len` bytes.
+    pub fn read(
+        &self,
+        vnode: u32,
+        epoch: u64,
+        len: usize,
+    ) -> impl Future<Output = ()> + Send + use<> {
+        let backend = Arc::clone(&self.backend);
+        async move {
+            let read = backend
+                .read_partial(vnode, epoch)
+                .await
+                .expect("read_partial");
+            assert_eq!(
+                read.map(|bytes| std::hint::black_box(bytes).len()),
+                Some(len),
+                "the partial of vnode {vnode} at epoch {epoch}"
+            );
+        }
+    }
 }
 
 /// The vnodes of the checkpoint-latency rows.

@@ -20,27 +20,41 @@ fn chaos(args: &[&str]) -> (Option<i32>, String) {
     (output.status.code(), stdout)
 }
 
+/// A correct run of `backend` for `seconds`: it exits 0; its stdout.
+fn passes(backend: &str, seconds: &str, seed: &str) -> String {
+    let (code, stdout) = chaos(&["--backend", backend, "--seconds", seconds, "--seed", seed]);
+    assert_eq!(code, Some(0), "{stdout}");
+    stdout
+}
+
+/// A 5-second run of `backend` with `breakage` (`--broken`): the checker
+/// objects with `violation`, so the run exits 1; its stdout.
+fn caught(backend: &str, seed: &str, breakage: &str, violation: &str) -> String {
+    let broken = format!("--broken={breakage}");
+    let (code, stdout) = chaos(&[
+        "--backend",
+        backend,
+        "--seconds",
+        "5",
+        "--seed",
+        seed,
+        &broken,
+    ]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains(violation), "{stdout}");
+    stdout
+}
+
 #[test]
 fn redb_passes() {
-    let (code, stdout) = chaos(&["--backend", "redb", "--seconds", "6", "--seed", "11"]);
-    assert_eq!(code, Some(0), "{stdout}");
+    let stdout = passes("redb", "6", "11");
     assert!(stdout.contains("violations=0"), "{stdout}");
     assert!(stdout.contains("kills="), "{stdout}");
 }
 
 #[test]
 fn redb_ignoring_the_fence_is_caught() {
-    let (code, stdout) = chaos(&[
-        "--backend",
-        "redb",
-        "--seconds",
-        "5",
-        "--seed",
-        "12",
-        "--broken=fence",
-    ]);
-    assert_eq!(code, Some(1), "{stdout}");
-    assert!(stdout.contains("first violation: stale write"), "{stdout}");
+    let stdout = caught("redb", "12", "fence", "first violation: stale write");
     assert!(
         stdout.contains("\"invoke\""),
         "the excerpt shows history lines: {stdout}"
@@ -49,47 +63,16 @@ fn redb_ignoring_the_fence_is_caught() {
 
 #[test]
 fn redb_sealing_without_the_gate_is_caught() {
-    let (code, stdout) = chaos(&[
-        "--backend",
-        "redb",
-        "--seconds",
-        "5",
-        "--seed",
-        "13",
-        "--broken=seal",
-    ]);
-    assert_eq!(code, Some(1), "{stdout}");
-    assert!(stdout.contains("seal without partials"), "{stdout}");
+    caught("redb", "13", "seal", "seal without partials");
 }
 
 #[test]
 fn redb_losing_writes_is_caught() {
-    let (code, stdout) = chaos(&[
-        "--backend",
-        "redb",
-        "--seconds",
-        "5",
-        "--seed",
-        "14",
-        "--broken=lose",
-    ]);
-    assert_eq!(code, Some(1), "{stdout}");
-    assert!(stdout.contains("lost write"), "{stdout}");
+    caught("redb", "14", "lose", "lost write");
 }
 
 #[test]
 fn redis_passes_and_its_broken_fence_is_caught() {
-    let (code, stdout) = chaos(&["--backend", "redis", "--seconds", "8", "--seed", "15"]);
-    assert_eq!(code, Some(0), "{stdout}");
-    let (code, stdout) = chaos(&[
-        "--backend",
-        "redis",
-        "--seconds",
-        "5",
-        "--seed",
-        "16",
-        "--broken=fence",
-    ]);
-    assert_eq!(code, Some(1), "{stdout}");
-    assert!(stdout.contains("first violation: stale write"), "{stdout}");
+    passes("redis", "8", "15");
+    caught("redis", "16", "fence", "first violation: stale write");
 }

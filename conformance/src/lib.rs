@@ -163,6 +163,39 @@ pub async fn check(
     }
 }
 
+/// [`check`] of the property named `property` on a runtime of its own (four
+/// worker threads), for a plain `#[test]`; the outcome. Panics if no
+/// property has that name.
+pub fn check_blocking(
+    property: &str,
+    factory: &dyn BackendFactory,
+    child: &ChildCommand,
+) -> Outcome {
+    let property = properties::property(property)
+        .unwrap_or_else(|| panic!("{property:?} is not the name of a property"));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(check(property, factory, child)).outcome
+}
+
+/// Teeth: panic unless `outcome`, of `property` on a backend with a
+/// deliberate `flaw`, is a failure, i.e. the property caught the flaw.
+/// With [`check_blocking`], the test that keeps a property from going
+/// blind as it or the backend changes (pair it with a passing run on the
+/// backend without the flaw, so the failure is the flaw's).
+pub fn assert_caught(property: &str, flaw: &dyn fmt::Debug, outcome: Outcome) {
+    match outcome {
+        Outcome::Failed { reason } => eprintln!(
+            "{property} caught {flaw:?}: {}",
+            reason.lines().next().unwrap_or("")
+        ),
+        other => panic!("{property} did not catch {flaw:?}: {other:?}"),
+    }
+}
+
 /// Check every property against `factory`, in order.
 ///
 /// The crash property re-executes the current binary with `child`'s

@@ -12,8 +12,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use laminar_state_api::{InputLimits, StateBackend, StateBackendError};
+use laminar_state_conformance::harness::{HarnessRun, Verdict};
 use laminar_state_conformance::{
-    BackendFactory, Capabilities, ChildCommand, Outcome, TestStore, check, properties,
+    BackendFactory, Capabilities, ChildCommand, Harness, Outcome, TestStore, assert_caught,
+    check_blocking,
 };
 
 const MAX_PAYLOAD: usize = 64 << 10;
@@ -248,6 +250,11 @@ struct Handle {
 }
 
 impl Handle {
+    /// The shared state and its log, locked.
+    fn locked(&self) -> std::sync::MutexGuard<'_, (State, Log)> {
+        self.shared.state.lock().unwrap()
+    }
+
     fn epoch_key(&self, epoch: u64) -> u64 {
         if self.shared.flaw == Flaw::AliasedEpochs {
             epoch % 4
@@ -280,7 +287,7 @@ impl Handle {
         version: Option<u64>,
         bytes: Bytes,
     ) -> Result<(), StateBackendError> {
-        let mut guard = self.shared.state.lock().unwrap();
+        let mut guard = self.locked();
         if let Some(version) = version {
             self.check_fence(&guard.0, version)?;
         }
@@ -317,7 +324,7 @@ impl Handle {
     fn carry(&self) {
         if self.shared.flaw.deferred() {
             let own = *self.own_fence.lock().unwrap();
-            let mut guard = self.shared.state.lock().unwrap();
+            let mut guard = self.locked();
             guard.0.fence = guard.0.fence.max(own);
         }
     }
@@ -330,12 +337,12 @@ impl Handle {
             return;
         }
         let own = *self.own_fence.lock().unwrap();
-        let seen = self.shared.state.lock().unwrap().0.fence;
+        let seen = self.locked().0.fence;
         if own <= seen {
             return;
         }
         tokio::task::yield_now().await;
-        self.shared.state.lock().unwrap().0.fence = seen.max(own);
+        self.locked().0.fence = seen.max(own);
     }
 
     /// The answer to a seal of an epoch sealed by `committer`.
@@ -376,19 +383,19 @@ impl StateBackend for Handle {
         let epoch = self.epoch_key(epoch);
         self.carry_async().await;
         if self.shared.flaw == Flaw::FenceCheckThenWrite {
-            self.check_fence(&self.shared.state.lock().unwrap().0, version)?;
+            self.check_fence(&self.locked().0, version)?;
             tokio::time::sleep(Duration::from_millis(2)).await;
             return self.store(vnode, epoch, None, bytes);
         }
         if self.shared.flaw == Flaw::WriteChecksFenceThenYields {
-            self.check_fence(&self.shared.state.lock().unwrap().0, version)?;
+            self.check_fence(&self.locked().0, version)?;
             tokio::task::yield_now().await;
             return self.store(vnode, epoch, None, bytes);
         }
         if self.shared.flaw == Flaw::WriteJudgedAfterPrune {
             self.store(vnode, epoch, Some(version), bytes)?;
             tokio::task::yield_now().await;
-            let guard = self.shared.state.lock().unwrap();
+            let guard = self.locked();
             if !guard.0.partials.contains_key(&(epoch, vnode)) {
                 self.check_fence(&guard.0, version)?;
             }
@@ -404,15 +411,7 @@ impl StateBackend for Handle {
     ) -> Result<Option<Bytes>, StateBackendError> {
         self.limits.check_vnode(vnode)?;
         let epoch = self.epoch_key(epoch);
-        Ok(self
-            .shared
-            .state
-            .lock()
-            .unwrap()
-            .0
-            .partials
-            .get(&(epoch, vnode))
-            .cloned())
+        Ok(self.locked().0.partials.get(&(epoch, vnode)).cloned())
     }
 
     async fn epoch_complete(&self, epoch: u64, vnodes: &[u32]) -> Result<bool, StateBackendError> {
@@ -421,20 +420,13 @@ impl StateBackend for Handle {
             self.carry_async().await;
         }
         if self.shared.flaw == Flaw::GateSealedFirst {
-            let guard = self.shared.state.lock().unwrap();
+            let guard = self.locked();
             if let Some(committer) = guard.0.markers.get(&self.epoch_key(epoch)) {
-                return if *committer == self.id {
-                    Ok(true)
-                } else {
-                    Err(StateBackendError::SplitBrainCommit {
-                        committer: committer.clone(),
-                        self_id: self.id.clone(),
-                    })
-                };
+                return self.outcome(committer.clone());
             }
         }
         if self.shared.flaw != Flaw::SealIgnoresFence {
-            let fence = self.shared.state.lock().unwrap().0.fence;
+            let fence = self.locked().0.fence;
             let told = *self.own_fence.lock().unwrap();
             if told > 0 && told < fence {
                 return Err(StateBackendError::StaleVersion {
@@ -457,7 +449,7 @@ impl StateBackend for Handle {
             // As on an object store: look (partials, marker), then a
             // create-if-absent one round trip later.
             {
-                let guard = self.shared.state.lock().unwrap();
+                let guard = self.locked();
                 if !self.listed_present(&guard.0, epoch, vnodes) {
                     return Ok(false);
                 }
@@ -466,7 +458,7 @@ impl StateBackend for Handle {
                 }
             }
             tokio::time::sleep(Duration::from_micros(200)).await;
-            let mut guard = self.shared.state.lock().unwrap();
+            let mut guard = self.locked();
             let (state, log) = &mut *guard;
             if self.shared.flaw == Flaw::CreateIfAbsentHonoured
                 && let Some(committer) = state.markers.get(&epoch)
@@ -481,21 +473,16 @@ impl StateBackend for Handle {
         if self.shared.flaw == Flaw::TwoWinners {
             // The flaw: decide on a stale look, write later.
             let seen = {
-                let guard = self.shared.state.lock().unwrap();
+                let guard = self.locked();
                 if !self.listed_present(&guard.0, epoch, vnodes) {
                     return Ok(false);
                 }
                 guard.0.markers.get(&epoch).cloned()
             };
             tokio::time::sleep(Duration::from_millis(2)).await;
-            let mut guard = self.shared.state.lock().unwrap();
+            let mut guard = self.locked();
             return match seen {
-                Some(committer) if committer != self.id => {
-                    Err(StateBackendError::SplitBrainCommit {
-                        committer,
-                        self_id: self.id.clone(),
-                    })
-                }
+                Some(committer) if committer != self.id => self.outcome(committer),
                 _ => {
                     let (state, log) = &mut *guard;
                     state.markers.insert(epoch, self.id.clone());
@@ -506,7 +493,7 @@ impl StateBackend for Handle {
         }
         // The partials are checked and the marker written under one lock,
         // so no prune can slip in between (the correct baseline).
-        let mut guard = self.shared.state.lock().unwrap();
+        let mut guard = self.locked();
         if !self.listed_present(&guard.0, epoch, vnodes) {
             return Ok(false);
         }
@@ -538,16 +525,10 @@ impl StateBackend for Handle {
             before
         };
         if self.shared.flaw == Flaw::PruneMarkersLast {
-            self.shared
-                .state
-                .lock()
-                .unwrap()
-                .0
-                .partials
-                .retain(|&(e, _), _| e >= cut);
+            self.locked().0.partials.retain(|&(e, _), _| e >= cut);
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        let mut guard = self.shared.state.lock().unwrap();
+        let mut guard = self.locked();
         let (state, log) = &mut *guard;
         state.partials.retain(|&(e, _), _| e >= cut);
         if self.shared.flaw != Flaw::PruneKeepsMarkers {
@@ -557,7 +538,7 @@ impl StateBackend for Handle {
     }
 
     fn set_authoritative_version(&self, version: u64) {
-        let mut guard = self.shared.state.lock().unwrap();
+        let mut guard = self.locked();
         let flaw = self.shared.flaw;
         let mut own = self.own_fence.lock().unwrap();
         let raise = |f: &mut u64| {
@@ -574,7 +555,7 @@ impl StateBackend for Handle {
     }
 
     fn authoritative_version(&self) -> u64 {
-        self.fence(&self.shared.state.lock().unwrap().0)
+        self.fence(&self.locked().0)
     }
 
     async fn read_partials(
@@ -597,7 +578,7 @@ impl StateBackend for Handle {
     async fn persist_authoritative_version(&self, version: u64) -> Result<(), StateBackendError> {
         if self.shared.flaw == Flaw::RaiseAnnouncedFirst {
             {
-                let mut guard = self.shared.state.lock().unwrap();
+                let mut guard = self.locked();
                 if guard.0.announced >= version {
                     // Taken as done: only this handle learns the version.
                     let mut own = self.own_fence.lock().unwrap();
@@ -611,7 +592,7 @@ impl StateBackend for Handle {
         self.set_authoritative_version(version);
         if self.shared.flaw != Flaw::PersistDoesNotCarry {
             self.carry_async().await;
-            let mut guard = self.shared.state.lock().unwrap();
+            let mut guard = self.locked();
             let (state, log) = &mut *guard;
             log.append(format!("F {}\n", state.fence))?;
         }
@@ -619,24 +600,12 @@ impl StateBackend for Handle {
     }
 
     async fn latest_committed_epoch(&self) -> Result<Option<u64>, StateBackendError> {
-        Ok(self
-            .shared
-            .state
-            .lock()
-            .unwrap()
-            .0
-            .markers
-            .keys()
-            .next_back()
-            .copied())
+        Ok(self.locked().0.markers.keys().next_back().copied())
     }
 
     async fn sealed_epochs(&self, after: u64) -> Result<Vec<u64>, StateBackendError> {
         Ok(self
-            .shared
-            .state
-            .lock()
-            .unwrap()
+            .locked()
             .0
             .markers
             .range(if self.shared.flaw == Flaw::RecoveryWraps {
@@ -656,7 +625,7 @@ impl StateBackend for Handle {
         if matches!(flaw, Flaw::ListsNothing | Flaw::CannotList) {
             return Ok(None);
         }
-        let guard = self.shared.state.lock().unwrap();
+        let guard = self.locked();
         let state = &guard.0;
         let mut keys: Vec<(u64, u32)> = if flaw == Flaw::ListsPruned {
             state.ever.iter().copied().collect()
@@ -772,16 +741,8 @@ impl TestStore for Store {
 }
 
 fn run(property: &str, flaw: Flaw) -> Outcome {
-    let property = properties::property(property).expect("a known property");
     let child = ChildCommand::libtest(child_test_name(flaw));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime
-        .block_on(check(property, &Factory(flaw), &child))
-        .outcome
+    check_blocking(property, &Factory(flaw), &child)
 }
 
 /// The crash property re-runs the test that started it; each crash test
@@ -806,13 +767,7 @@ fn caught(property: &str, flaw: Flaw) {
 
 /// `property` fails on the backend with `flaw`.
 fn fails(property: &str, flaw: Flaw) {
-    match run(property, flaw) {
-        Outcome::Failed { reason } => eprintln!(
-            "{property} caught {flaw:?}: {}",
-            reason.lines().next().unwrap_or("")
-        ),
-        other => panic!("{property} did not catch {flaw:?}: {other:?}"),
-    }
+    assert_caught(property, &flaw, run(property, flaw));
 }
 
 #[test]
@@ -833,109 +788,56 @@ fn reference_passes_everything_else() {
     }
 }
 
-#[test]
-fn unshared_fence_is_caught_by_p6() {
-    caught("p06_shared_fence", Flaw::UnsharedFence);
+/// Tests, each named for a flaw and the property that catches it: the
+/// correct backend passes the property and the one with the flaw fails it.
+macro_rules! caught_by {
+    ($($test:ident: $property:literal catches $flaw:ident;)*) => {
+        $(
+            #[test]
+            fn $test() {
+                caught($property, Flaw::$flaw);
+            }
+        )*
+    };
 }
 
-#[test]
-fn check_then_write_fence_is_caught_by_p7() {
-    caught("p07_atomic_fence", Flaw::FenceCheckThenWrite);
-}
-
-#[test]
-fn two_winners_are_caught_by_p9() {
-    caught("p09_one_committer", Flaw::TwoWinners);
-}
-
-#[test]
-fn off_by_one_prune_is_caught_by_p11() {
-    caught("p11_pruning", Flaw::PruneOffByOne);
-}
-
-#[test]
-fn lax_gate_is_caught_by_p8() {
-    caught("p08_commit_gate", Flaw::GateChecksFirstVnode);
-}
-
-#[test]
-fn lowering_fence_is_caught_by_p4() {
-    caught("p04_fence_monotonic", Flaw::FenceCanGoDown);
-}
-
-#[test]
-fn misreported_stale_error_is_caught_by_p5() {
-    caught("p05_fence_enforced", Flaw::StaleErrorMisreported);
-}
-
-#[test]
-fn aliased_keys_are_caught_by_p3() {
-    caught("p03_independence", Flaw::AliasedEpochs);
-}
-
-#[test]
-fn missing_payload_limit_is_caught_by_p12() {
-    caught("p12_bad_input", Flaw::NoPayloadLimit);
-}
-
-#[test]
-fn forgotten_fence_is_caught_by_p10_reopen() {
-    caught("p10_durability_reopen", Flaw::FenceNotPersisted);
-}
-
-#[test]
-fn unsealing_replay_is_caught_by_p2() {
-    caught("p02_idempotent_replay", Flaw::ReplayUnseals);
-}
-
-#[test]
-fn sealing_deposed_leader_is_caught_by_p15() {
-    caught("p15_fenced_seal", Flaw::SealIgnoresFence);
-}
-
-#[test]
-fn half_finished_raise_taken_as_done_is_caught_by_p7_cancelled_raise() {
-    caught("p07_cancelled_raise", Flaw::RaiseAnnouncedFirst);
-}
-
-#[test]
-fn seal_checking_the_fence_early_is_caught_by_p15() {
-    caught("p15_fenced_seal", Flaw::SealChecksFenceEarly);
-}
-
-#[test]
-fn markers_kept_by_prune_are_caught_by_p11() {
-    caught("p11_pruning", Flaw::PruneKeepsMarkers);
-}
-
-#[test]
-fn gate_answering_from_the_marker_first_is_caught_by_p8() {
-    caught("p08_commit_gate", Flaw::GateSealedFirst);
-}
-
-#[test]
-fn seal_that_does_not_carry_the_raise_is_caught_by_p6() {
-    caught("p06_shared_fence", Flaw::SealDoesNotCarryRaise);
-}
-
-#[test]
-fn local_persist_is_caught_by_p6() {
-    caught("p06_shared_fence", Flaw::PersistDoesNotCarry);
-}
-
-#[test]
-fn wrapping_recovery_query_is_caught_by_p12() {
-    caught("p12_bad_input", Flaw::RecoveryWraps);
-}
-
-#[test]
-fn prune_deleting_markers_last_is_caught_by_p11_prune_races_seals() {
-    caught("p11_prune_races_seals", Flaw::PruneMarkersLast);
-}
-
-#[test]
-fn seal_retry_reported_as_split_brain_is_caught_by_p2_lost_answers() {
-    caught("p02_lost_answers", Flaw::SealRetryNotWon);
+caught_by! {
+    unshared_fence_is_caught_by_p6: "p06_shared_fence" catches UnsharedFence;
+    check_then_write_fence_is_caught_by_p7: "p07_atomic_fence" catches FenceCheckThenWrite;
+    two_winners_are_caught_by_p9: "p09_one_committer" catches TwoWinners;
+    off_by_one_prune_is_caught_by_p11: "p11_pruning" catches PruneOffByOne;
+    lax_gate_is_caught_by_p8: "p08_commit_gate" catches GateChecksFirstVnode;
+    lowering_fence_is_caught_by_p4: "p04_fence_monotonic" catches FenceCanGoDown;
+    misreported_stale_error_is_caught_by_p5: "p05_fence_enforced" catches StaleErrorMisreported;
+    aliased_keys_are_caught_by_p3: "p03_independence" catches AliasedEpochs;
+    missing_payload_limit_is_caught_by_p12: "p12_bad_input" catches NoPayloadLimit;
+    forgotten_fence_is_caught_by_p10_reopen: "p10_durability_reopen" catches FenceNotPersisted;
+    unsealing_replay_is_caught_by_p2: "p02_idempotent_replay" catches ReplayUnseals;
+    sealing_deposed_leader_is_caught_by_p15: "p15_fenced_seal" catches SealIgnoresFence;
+    half_finished_raise_taken_as_done_is_caught_by_p7_cancelled_raise:
+        "p07_cancelled_raise" catches RaiseAnnouncedFirst;
+    seal_checking_the_fence_early_is_caught_by_p15: "p15_fenced_seal" catches SealChecksFenceEarly;
+    markers_kept_by_prune_are_caught_by_p11: "p11_pruning" catches PruneKeepsMarkers;
+    gate_answering_from_the_marker_first_is_caught_by_p8: "p08_commit_gate" catches GateSealedFirst;
+    seal_that_does_not_carry_the_raise_is_caught_by_p6:
+        "p06_shared_fence" catches SealDoesNotCarryRaise;
+    local_persist_is_caught_by_p6: "p06_shared_fence" catches PersistDoesNotCarry;
+    wrapping_recovery_query_is_caught_by_p12: "p12_bad_input" catches RecoveryWraps;
+    prune_deleting_markers_last_is_caught_by_p11_prune_races_seals:
+        "p11_prune_races_seals" catches PruneMarkersLast;
+    seal_retry_reported_as_split_brain_is_caught_by_p2_lost_answers:
+        "p02_lost_answers" catches SealRetryNotWon;
+    write_checking_the_fence_before_a_stall_is_caught_by_p7_stalled_zombie:
+        "p07_stalled_zombie" catches WriteChecksFenceThenYields;
+    seal_checking_the_fence_before_a_stall_is_caught_by_p7_stalled_zombie:
+        "p07_stalled_zombie" catches SealChecksFenceThenYields;
+    a_write_judged_after_its_epoch_was_pruned_is_caught_by_p7_seen_write_never_refused:
+        "p07_seen_write_never_refused" catches WriteJudgedAfterPrune;
+    a_batch_read_answering_in_vnode_order_is_caught_by_p1_batch_read:
+        "p01_batch_read" catches BatchReadSorted;
+    racy_raise_is_caught_by_p7_stalled_raise: "p07_stalled_raise" catches RacyFenceRaise;
+    two_winners_are_caught_by_p9_stalled_seal: "p09_stalled_seal" catches TwoWinners;
+    listing_pruned_vnodes_is_caught_by_p16: "p16_list_partials" catches ListsPruned;
 }
 
 #[test]
@@ -961,75 +863,62 @@ fn crash_buffered_acks_are_caught() {
     fails("p10_durability_crash", Flaw::BufferedAcks);
 }
 
-#[test]
-fn write_checking_the_fence_before_a_stall_is_caught_by_p7_stalled_zombie() {
-    caught("p07_stalled_zombie", Flaw::WriteChecksFenceThenYields);
-}
-
-#[test]
-fn seal_checking_the_fence_before_a_stall_is_caught_by_p7_stalled_zombie() {
-    caught("p07_stalled_zombie", Flaw::SealChecksFenceThenYields);
-}
-
-#[test]
-fn a_write_judged_after_its_epoch_was_pruned_is_caught_by_p7_seen_write_never_refused() {
-    caught("p07_seen_write_never_refused", Flaw::WriteJudgedAfterPrune);
-}
-
-#[test]
-fn a_batch_read_answering_in_vnode_order_is_caught_by_p1_batch_read() {
-    caught("p01_batch_read", Flaw::BatchReadSorted);
-}
-
-#[test]
-fn racy_raise_is_caught_by_p7_stalled_raise() {
-    caught("p07_stalled_raise", Flaw::RacyFenceRaise);
+/// `property` catches a seal on a store that ignores create-if-absent,
+/// while the same seal on a store that honours the condition passes it:
+/// the flaw is the store's.
+fn caught_ignoring_create_if_absent(property: &str) {
+    assert_eq!(
+        run(property, Flaw::CreateIfAbsentHonoured),
+        Outcome::Passed,
+        "a store honouring create-if-absent must pass {property}"
+    );
+    caught(property, Flaw::IgnoresCreateIfAbsent);
 }
 
 #[test]
 fn store_ignoring_create_if_absent_is_caught_by_p9() {
-    // The same seal on a store that honours the condition passes: the flaw
-    // is the store's.
-    assert_eq!(
-        run("p09_one_committer", Flaw::CreateIfAbsentHonoured),
-        Outcome::Passed
-    );
-    caught("p09_one_committer", Flaw::IgnoresCreateIfAbsent);
+    caught_ignoring_create_if_absent("p09_one_committer");
 }
 
 #[test]
 fn store_ignoring_create_if_absent_is_caught_by_p9_stalled_seal() {
-    assert_eq!(
-        run("p09_stalled_seal", Flaw::CreateIfAbsentHonoured),
-        Outcome::Passed
-    );
-    caught("p09_stalled_seal", Flaw::IgnoresCreateIfAbsent);
-}
-
-#[test]
-fn two_winners_are_caught_by_p9_stalled_seal() {
-    caught("p09_stalled_seal", Flaw::TwoWinners);
+    caught_ignoring_create_if_absent("p09_stalled_seal");
 }
 
 /// The harness, run in process on one trial (`--exact`), one thread.
-fn harness_run(
-    harness: laminar_state_conformance::Harness,
-    trial: &str,
-    extra: &[&str],
-) -> laminar_state_conformance::harness::HarnessRun {
+fn harness_run(harness: Harness, trial: &str, extra: &[&str]) -> HarnessRun {
     let mut args = vec!["teeth", trial, "--exact", "--test-threads=1"];
     args.extend_from_slice(extra);
     harness.run_with_args(args)
 }
 
+/// The harness `name` on the reference with `flaw`, `property` listed as
+/// an expected failure, run on that property alone.
+fn expecting_failure(name: &str, flaw: Flaw, property: &str) -> HarnessRun {
+    harness_run(
+        Harness::new(name, Factory(flaw)).expect_failure(property),
+        &format!("{name}::{property}"),
+        &[],
+    )
+}
+
+/// `property`, listed as an expected failure of the harness `name` on the
+/// correct reference, does not fail there: the run fails, and the trial's
+/// verdict is an unexpected pass whose reason says `why`.
+fn unexpected_pass(name: &str, property: &str, why: &str) -> HarnessRun {
+    let run = expecting_failure(name, Flaw::None, property);
+    assert!(run.has_failed(), "{run:?}");
+    let trial = run.trial(property).expect("the trial ran");
+    assert!(
+        matches!(&trial.verdict, Verdict::UnexpectedPass(reason) if reason.contains(why)),
+        "{trial:?}"
+    );
+    run
+}
+
 #[test]
 fn harness_expected_failure_that_fails_does_not_fail_the_run() {
-    use laminar_state_conformance::{Harness, harness::Verdict};
-    let run = harness_run(
-        Harness::new("xfail", Factory(Flaw::TwoWinners)).expect_failure("p09_one_committer"),
-        "xfail::p09_one_committer",
-        &[],
-    );
+    let run = expecting_failure("xfail", Flaw::TwoWinners, "p09_one_committer");
     assert!(!run.has_failed(), "{run:?}");
     assert_eq!((run.passed, run.failed, run.ignored), (0, 0, 1), "{run:?}");
     let trial = run.trial("p09_one_committer").expect("the trial ran");
@@ -1042,41 +931,26 @@ fn harness_expected_failure_that_fails_does_not_fail_the_run() {
 
 #[test]
 fn harness_expected_failure_that_passes_fails_the_run() {
-    use laminar_state_conformance::{Harness, harness::Verdict};
-    let run = harness_run(
-        Harness::new("xpass", Factory(Flaw::None)).expect_failure("p09_one_committer"),
-        "xpass::p09_one_committer",
-        &[],
+    let run = unexpected_pass(
+        "xpass",
+        "p09_one_committer",
+        "now passes on reference-None: remove it from the expected failures",
     );
-    assert!(run.has_failed(), "{run:?}");
     assert_eq!((run.passed, run.failed, run.ignored), (0, 1, 0), "{run:?}");
-    let trial = run.trial("p09_one_committer").expect("the trial ran");
-    assert!(
-        matches!(&trial.verdict, Verdict::UnexpectedPass(reason) if reason.contains("now passes on reference-None: remove it from the expected failures")),
-        "{trial:?}"
-    );
 }
 
 #[test]
 fn harness_expected_failure_that_does_not_apply_fails_the_run() {
-    use laminar_state_conformance::{Harness, harness::Verdict};
     // The reference does not claim corruption_detection.
-    let run = harness_run(
-        Harness::new("stale", Factory(Flaw::None)).expect_failure("p12_corruption"),
-        "stale::p12_corruption",
-        &[],
-    );
-    assert!(run.has_failed(), "{run:?}");
-    let trial = run.trial("p12_corruption").expect("the trial ran");
-    assert!(
-        matches!(&trial.verdict, Verdict::UnexpectedPass(reason) if reason.contains("does not claim `corruption_detection`")),
-        "{trial:?}"
+    unexpected_pass(
+        "stale",
+        "p12_corruption",
+        "does not claim `corruption_detection`",
     );
 }
 
 #[test]
 fn harness_reports_not_applicable_as_ignored_with_its_reason() {
-    use laminar_state_conformance::{Harness, harness::Verdict};
     for extra in [&[][..], &["--ignored"][..], &["--include-ignored"][..]] {
         let run = harness_run(
             Harness::new("na", Factory(Flaw::None)),
@@ -1117,7 +991,6 @@ fn harness_reports_not_applicable_as_ignored_with_its_reason() {
 
 #[test]
 fn harness_runs_and_times_a_passing_property_and_lists() {
-    use laminar_state_conformance::{Harness, harness::Verdict};
     let run = harness_run(
         Harness::new("ok", Factory(Flaw::None)),
         "ok::p08_commit_gate",
@@ -1186,11 +1059,6 @@ fn macro_syntax_compiles() {
         expect_failure = [p09_one_committer, p09_stalled_seal],
     );
     laminar_state_conformance::conformance_tests!(without, Factory(Flaw::None));
-}
-
-#[test]
-fn listing_pruned_vnodes_is_caught_by_p16() {
-    caught("p16_list_partials", Flaw::ListsPruned);
 }
 
 #[test]

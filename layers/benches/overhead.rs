@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use laminar_state_api::StateBackend;
-use laminar_state_bench::{Mode, Row, Unit, report, run_tasks};
+use laminar_state_bench::{Mode, Row, report, run_tasks};
 use laminar_state_layers::{CompressionLayer, MetricsLayer, TracingLayer};
 use laminar_state_memory::MemoryStore;
 use laminar_state_redb::RedbStore;
@@ -137,13 +137,12 @@ fn overhead_rows(
         writer(raw, payload.clone()),
         writer(ours, payload.clone()),
     ));
-    rows.push(Row {
-        name: format!("memory writes/s, 64 writers, {setting}"),
-        unit: Unit::PerSecond,
-        backend: our_rate,
-        raw: raw_rate,
-        target: targets.0,
-    });
+    rows.push(Row::per_second(
+        format!("memory writes/s, 64 writers, {setting}"),
+        our_rate,
+        raw_rate,
+        targets.0,
+    ));
 
     let tag = setting.replace([' ', ','], "_");
     let raw_store = RedbStore::open(dir.join(format!("raw-{tag}.redb"))).expect("raw redb");
@@ -156,13 +155,12 @@ fn overhead_rows(
         writer(raw, payload.clone()),
         writer(ours, payload),
     ));
-    rows.push(Row {
-        name: format!("redb durable writes/s, 64 writers, {setting}"),
-        unit: Unit::PerSecond,
-        backend: our_rate,
-        raw: raw_rate,
-        target: targets.1,
-    });
+    rows.push(Row::per_second(
+        format!("redb durable writes/s, 64 writers, {setting}"),
+        our_rate,
+        raw_rate,
+        targets.1,
+    ));
 }
 
 fn splitmix(mut x: u64) -> u64 {
@@ -298,13 +296,12 @@ fn compression_rows(
             }
         });
         let layered = (ops * size as u64) as f64 / started.elapsed().as_secs_f64() / 1e6;
-        rows.push(Row {
-            name: format!("MB/s written+read, {label}"),
-            unit: Unit::PerSecond,
-            backend: layered,
-            raw: 1.0 / (1.0 / compress + 1.0 / decompress),
-            target: None,
-        });
+        rows.push(Row::per_second(
+            format!("MB/s written+read, {label}"),
+            layered,
+            1.0 / (1.0 / compress + 1.0 / decompress),
+            None,
+        ));
     }
 }
 

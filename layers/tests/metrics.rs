@@ -94,94 +94,27 @@ fn counters_follow_the_calls() {
         });
     });
     let text = handle.render();
-    let labels = |instance: &str, more: &str| {
-        format!("{{backend=\"memory\",instance=\"{instance}\"{more}}}")
-    };
-    for (sample, expected) in [
-        (
-            format!("laminar_state_written_bytes_total{}", labels("a", "")),
-            150.0,
-        ),
-        (
-            format!("laminar_state_read_bytes_total{}", labels("a", "")),
-            100.0,
-        ),
-        (
-            format!(
-                "laminar_state_seals_total{}",
-                labels("a", ",result=\"won\"")
-            ),
-            2.0,
-        ),
-        (
-            format!(
-                "laminar_state_seals_total{}",
-                labels("a", ",result=\"incomplete\"")
-            ),
-            1.0,
-        ),
-        (
-            format!(
-                "laminar_state_seals_total{}",
-                labels("b", ",result=\"lost\"")
-            ),
-            1.0,
-        ),
-        (
-            format!("laminar_state_split_brain_total{}", labels("b", "")),
-            1.0,
-        ),
-        (
-            format!(
-                "laminar_state_fence_rejections_total{}",
-                labels("b", ",operation=\"write_partial\"")
-            ),
-            1.0,
-        ),
-        (
-            format!("laminar_state_prunes_total{}", labels("a", "")),
-            1.0,
-        ),
-        (
-            format!("laminar_state_fence_version{}", labels("a", "")),
-            4.0,
-        ),
-        (
-            format!(
-                "laminar_state_operations_total{}",
-                labels("a", ",operation=\"read_partial\",outcome=\"ok\"")
-            ),
-            2.0,
-        ),
-        (
-            format!(
-                "laminar_state_operations_total{}",
-                labels("a", ",operation=\"read_partial\",outcome=\"serialization\"")
-            ),
-            1.0,
-        ),
-        (
-            format!(
-                "laminar_state_operation_duration_seconds_count{}",
-                labels("a", ",operation=\"epoch_complete\"")
-            ),
-            3.0,
-        ),
-        (
-            format!(
-                "laminar_state_retries_total{}",
-                labels("c", ",operation=\"sealed_epochs\"")
-            ),
-            2.0,
-        ),
-        (
-            format!(
-                "laminar_state_timeouts_total{}",
-                labels("c", ",operation=\"sealed_epochs\"")
-            ),
-            3.0,
-        ),
-    ] {
+    // Each sample: the metric, the instance, the labels after it (each with
+    // its leading comma) and the expected value.
+    #[rustfmt::skip]
+    let samples = [
+        ("laminar_state_written_bytes_total",              "a", "", 150.0),
+        ("laminar_state_read_bytes_total",                 "a", "", 100.0),
+        ("laminar_state_seals_total",                      "a", ",result=\"won\"", 2.0),
+        ("laminar_state_seals_total",                      "a", ",result=\"incomplete\"", 1.0),
+        ("laminar_state_seals_total",                      "b", ",result=\"lost\"", 1.0),
+        ("laminar_state_split_brain_total",                "b", "", 1.0),
+        ("laminar_state_fence_rejections_total",           "b", ",operation=\"write_partial\"", 1.0),
+        ("laminar_state_prunes_total",                     "a", "", 1.0),
+        ("laminar_state_fence_version",                    "a", "", 4.0),
+        ("laminar_state_operations_total",                 "a", ",operation=\"read_partial\",outcome=\"ok\"", 2.0),
+        ("laminar_state_operations_total",                 "a", ",operation=\"read_partial\",outcome=\"serialization\"", 1.0),
+        ("laminar_state_operation_duration_seconds_count", "a", ",operation=\"epoch_complete\"", 3.0),
+        ("laminar_state_retries_total",                    "c", ",operation=\"sealed_epochs\"", 2.0),
+        ("laminar_state_timeouts_total",                   "c", ",operation=\"sealed_epochs\"", 3.0),
+    ];
+    for (metric, instance, more, expected) in samples {
+        let sample = format!("{metric}{{backend=\"memory\",instance=\"{instance}\"{more}}}");
         assert_eq!(value(&text, &sample), Some(expected), "{sample}\n{text}");
     }
 }

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use laminar_state_api::{StateBackend, StateBackendError};
 use laminar_state_conformance::{
-    BackendFactory, Capabilities, ChildCommand, Outcome, TestStore, check, properties,
+    BackendFactory, Capabilities, ChildCommand, Outcome, TestStore, assert_caught, check_blocking,
 };
 use laminar_state_layers::CompressionLayer;
 use laminar_state_memory::MemoryStore;
@@ -168,19 +168,7 @@ impl TestStore for Store {
 }
 
 fn run(property: &str, flaw: Flaw) -> Outcome {
-    let property = properties::property(property).expect("a known property");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime
-        .block_on(check(
-            property,
-            &Factory(flaw),
-            &ChildCommand::libtest("no_child"),
-        ))
-        .outcome
+    check_blocking(property, &Factory(flaw), &ChildCommand::libtest("no_child"))
 }
 
 /// `property` passes with `baseline` and fails with `flaw`.
@@ -190,45 +178,29 @@ fn caught(property: &str, baseline: Flaw, flaw: Flaw) {
         Outcome::Passed,
         "{baseline:?} must pass {property}"
     );
-    match run(property, flaw) {
-        Outcome::Failed { reason } => eprintln!(
-            "{property} caught {flaw:?}: {}",
-            reason.lines().next().unwrap_or("")
-        ),
-        other => panic!("{property} did not catch {flaw:?}: {other:?}"),
-    }
+    assert_caught(property, &flaw, run(property, flaw));
 }
 
-#[test]
-fn a_layer_dropping_the_fence_is_caught_by_p4() {
-    caught("p04_fence_monotonic", Flaw::None, Flaw::DropsFence);
+/// Tests, each named for a flaw and the property that catches it: the
+/// property passes with the baseline and fails with the flaw.
+macro_rules! caught_by {
+    ($($test:ident: $property:literal passes $baseline:ident, fails $flaw:ident;)*) => {
+        $(
+            #[test]
+            fn $test() {
+                caught($property, Flaw::$baseline, Flaw::$flaw);
+            }
+        )*
+    };
 }
 
-#[test]
-fn a_layer_dropping_the_fence_is_caught_by_p5() {
-    caught("p05_fence_enforced", Flaw::None, Flaw::DropsFence);
-}
-
-#[test]
-fn a_layer_swapping_partials_is_caught_by_p1() {
-    caught("p01_round_trip", Flaw::None, Flaw::SwapsPartials);
-}
-
-#[test]
-fn a_layer_swapping_partials_is_caught_by_p3() {
-    caught("p03_independence", Flaw::None, Flaw::SwapsPartials);
-}
-
-#[test]
-fn a_layer_forgetting_the_recovery_queries_is_caught_by_p14() {
-    caught("p14_recovery_queries", Flaw::None, Flaw::ForgetsRecovery);
-}
-
-#[test]
-fn a_payload_limit_checked_after_compression_is_caught_by_p12() {
-    caught(
-        "p12_bad_input",
-        Flaw::LimitBeforeCompression,
-        Flaw::LimitAfterCompression,
-    );
+caught_by! {
+    a_layer_dropping_the_fence_is_caught_by_p4: "p04_fence_monotonic" passes None, fails DropsFence;
+    a_layer_dropping_the_fence_is_caught_by_p5: "p05_fence_enforced" passes None, fails DropsFence;
+    a_layer_swapping_partials_is_caught_by_p1: "p01_round_trip" passes None, fails SwapsPartials;
+    a_layer_swapping_partials_is_caught_by_p3: "p03_independence" passes None, fails SwapsPartials;
+    a_layer_forgetting_the_recovery_queries_is_caught_by_p14:
+        "p14_recovery_queries" passes None, fails ForgetsRecovery;
+    a_payload_limit_checked_after_compression_is_caught_by_p12:
+        "p12_bad_input" passes LimitBeforeCompression, fails LimitAfterCompression;
 }

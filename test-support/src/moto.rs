@@ -11,7 +11,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::free_port;
 use crate::lazy::Servers;
@@ -75,17 +75,11 @@ impl MotoServer {
     /// Wait until the bucket is created on our port while our process
     /// lives; false if it exits or `START_TIMEOUT` passes first.
     fn wait_until_ready(&self) -> bool {
-        let deadline = Instant::now() + START_TIMEOUT;
-        while Instant::now() < deadline {
-            if !self.process.as_ref().is_some_and(Watched::alive) {
-                return false;
-            }
-            if put_ok(self.port, &format!("/{BUCKET}"), "") {
-                return self.process.as_ref().is_some_and(Watched::alive);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
+        self.process.as_ref().is_some_and(|process| {
+            process.wait_until_ready(START_TIMEOUT, || {
+                put_ok(self.port, &format!("/{BUCKET}"), "")
+            })
+        })
     }
 
     /// Create bucket `name` (empty).

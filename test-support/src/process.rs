@@ -81,6 +81,20 @@ impl Watched {
         self.watchdog.is_some() && pid_alive(self.pid)
     }
 
+    /// Poll `ready` every 50 ms until it holds while the server lives:
+    /// true then, false if the server exits (another process took its
+    /// port) or `timeout` passes first.
+    pub fn wait_until_ready(&self, timeout: Duration, ready: impl Fn() -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline && self.alive() {
+            if ready() {
+                return self.alive();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     /// SIGKILL the server (no shutdown, no final fsync), reap the watchdog
     /// and wait (at most 5 s) until the server is gone, so its port and
     /// files are free for a restart. Does nothing the second time.

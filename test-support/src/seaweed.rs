@@ -7,7 +7,7 @@
 //! (s3rver) or race them (s3s-fs) cannot stand in for S3 here.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::free_port;
 use crate::lazy::Servers;
@@ -137,21 +137,9 @@ impl SeaweedServer {
     /// process lives (if another process took a port, ours has exited);
     /// false if it exits or `START_TIMEOUT` passes first.
     fn wait_until_ready(&self) -> bool {
-        let deadline = Instant::now() + START_TIMEOUT;
-        while Instant::now() < deadline {
-            if !self.alive() {
-                return false;
-            }
-            if put_ready_marker(self.port) {
-                return self.alive();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
-    }
-
-    fn alive(&self) -> bool {
-        self.process.as_ref().is_some_and(Watched::alive)
+        self.process.as_ref().is_some_and(|process| {
+            process.wait_until_ready(START_TIMEOUT, || put_ready_marker(self.port))
+        })
     }
 
     fn log(&self) -> String {

@@ -40,9 +40,14 @@ pub(crate) fn build_messages(mut command: Command, what: &str) -> Result<String,
 }
 
 /// Run `command`, streaming its output; fail if it fails.
-pub(crate) fn run(mut command: Command) -> Result<(), String> {
+pub(crate) fn run(command: Command) -> Result<(), String> {
     let shown = format!("{command:?}");
     eprintln!("$ {shown}");
+    run_quietly(command, &shown)
+}
+
+/// Run `command` without showing it first; an error names it as `shown`.
+pub(crate) fn run_quietly(mut command: Command, shown: &str) -> Result<(), String> {
     let status = command
         .status()
         .map_err(|e| format!("cannot run {shown}: {e}"))?;

@@ -615,17 +615,10 @@ fn run_git(root: &Path, args: &[&str]) -> Result<(), String> {
 }
 
 /// Run `command` (shown first); an error says what failed.
-fn run(mut command: Command) -> Result<(), String> {
+fn run(command: Command) -> Result<(), String> {
     let shown = shown(&command);
     say(&format!("$ {shown}"));
-    let status = command
-        .status()
-        .map_err(|e| format!("cannot run {shown}: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{shown} failed ({status})"))
-    }
+    crate::cargo::run_quietly(command, &shown)
 }
 
 fn shown(command: &Command) -> String {

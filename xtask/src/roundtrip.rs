@@ -92,15 +92,8 @@ fn say(message: &str) {
     eprintln!("roundtrip: {message}");
 }
 
-fn run(mut command: Command, what: &str) -> Result<(), String> {
-    let status = command
-        .status()
-        .map_err(|e| format!("{what}: cannot run {command:?}: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{what} failed ({status})"))
-    }
+fn run(command: Command, what: &str) -> Result<(), String> {
+    crate::cargo::run_quietly(command, what)
 }
 
 /// `f`, timed (wall clock, and the CPU time of the processes it ran,

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use laminar_state_api::{StateBackend, StateBackendError};
 use laminar_state_conformance::{BackendFactory, Capabilities, TestStore};
-use laminar_state_redis::{RedisConfig, RedisStore};
+use laminar_state_redis::{RedisBackend, RedisConfig, RedisStore};
 use laminar_state_test_support::fresh_prefix;
 use laminar_state_test_support::lazy::{Connector, LazyStore, Running, Shared};
-use laminar_state_test_support::redis::{RedisServer, RedisServers};
+use laminar_state_test_support::redis::{RedisCluster, RedisServer, RedisServers};
 use laminar_state_test_support::tls::TestCertificates;
 
 /// A small limit keeps the oversize checks cheap.
@@ -170,5 +170,77 @@ impl BackendFactory for RedisFactory {
             locator,
             TEST_MAX_PAYLOAD,
         )?))
+    }
+}
+
+/// A redis-server in a temporary directory of its own, removed once the
+/// server has stopped.
+pub struct TempServer {
+    // Declared first, so dropped (stopped) before the directory goes.
+    server: RedisServer,
+    _dir: tempfile::TempDir,
+}
+
+impl TempServer {
+    /// Start a server with the `extra` arguments.
+    pub fn start(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        Self {
+            server: RedisServer::start(dir.path(), extra),
+            _dir: dir,
+        }
+    }
+}
+
+impl std::ops::Deref for TempServer {
+    type Target = RedisServer;
+
+    fn deref(&self) -> &RedisServer {
+        &self.server
+    }
+}
+
+impl std::ops::DerefMut for TempServer {
+    fn deref_mut(&mut self) -> &mut RedisServer {
+        &mut self.server
+    }
+}
+
+/// A 3-node Redis Cluster in a temporary directory of its own, removed once
+/// the cluster has stopped.
+pub struct TempCluster {
+    // Declared first, so dropped (stopped) before the directory goes.
+    cluster: RedisCluster,
+    _dir: tempfile::TempDir,
+}
+
+impl TempCluster {
+    /// Start the cluster (off the runtime's threads: it takes a while).
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().to_path_buf();
+        let cluster = tokio::task::spawn_blocking(move || RedisCluster::start(&path))
+            .await
+            .expect("starting the cluster");
+        Self { cluster, _dir: dir }
+    }
+}
+
+impl std::ops::Deref for TempCluster {
+    type Target = RedisCluster;
+
+    fn deref(&self) -> &RedisCluster {
+        &self.cluster
+    }
+}
+
+/// Write `bytes` as the partial of every one of `vnodes` in `epoch`, at
+/// version 0.
+pub async fn write_epoch(handle: &RedisBackend, epoch: u64, vnodes: &[u32], bytes: bytes::Bytes) {
+    for &vnode in vnodes {
+        handle
+            .write_partial(vnode, epoch, 0, bytes.clone())
+            .await
+            .unwrap();
     }
 }

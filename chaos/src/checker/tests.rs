@@ -105,12 +105,46 @@ impl H {
         self.op(inst, Op::Prune { before }, at.0, done)
     }
 
+    /// `inst` persists the fence `version`, invoked at `at.0`, answered
+    /// `Ok` at `at.1`.
+    fn persist(&mut self, inst: &str, version: u64, at: (u64, u64)) -> &mut Self {
+        self.op(
+            inst,
+            Op::PersistFence { version },
+            at.0,
+            Some((at.1, Outcome::Ok)),
+        )
+    }
+
+    /// `inst` sets its own fence to `version` at `at` (a local call: it
+    /// answers at once).
+    fn set_fence(&mut self, inst: &str, version: u64, at: u64) -> &mut Self {
+        self.op(inst, Op::SetFence { version }, at, Some((at, Outcome::Ok)))
+    }
+
+    /// `inst` asks for the latest committed epoch and is told `answer`.
+    fn latest(&mut self, inst: &str, at: (u64, u64), answer: Option<u64>) -> &mut Self {
+        self.op(
+            inst,
+            Op::Latest,
+            at.0,
+            Some((at.1, Outcome::Latest(answer))),
+        )
+    }
+
     fn check(&self) -> Report {
         let history = History::from_events(self.events.clone()).expect("a well-formed history");
         let report = check(&history);
         if let Some(text) = report.describe_first(&history) {
             eprintln!("{text}");
         }
+        report
+    }
+
+    /// Checks the history, which must hold no violation; its report.
+    fn passes(&self) -> Report {
+        let report = self.check();
+        assert!(report.violations.is_empty(), "{:?}", report.violations);
         report
     }
 
@@ -126,6 +160,14 @@ fn stale(caller: u64, authoritative: u64) -> Outcome {
     }
 }
 
+/// `self_id` lost the seal to `committer`.
+fn split_brain(committer: &str, self_id: &str) -> Outcome {
+    Outcome::SplitBrain {
+        committer: committer.into(),
+        self_id: self_id.into(),
+    }
+}
+
 fn io() -> Outcome {
     Outcome::Io("timed out".into())
 }
@@ -134,37 +176,21 @@ fn io() -> Outcome {
 /// prune; a coordinator loses the race and reads the latest epoch.
 fn clean() -> H {
     let mut h = H::default();
-    h.op(
-        "a",
-        Op::PersistFence { version: 5 },
-        1,
-        Some((2, Outcome::Ok)),
-    )
-    .write("a", (0, 1), 5, "a1", (3, 5), Outcome::Ok)
-    .write("a", (1, 1), 5, "a2", (4, 6), Outcome::Ok)
-    .seal("a", 1, 2, 5, (7, 8), Outcome::Sealed(true))
-    .seal(
-        "c",
-        1,
-        2,
-        0,
-        (7, 9),
-        Outcome::SplitBrain {
-            committer: "a".into(),
-            self_id: "c".into(),
-        },
-    )
-    .read("a", (0, 1), (9, 10), Some("a1"))
-    .read("a", (1, 1), (9, 10), Some("a2"))
-    .op("c", Op::Latest, 11, Some((12, Outcome::Latest(Some(1)))))
-    .read("c", (1, 1), (13, 14), Some("a2"));
+    h.persist("a", 5, (1, 2))
+        .write("a", (0, 1), 5, "a1", (3, 5), Outcome::Ok)
+        .write("a", (1, 1), 5, "a2", (4, 6), Outcome::Ok)
+        .seal("a", 1, 2, 5, (7, 8), Outcome::Sealed(true))
+        .seal("c", 1, 2, 0, (7, 9), split_brain("a", "c"))
+        .read("a", (0, 1), (9, 10), Some("a1"))
+        .read("a", (1, 1), (9, 10), Some("a2"))
+        .latest("c", (11, 12), Some(1))
+        .read("c", (1, 1), (13, 14), Some("a2"));
     h
 }
 
 #[test]
 fn a_clean_history_passes() {
-    let report = clean().check();
-    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    let report = clean().passes();
     assert_eq!(report.stats.seals_won, 1);
     assert_eq!(report.stats.split_brain, 1);
     assert_eq!(report.stats.reads, 3);
@@ -222,8 +248,7 @@ fn overlapping_and_indeterminate_operations_are_not_violations() {
         .write("a", (1, 5), 0, "gone2", (54, 55), Outcome::Ok)
         .prune("z", 7, (56, 57), None)
         .read("c", (1, 5), (100, 101), None);
-    let report = h.check();
-    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    let report = h.passes();
     assert_eq!(report.stats.unanswered, 2);
     assert_eq!(report.stats.failed, 1);
 }
@@ -253,58 +278,32 @@ fn refused_and_unknown_bytes() {
 fn stale_write_acknowledged() {
     // Raised by persist.
     let mut h = H::default();
-    h.op(
-        "new",
-        Op::PersistFence { version: 10 },
-        1,
-        Some((2, Outcome::Ok)),
-    )
-    .write("old", (0, 1), 5, "z", (3, 4), Outcome::Ok);
+    h.persist("new", 10, (1, 2))
+        .write("old", (0, 1), 5, "z", (3, 4), Outcome::Ok);
     assert_eq!(h.kinds(), [ViolationKind::StaleWriteAcknowledged]);
     // Raised by set, acknowledged by the raising handle's next write.
     let mut h = H::default();
-    h.op(
-        "new",
-        Op::SetFence { version: 10 },
-        1,
-        Some((1, Outcome::Ok)),
-    )
-    .write("new", (1, 1), 10, "n", (2, 3), Outcome::Ok)
-    .write("old", (0, 1), 5, "z", (4, 5), Outcome::Ok);
+    h.set_fence("new", 10, 1)
+        .write("new", (1, 1), 10, "n", (2, 3), Outcome::Ok)
+        .write("old", (0, 1), 5, "z", (4, 5), Outcome::Ok);
     assert_eq!(h.kinds(), [ViolationKind::StaleWriteAcknowledged]);
     // Not yet acknowledged when the stale write began: allowed.
     let mut h = H::default();
-    h.op(
-        "new",
-        Op::SetFence { version: 10 },
-        1,
-        Some((1, Outcome::Ok)),
-    )
-    .write("old", (0, 1), 5, "z", (2, 6), Outcome::Ok)
-    .write("new", (1, 1), 10, "n", (2, 3), Outcome::Ok)
-    // A set never carried by a write is never acknowledged.
-    .op(
-        "other",
-        Op::SetFence { version: 20 },
-        7,
-        Some((7, Outcome::Ok)),
-    )
-    .write("old", (0, 2), 10, "y", (8, 9), Outcome::Ok);
-    let report = h.check();
-    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    h.set_fence("new", 10, 1)
+        .write("old", (0, 1), 5, "z", (2, 6), Outcome::Ok)
+        .write("new", (1, 1), 10, "n", (2, 3), Outcome::Ok)
+        // A set never carried by a write is never acknowledged.
+        .set_fence("other", 20, 7)
+        .write("old", (0, 2), 10, "y", (8, 9), Outcome::Ok);
+    h.passes();
 }
 
 #[test]
 fn stale_write_landed() {
     let mut h = H::default();
-    h.op(
-        "new",
-        Op::PersistFence { version: 10 },
-        1,
-        Some((2, Outcome::Ok)),
-    )
-    .write("old", (0, 1), 5, "z", (3, 4), io())
-    .read("c", (0, 1), (10, 11), Some("z"));
+    h.persist("new", 10, (1, 2))
+        .write("old", (0, 1), 5, "z", (3, 4), io())
+        .read("c", (0, 1), (10, 11), Some("z"));
     assert_eq!(h.kinds(), [ViolationKind::StaleWriteLanded]);
 }
 
@@ -312,25 +311,15 @@ fn stale_write_landed() {
 fn deposed_seal() {
     let mut h = H::default();
     h.write("old", (0, 1), 5, "a", (1, 2), Outcome::Ok)
-        .op(
-            "new",
-            Op::PersistFence { version: 10 },
-            3,
-            Some((4, Outcome::Ok)),
-        )
+        .persist("new", 10, (3, 4))
         .seal("old", 1, 1, 5, (5, 6), Outcome::Sealed(true));
     assert_eq!(h.kinds(), [ViolationKind::DeposedSeal]);
     // A handle never told a version (0) is not fenced.
     let mut h = H::default();
     h.write("old", (0, 1), 5, "a", (1, 2), Outcome::Ok)
-        .op(
-            "new",
-            Op::PersistFence { version: 10 },
-            3,
-            Some((4, Outcome::Ok)),
-        )
+        .persist("new", 10, (3, 4))
         .seal("coord", 1, 1, 0, (5, 6), Outcome::Sealed(true));
-    assert!(h.kinds().is_empty());
+    h.passes();
 }
 
 #[test]
@@ -347,21 +336,17 @@ fn two_committers() {
         .prune("z", 2, (4, 5), Some(Outcome::Ok))
         .write("b", (0, 1), 0, "y", (5, 6), Outcome::Ok)
         .seal("b", 1, 1, 0, (7, 8), Outcome::Sealed(true));
-    assert!(h.kinds().is_empty());
+    h.passes();
     // The same instance winning twice is a retried seal.
     let mut h = H::default();
     h.write("a", (0, 1), 0, "x", (1, 2), Outcome::Ok)
         .seal("a", 1, 1, 0, (3, 4), Outcome::Sealed(true))
         .seal("a", 1, 1, 0, (5, 6), Outcome::Sealed(true));
-    assert!(h.kinds().is_empty());
+    h.passes();
 }
 
 #[test]
 fn wrong_loser() {
-    let split = |committer: &str, self_id: &str| Outcome::SplitBrain {
-        committer: committer.into(),
-        self_id: self_id.into(),
-    };
     let base = || {
         let mut h = H::default();
         h.write("a", (0, 1), 0, "x", (1, 2), Outcome::Ok);
@@ -369,24 +354,30 @@ fn wrong_loser() {
     };
     // Named a winner that never sealed.
     let mut h = base();
-    h.seal("b", 1, 1, 0, (3, 4), split("ghost", "b"));
+    h.seal("b", 1, 1, 0, (3, 4), split_brain("ghost", "b"));
     assert_eq!(h.kinds(), [ViolationKind::WrongLoser]);
     // Named itself as the loser under another name.
     let mut h = base();
-    h.seal("a", 1, 1, 0, (3, 4), Outcome::Sealed(true))
-        .seal("b", 1, 1, 0, (5, 6), split("a", "c"));
+    h.seal("a", 1, 1, 0, (3, 4), Outcome::Sealed(true)).seal(
+        "b",
+        1,
+        1,
+        0,
+        (5, 6),
+        split_brain("a", "c"),
+    );
     assert_eq!(h.kinds(), [ViolationKind::WrongLoser]);
     // Passed over the instance that had certainly won.
     let mut h = base();
     h.seal("a", 1, 1, 0, (3, 4), Outcome::Sealed(true))
         .seal("c", 1, 1, 0, (3, 9), io())
-        .seal("b", 1, 1, 0, (5, 6), split("c", "b"));
+        .seal("b", 1, 1, 0, (5, 6), split_brain("c", "b"));
     assert_eq!(h.kinds(), [ViolationKind::WrongLoser]);
     // Told the winner whose seal is indeterminate: fine.
     let mut h = base();
     h.seal("a", 1, 1, 0, (3, 9), io())
-        .seal("b", 1, 1, 0, (5, 6), split("a", "b"));
-    assert!(h.kinds().is_empty());
+        .seal("b", 1, 1, 0, (5, 6), split_brain("a", "b"));
+    h.passes();
 }
 
 #[test]
@@ -412,7 +403,7 @@ fn seal_without_partials() {
         (2, 4),
         Outcome::Sealed(true),
     );
-    assert!(h.kinds().is_empty());
+    h.passes();
 }
 
 #[test]
@@ -427,7 +418,7 @@ fn sealed_partial_lost() {
         .seal("a", 1, 1, 0, (3, 4), Outcome::Sealed(true))
         .prune("z", 9, (4, 7), Some(Outcome::Ok))
         .read("a", (0, 1), (5, 6), None);
-    assert!(h.kinds().is_empty());
+    h.passes();
 }
 
 #[test]
@@ -447,37 +438,37 @@ fn pruned_resurrected() {
         .prune("z", 5, (9, 10), Some(Outcome::Ok))
         .write("a", (1, 1), 0, "y", (11, 12), Outcome::Ok)
         .read("b", (1, 1), (13, 14), Some("y"));
-    assert!(h.kinds().is_empty());
+    h.passes();
 }
 
 #[test]
 fn latest_committed_epoch() {
     let mut h = H::default();
-    h.op("c", Op::Latest, 1, Some((2, Outcome::Latest(Some(7)))));
+    h.latest("c", (1, 2), Some(7));
     assert_eq!(h.kinds(), [ViolationKind::LatestUnsealed]);
     let mut h = H::default();
     h.write("a", (0, 2), 0, "x", (1, 2), Outcome::Ok)
         .write("a", (0, 3), 0, "y", (1, 2), Outcome::Ok)
         .seal("a", 2, 1, 0, (3, 4), Outcome::Sealed(true))
         .seal("a", 3, 1, 0, (5, 6), Outcome::Sealed(true))
-        .op("c", Op::Latest, 7, Some((8, Outcome::Latest(Some(2)))));
+        .latest("c", (7, 8), Some(2));
     assert_eq!(h.kinds(), [ViolationKind::LatestLostSeal]);
     let mut h = H::default();
     h.write("a", (0, 2), 0, "x", (1, 2), Outcome::Ok)
         .seal("a", 2, 1, 0, (3, 4), Outcome::Sealed(true))
         .prune("z", 3, (5, 6), Some(Outcome::Ok))
-        .op("c", Op::Latest, 7, Some((8, Outcome::Latest(Some(2)))));
+        .latest("c", (7, 8), Some(2));
     assert_eq!(h.kinds(), [ViolationKind::LatestUnsealed]);
     // Pruned, or concurrent with the seal: nothing is owed.
     let mut h = H::default();
     h.write("a", (0, 2), 0, "x", (1, 2), Outcome::Ok)
         .seal("a", 2, 1, 0, (3, 4), Outcome::Sealed(true))
         .prune("z", 3, (5, 6), Some(Outcome::Ok))
-        .op("c", Op::Latest, 7, Some((8, Outcome::Latest(None))))
+        .latest("c", (7, 8), None)
         .write("a", (0, 4), 0, "y", (9, 10), Outcome::Ok)
         .seal("a", 4, 1, 0, (11, 14), Outcome::Sealed(true))
-        .op("c", Op::Latest, 12, Some((13, Outcome::Latest(None))));
-    assert!(h.kinds().is_empty());
+        .latest("c", (12, 13), None);
+    h.passes();
 }
 
 #[test]

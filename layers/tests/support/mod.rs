@@ -16,8 +16,7 @@ use laminar_state_layers::{
     TracingLayer, layer_with_keyring,
 };
 use laminar_state_memory::MemoryStore;
-use laminar_state_redb::{RedbConfig, RedbStore};
-use redb::TableDefinition;
+use laminar_state_redb::{DamagedRecord, RedbConfig, RedbStore};
 
 /// The payload limit the suite sees; small, so the oversize checks are
 /// cheap.
@@ -400,29 +399,10 @@ impl TestStore for LayeredStore {
                 "the memory store cannot inject {what:?}"
             )));
         };
-        // As backend-redb's own conformance test does: bytes that fail its
-        // framing, straight into its tables.
-        const PARTIALS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("partials");
-        const MARKERS: TableDefinition<u64, &[u8]> = TableDefinition::new("markers");
-        let store = InnerStore::redb(path, *limit).await?;
-        let io = |e: redb::Error| StateBackendError::Io(e.to_string());
-        store.with_raw_database(|db| {
-            let txn = db.begin_write().map_err(|e| io(e.into()))?;
-            match what {
-                Damage::Partial { vnode, epoch } => {
-                    let mut table = txn.open_table(PARTIALS).map_err(|e| io(e.into()))?;
-                    table
-                        .insert((epoch, vnode), &[1u8, 0, 0, 0, 0, 42][..])
-                        .map_err(|e| io(e.into()))?;
-                }
-                Damage::Marker { epoch } => {
-                    let mut table = txn.open_table(MARKERS).map_err(|e| io(e.into()))?;
-                    table
-                        .insert(epoch, &[9u8, 9][..])
-                        .map_err(|e| io(e.into()))?;
-                }
-            }
-            txn.commit().map_err(|e| io(e.into()))
-        })?
+        let record = match what {
+            Damage::Partial { vnode, epoch } => DamagedRecord::Partial { vnode, epoch },
+            Damage::Marker { epoch } => DamagedRecord::Marker { epoch },
+        };
+        InnerStore::redb(path, *limit).await?.store_damaged(record)
     }
 }
