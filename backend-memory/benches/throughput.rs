@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use laminar_state_api::StateBackend;
+use laminar_state_bench::growth::{Growth, Step, gate_growth, prune_growth};
 use laminar_state_bench::{
     BackendOps, CHECKPOINT_VNODES, Mode, Row, alternate, checkpoint_rows, report,
 };
@@ -48,6 +49,16 @@ impl SingleLock {
         let mut markers = self.markers.lock().unwrap();
         let partials = self.partials.read().unwrap();
         if !vnodes.iter().all(|&v| partials.contains_key(&(epoch, v))) {
+            return false;
+        }
+        markers.entry(epoch).or_insert_with(|| id.to_owned()) == id
+    }
+
+    /// [`seal`](Self::seal) of vnodes `0..vnodes`.
+    fn seal_all(&self, epoch: u64, vnodes: u32, id: &str) -> bool {
+        let mut markers = self.markers.lock().unwrap();
+        let partials = self.partials.read().unwrap();
+        if !(0..vnodes).all(|v| partials.contains_key(&(epoch, v))) {
             return false;
         }
         markers.entry(epoch).or_insert_with(|| id.to_owned()) == id
@@ -236,6 +247,54 @@ fn main() {
                 base.prune(epoch.saturating_sub(1));
             }
         },
+    )));
+
+    // How cost grows, on stores of their own.
+    let growth = Growth::for_mode(mode);
+    let base = Arc::new(SingleLock::default());
+    let ours: Arc<dyn StateBackend> = Arc::new(MemoryBackend::new("growth", u32::MAX));
+    let write = {
+        let base = Arc::clone(&base);
+        move |epoch: u64, vnodes: u32| -> Step<'static> {
+            let base = Arc::clone(&base);
+            Box::pin(async move {
+                for vnode in 0..vnodes {
+                    base.write(vnode, epoch, 0, Bytes::from_static(b"p"));
+                }
+            })
+        }
+    };
+    let gate = {
+        let base = Arc::clone(&base);
+        move |epoch: u64, vnodes: u32| -> Step<'static> {
+            let base = Arc::clone(&base);
+            Box::pin(async move { assert!(base.seal_all(epoch, vnodes, "bench")) })
+        }
+    };
+    let write_sealed = |first: u64, end: u64, vnodes: u32| -> Step<'static> {
+        let (write, gate) = (write.clone(), gate.clone());
+        Box::pin(async move {
+            for epoch in first..end {
+                write(epoch, vnodes).await;
+                gate(epoch, vnodes).await;
+            }
+        })
+    };
+    let prune = {
+        let base = Arc::clone(&base);
+        move |_: u64, end: u64, _: u32| -> Step<'static> {
+            let base = Arc::clone(&base);
+            Box::pin(async move { base.prune(end) })
+        }
+    };
+    rows.extend(runtime.block_on(gate_growth(&growth, &ours, 0, &write, &gate, None)));
+    rows.extend(runtime.block_on(prune_growth(
+        &growth,
+        &ours,
+        1 << 40,
+        &write_sealed,
+        &prune,
+        None,
     )));
 
     report(

@@ -29,7 +29,15 @@
 //! Writes to different shards never touch a shared lock, so they stay
 //! parallel; the raise, rare, pays one lock round trip per shard.
 //!
-//! Lock order, to rule out deadlock: markers, then one shard at a time.
+//! The gate checks the fence again while it holds the read locks of every
+//! shard its vnodes live in, and seals there: a raise cannot pass those
+//! locks meanwhile, so a seal that finds the fence not deposing it takes
+//! effect before any raise returns, and cannot count a partial written
+//! after one.
+//!
+//! Lock order, to rule out deadlock: markers, then shards. Only a gate
+//! holds several shard locks at once (read locks, each taken once), and
+//! only while it holds markers; everything else holds one at a time.
 //!
 //! # Configuration
 //!
@@ -249,6 +257,22 @@ impl std::fmt::Debug for MemoryBackend {
     }
 }
 
+impl MemoryBackend {
+    /// `StaleVersion` if a raise above what this handle was told has taken
+    /// effect: it is a deposed leader, which may not seal.
+    fn check_not_deposed(&self) -> Result<(), StateBackendError> {
+        let fence = self.shared.fence.load(Ordering::Acquire);
+        let told = self.told.load(Ordering::Acquire);
+        if told > 0 && told < fence {
+            return Err(StateBackendError::StaleVersion {
+                caller: told,
+                authoritative: fence,
+            });
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl StateBackend for MemoryBackend {
     async fn write_partial(
@@ -285,21 +309,24 @@ impl StateBackend for MemoryBackend {
         // Holding the marker lock across the gate keeps a concurrent prune
         // from removing partials between the check and the seal.
         let mut markers = lock(&self.shared.markers);
-        let fence = self.shared.fence.load(Ordering::Acquire);
-        let told = self.told.load(Ordering::Acquire);
-        if told > 0 && told < fence {
-            return Err(StateBackendError::StaleVersion {
-                caller: told,
-                authoritative: fence,
-            });
-        }
-        if !self.shared.all_present(epoch, vnodes) {
-            return Ok(false);
-        }
-        let committer = markers
-            .entry(epoch)
-            .or_insert_with(|| Arc::from(self.instance_id.as_str()));
-        seal_outcome(committer, &self.instance_id)
+        // Refused at once if already deposed; checked again below, where it
+        // counts.
+        self.check_not_deposed()?;
+        // The seal takes effect while every listed vnode's shard lock is
+        // held: a raise must pass each of those locks before it returns,
+        // so if the fence still reads as not deposing us here, no raise has
+        // returned, and no partial written after one can be among those
+        // found. (Checked only before the partials, a deposed leader could
+        // seal with a partial its successor wrote after the raise.)
+        self.shared
+            .with_all_present(epoch, vnodes, || {
+                self.check_not_deposed()?;
+                let committer = markers
+                    .entry(epoch)
+                    .or_insert_with(|| Arc::from(self.instance_id.as_str()));
+                seal_outcome(committer, &self.instance_id)
+            })
+            .unwrap_or(Ok(false))
     }
 
     async fn prune_before(&self, before: u64) -> Result<(), StateBackendError> {
@@ -353,27 +380,38 @@ impl Shared {
         &self.shards[vnode as usize % SHARD_COUNT].0
     }
 
-    /// Whether every one of `vnodes` has a partial at `epoch`. Each shard's
-    /// read lock is taken once, when its first vnode comes up, and held to
-    /// the end: 256 vnodes cost 64 lock round trips, not 256. Holding several
-    /// read locks cannot deadlock: writers and raises hold one lock at a
-    /// time, and a prune cannot run (the caller holds the markers lock).
-    fn all_present(&self, epoch: u64, vnodes: &[u32]) -> bool {
+    /// `then()`, run while every one of `vnodes` is seen to have a partial
+    /// at `epoch` (their shards' read locks still held); `None` if one has
+    /// none. Each shard's read lock is taken once, when its first vnode
+    /// comes up: 256 vnodes cost 64 lock round trips, not 256. Holding
+    /// several read locks cannot deadlock: writers, raises and the other
+    /// readers hold one shard lock at a time, and the only other holder of
+    /// several, another gate, or a prune, waits for the markers lock the
+    /// caller holds.
+    fn with_all_present<T>(
+        &self,
+        epoch: u64,
+        vnodes: &[u32],
+        then: impl FnOnce() -> T,
+    ) -> Option<T> {
         let mut held: [Option<RwLockReadGuard<'_, Shard>>; SHARD_COUNT] =
             std::array::from_fn(|_| None);
-        vnodes.iter().all(|&vnode| {
+        let all_present = vnodes.iter().all(|&vnode| {
             let index = vnode as usize % SHARD_COUNT;
             held[index]
                 .get_or_insert_with(|| read(&self.shards[index].0))
                 .get(epoch, vnode)
                 .is_some()
-        })
+        });
+        all_present.then(then)
     }
 }
 
-// No code path panics while holding a lock, but if a caller's task is torn
-// down mid-operation the data is still consistent: every mutation is a single
-// map operation. So a poisoned lock is taken over rather than propagated.
+// No code path panics while holding a lock (and the code under a lock never
+// awaits, so a cancelled caller cannot stop it half-way); were one to panic,
+// the data would still read consistently: the worst a mutation cut short
+// leaves is an epoch with no partials in a shard, which reads as absent. So
+// a poisoned lock is taken over rather than propagated.
 fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(PoisonError::into_inner)
 }

@@ -2,7 +2,8 @@
 //!
 //! `cargo bench -p laminar-state-redb` (or `cargo xtask bench`) measures:
 //! durable 4 KiB writes with 1 and 64 concurrent writers, reads with 1 and 64,
-//! `epoch_complete` at 256 vnodes, pruning 20 epochs x 256 vnodes, and the
+//! `epoch_complete` at 256 vnodes, pruning 20 epochs x 256 vnodes, how the
+//! gate and the prune grow (256 to 16,384 vnodes; 10 to 1,000 epochs), and the
 //! latency of whole checkpoints (256 vnodes x 16 KiB written at once, the
 //! gate, a prune keeping two epochs). Raw
 //! redb writes are one transaction (one fsync) per write, which is what a
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use laminar_state_api::StateBackend;
+use laminar_state_bench::growth::{Growth, Step, gate_growth, prune_growth};
 use laminar_state_bench::{
     BackendOps, CHECKPOINT_VNODES, Mode, Row, alternate, checkpoint_rows, report,
 };
@@ -263,7 +265,61 @@ fn main() {
         .block_on(backend.prune_before(base + scale.prune_epochs))
         .expect("prune");
     let ours = started.elapsed().as_secs_f64() * 1e3;
-    rows.push(Row::millis("prune 20 epochs x 256 vnodes", ours, raw, None));
+    rows.push(Row::millis(
+        format!("prune {} epochs x 256 vnodes", scale.prune_epochs),
+        ours,
+        raw,
+        None,
+    ));
+
+    // How cost grows, on databases of their own.
+    let growth = Growth::for_mode(mode);
+    let raw_db = Arc::new(Database::create(dir.path().join("raw-growth.redb")).expect("raw db"));
+    let ours: Arc<dyn StateBackend> = Arc::new(
+        RedbStore::open(dir.path().join("growth.redb"))
+            .expect("backend db")
+            .handle("bench", u32::MAX),
+    );
+    let one_byte = Bytes::from_static(b"p");
+    let write = {
+        let db = Arc::clone(&raw_db);
+        move |epoch: u64, vnodes: u32| -> Step<'static> {
+            let (db, one_byte) = (Arc::clone(&db), one_byte.clone());
+            Box::pin(async move { raw_writes_at(&db, epoch, vnodes, &one_byte) })
+        }
+    };
+    let gate = {
+        let db = Arc::clone(&raw_db);
+        move |epoch: u64, vnodes: u32| -> Step<'static> {
+            let db = Arc::clone(&db);
+            Box::pin(async move { raw_seal(&db, epoch, vnodes) })
+        }
+    };
+    let write_sealed = |first: u64, end: u64, vnodes: u32| -> Step<'static> {
+        let (write, gate) = (write.clone(), gate.clone());
+        Box::pin(async move {
+            for epoch in first..end {
+                write(epoch, vnodes).await;
+                gate(epoch, vnodes).await;
+            }
+        })
+    };
+    let prune = {
+        let db = Arc::clone(&raw_db);
+        move |_: u64, end: u64, _: u32| -> Step<'static> {
+            let db = Arc::clone(&db);
+            Box::pin(async move { raw_prune(&db, end) })
+        }
+    };
+    rows.extend(runtime.block_on(gate_growth(&growth, &ours, 0, &write, &gate, None)));
+    rows.extend(runtime.block_on(prune_growth(
+        &growth,
+        &ours,
+        1 << 40,
+        &write_sealed,
+        &prune,
+        None,
+    )));
 
     // Whole checkpoints, on databases of their own: ours (every vnode
     // written at once, the gate, a prune keeping two epochs) against the

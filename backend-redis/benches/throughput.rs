@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use laminar_state_api::StateBackend;
+use laminar_state_bench::growth::{Growth, Step, gate_growth, prune_growth};
 use laminar_state_bench::{
     BackendOps, CHECKPOINT_VNODES, Mode, Row, alternate, checkpoint_rows, report,
 };
@@ -37,7 +38,8 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let rows = runtime.block_on(measure(&server.url(), ops, gate_rounds));
+    let mut rows = runtime.block_on(measure(&server.url(), ops, gate_rounds));
+    rows.extend(runtime.block_on(growth(mode, &server.url())));
     let notes = ["(raw epoch_complete: pipelined EXISTS x256, then SET NX of the marker: the seed's approach, 2 round trips)".to_owned()];
     report("redis", "raw redis", &rows, mode, &notes);
     drop(server);
@@ -157,6 +159,119 @@ async fn measure(url: &str, ops: u64, gate_rounds: u64) -> Vec<Row> {
         None,
     ));
     rows.extend(whole_checkpoints(url, &raw, gate_rounds).await);
+    rows
+}
+
+/// How the gate and the prune grow, with the commands each side sends
+/// (the server's `total_commands_processed`). Raw: the gate as above; the
+/// prune one pipelined `DEL` of every key below the bound, which the raw
+/// side can name without a listing since it knows the vnodes.
+async fn growth(mode: Mode, url: &str) -> Vec<Row> {
+    fn partial(epoch: u64, vnode: u32) -> String {
+        format!("rawgrowth:{epoch}:{vnode}")
+    }
+    fn marker(epoch: u64) -> String {
+        format!("rawgrowth:marker:{epoch}")
+    }
+    let growth = Growth::for_mode(mode);
+    let raw = ConnectionManager::new(redis::Client::open(url).expect("client"))
+        .await
+        .expect("raw connection");
+    let backend: Arc<dyn StateBackend> = Arc::new(
+        RedisBackend::connect(&RedisConfig::new(url, "growth"), "bench", u32::MAX)
+            .await
+            .expect("backend"),
+    );
+    let backend = &backend;
+    let on_raw = move || raw.clone();
+    let write = {
+        let on_raw = on_raw.clone();
+        move |epoch: u64, vnodes: u32| -> Step<'static> {
+            let mut raw = on_raw();
+            Box::pin(async move {
+                let mut pipe = redis::pipe();
+                for vnode in 0..vnodes {
+                    pipe.cmd("SET").arg(partial(epoch, vnode)).arg("p").ignore();
+                }
+                let () = pipe.query_async(&mut raw).await.expect("raw partials");
+            })
+        }
+    };
+    let gate = {
+        let on_raw = on_raw.clone();
+        move |epoch: u64, vnodes: u32| -> Step<'static> {
+            let mut raw = on_raw();
+            Box::pin(async move {
+                let mut exists = redis::pipe();
+                for vnode in 0..vnodes {
+                    exists.cmd("EXISTS").arg(partial(epoch, vnode));
+                }
+                let present: Vec<u8> = exists.query_async(&mut raw).await.expect("EXISTS");
+                assert!(present.iter().all(|&p| p == 1));
+                let _: Option<String> = redis::cmd("SET")
+                    .arg(marker(epoch))
+                    .arg("bench")
+                    .arg("NX")
+                    .query_async(&mut raw)
+                    .await
+                    .expect("SET NX");
+            })
+        }
+    };
+    let write_sealed = {
+        let (write, gate) = (write.clone(), gate.clone());
+        move |first: u64, end: u64, vnodes: u32| -> Step<'static> {
+            let (write, gate) = (write.clone(), gate.clone());
+            Box::pin(async move {
+                for epoch in first..end {
+                    write(epoch, vnodes).await;
+                    gate(epoch, vnodes).await;
+                }
+            })
+        }
+    };
+    let prune = {
+        let on_raw = on_raw.clone();
+        move |first: u64, end: u64, vnodes: u32| -> Step<'static> {
+            let mut raw = on_raw();
+            Box::pin(async move {
+                let mut del = redis::pipe();
+                for epoch in first..end {
+                    for vnode in 0..vnodes {
+                        del.cmd("DEL").arg(partial(epoch, vnode)).ignore();
+                    }
+                    del.cmd("DEL").arg(marker(epoch)).ignore();
+                }
+                let () = del.query_async(&mut raw).await.expect("DEL");
+            })
+        }
+    };
+    let commands = move || -> Step<'static, u64> {
+        let mut raw = on_raw();
+        Box::pin(async move {
+            let info: String = redis::cmd("INFO")
+                .arg("stats")
+                .query_async(&mut raw)
+                .await
+                .expect("INFO");
+            info.lines()
+                .find_map(|line| line.strip_prefix("total_commands_processed:"))
+                .and_then(|count| count.trim().parse().ok())
+                .expect("total_commands_processed in INFO stats")
+        })
+    };
+    let mut rows = gate_growth(&growth, backend, 1 << 30, &write, &gate, Some(&commands)).await;
+    rows.extend(
+        prune_growth(
+            &growth,
+            backend,
+            1 << 40,
+            &write_sealed,
+            &prune,
+            Some(&commands),
+        )
+        .await,
+    );
     rows
 }
 

@@ -21,6 +21,7 @@ use std::time::Instant;
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 use laminar_state_api::StateBackend;
+use laminar_state_bench::growth::{Growth, Step, gate_growth, prune_growth};
 use laminar_state_bench::{
     BackendOps, CHECKPOINT_VNODES, Mode, Row, alternate, checkpoint_rows, raw_s3, report,
 };
@@ -46,7 +47,8 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let rows = runtime.block_on(measure(&server.endpoint(), ops, gate_rounds));
+    let mut rows = runtime.block_on(measure(&server.endpoint(), ops, gate_rounds));
+    rows.extend(runtime.block_on(growth(mode, &server.endpoint())));
     let notes = [
         "(raw writes: one PUT per write; raw reads: one GET)".to_owned(),
         format!(
@@ -301,6 +303,84 @@ async fn whole_checkpoints(endpoint: &str, rounds: u64) -> Vec<Row> {
             .await,
         );
     }
+    rows
+}
+
+/// How the gate and the prune grow, both sides through one counting proxy
+/// (so both pay its hop, and the rows can give each side's requests).
+/// Raw: the seed's gate as above; the prune a LIST of the raw epochs, then
+/// DeleteObjects.
+async fn growth(mode: Mode, endpoint: &str) -> Vec<Row> {
+    let growth = Growth::for_mode(mode);
+    let proxy = support::proxy::FaultProxy::start(endpoint.trim_start_matches("http://")).await;
+    let store = S3Store::connect(&support::config(
+        &proxy.endpoint(),
+        &support::fresh_prefix("growth"),
+    ))
+    .await
+    .expect("store");
+    let (client, bucket) = (store.client().clone(), store.bucket().to_owned());
+    let raw_root = format!("{}raw/", store.prefix());
+    let backend: Arc<dyn StateBackend> = Arc::new(store.handle("bench", u32::MAX));
+    let raw = move || (client.clone(), bucket.clone(), raw_root.clone());
+    let epoch_dir = |root: &str, epoch: u64| format!("{root}{epoch:020}/");
+    let write = {
+        let raw = raw.clone();
+        move |epoch: u64, vnodes: u32| -> Step<'static> {
+            let (client, bucket, root) = raw();
+            Box::pin(
+                async move { put_many(&client, &bucket, &epoch_dir(&root, epoch), vnodes).await },
+            )
+        }
+    };
+    let gate = {
+        let raw = raw.clone();
+        move |epoch: u64, vnodes: u32| -> Step<'static> {
+            let (client, bucket, root) = raw();
+            Box::pin(
+                async move { seed_gate(&client, &bucket, &epoch_dir(&root, epoch), vnodes).await },
+            )
+        }
+    };
+    let write_sealed = {
+        let (write, gate) = (write.clone(), gate.clone());
+        move |first: u64, end: u64, vnodes: u32| -> Step<'static> {
+            let (write, gate) = (write.clone(), gate.clone());
+            Box::pin(async move {
+                for epoch in first..end {
+                    write(epoch, vnodes).await;
+                    gate(epoch, vnodes).await;
+                }
+            })
+        }
+    };
+    let prune = move |_: u64, end: u64, _: u32| -> Step<'static> {
+        let (client, bucket, root) = raw();
+        Box::pin(async move {
+            raw_s3::delete_below(&client, &bucket, &root, Some(&epoch_dir(&root, end)))
+                .await
+                .expect("raw prune");
+        })
+    };
+    let requests = {
+        let proxy = proxy.clone();
+        move || -> Step<'static, u64> {
+            let seen = proxy.seen().len() as u64;
+            Box::pin(async move { seen })
+        }
+    };
+    let mut rows = gate_growth(&growth, &backend, 1 << 30, &write, &gate, Some(&requests)).await;
+    rows.extend(
+        prune_growth(
+            &growth,
+            &backend,
+            1 << 40,
+            &write_sealed,
+            &prune,
+            Some(&requests),
+        )
+        .await,
+    );
     rows
 }
 

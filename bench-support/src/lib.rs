@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use laminar_state_api::StateBackend;
 
+pub mod growth;
 #[cfg(feature = "s3")]
 pub mod raw_s3;
 
@@ -53,6 +54,8 @@ pub enum Unit {
     PerSecond,
     /// Milliseconds per operation.
     Millis,
+    /// Requests to the store per operation (lower is better).
+    Requests,
 }
 
 /// One measurement of the backend and of the raw store.
@@ -93,13 +96,35 @@ impl Row {
         }
     }
 
+    /// A request-count row: requests per operation, ours and raw.
+    pub fn requests(name: impl Into<String>, ours: f64, raw: f64) -> Self {
+        Self {
+            name: name.into(),
+            unit: Unit::Requests,
+            backend: ours,
+            raw,
+            target: None,
+        }
+    }
+
     /// How many times better than raw the backend is: above 1 is faster,
     /// for rates and times alike.
     pub fn ratio(&self) -> f64 {
         match self.unit {
             Unit::PerSecond => self.backend / self.raw,
-            Unit::Millis => self.raw / self.backend,
+            Unit::Millis | Unit::Requests => self.raw / self.backend,
         }
+    }
+}
+
+/// A figure with four significant digits at least, however small (a
+/// memory gate takes microseconds, shown in milliseconds).
+fn shown(value: f64) -> String {
+    if value == 0.0 || value.abs() >= 100.0 {
+        format!("{value:.1}")
+    } else {
+        let decimals = (3 - value.abs().log10().floor() as i32).clamp(1, 9) as usize;
+        format!("{value:.decimals$}")
     }
 }
 
@@ -120,20 +145,21 @@ pub fn report(name: &str, raw: &str, rows: &[Row], mode: Mode, notes: &[String])
         let unit = match row.unit {
             Unit::PerSecond => "/s",
             Unit::Millis => "ms",
+            Unit::Requests => "rq",
         };
         let target = row
             .target
             .map_or_else(|| "-".to_owned(), |t| format!(">={t}"));
         let _ = writeln!(
             table,
-            "{:<44} {:>10.1} {unit:<2} {:>10.1} {unit:<2} {:>7.2} {target:>7}",
+            "{:<44} {:>10} {unit:<2} {:>10} {unit:<2} {:>7.2} {target:>7}",
             row.name,
-            row.backend,
-            row.raw,
+            shown(row.backend),
+            shown(row.raw),
             row.ratio()
         );
         json.push(format!(
-            "  {{\"measure\": {:?}, \"unit\": {unit:?}, \"backend\": {:.3}, \"raw\": {:.3}, \"ratio\": {:.3}, \"target\": {}}}",
+            "  {{\"measure\": {:?}, \"unit\": {unit:?}, \"backend\": {:e}, \"raw\": {:e}, \"ratio\": {:.3}, \"target\": {}}}",
             row.name,
             row.backend,
             row.raw,

@@ -85,6 +85,11 @@ enum Flaw {
     BatchReadSorted,
     /// A seal checks the fence, awaits once, then seals.
     SealChecksFenceThenYields,
+    /// Seals hold a markers lock for the whole gate (so a listing of the
+    /// sealed epochs waits for one in progress), but check the fence, then
+    /// the partials a moment later: the in-memory backend's flaw until a
+    /// review found it.
+    SealChecksFenceBeforePartials,
     /// A write stores its bytes, awaits once (a round trip), then judges
     /// from what it finds: its key gone (pruned meanwhile) and the fence
     /// above its version, it answers `StaleVersion`, though others may have
@@ -139,6 +144,9 @@ struct State {
 struct Shared {
     flaw: Flaw,
     state: Mutex<(State, Log)>,
+    /// Held by a whole gate and by the recovery queries, with
+    /// `SealChecksFenceBeforePartials` only.
+    markers: tokio::sync::Mutex<()>,
 }
 
 enum Log {
@@ -238,6 +246,7 @@ impl Shared {
         Ok(Arc::new(Shared {
             flaw,
             state: Mutex::new((state, log)),
+            markers: tokio::sync::Mutex::new(()),
         }))
     }
 }
@@ -253,6 +262,15 @@ impl Handle {
     /// The shared state and its log, locked.
     fn locked(&self) -> std::sync::MutexGuard<'_, (State, Log)> {
         self.shared.state.lock().unwrap()
+    }
+
+    /// With `SealChecksFenceBeforePartials`, the markers lock, so that a
+    /// listing waits for a seal in progress.
+    async fn markers_for_listing(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.shared.flaw {
+            Flaw::SealChecksFenceBeforePartials => Some(self.shared.markers.lock().await),
+            _ => None,
+        }
     }
 
     fn epoch_key(&self, epoch: u64) -> u64 {
@@ -419,6 +437,7 @@ impl StateBackend for Handle {
         if self.shared.flaw != Flaw::SealDoesNotCarryRaise {
             self.carry_async().await;
         }
+        let _markers = self.markers_for_listing().await;
         if self.shared.flaw == Flaw::GateSealedFirst {
             let guard = self.locked();
             if let Some(committer) = guard.0.markers.get(&self.epoch_key(epoch)) {
@@ -434,7 +453,10 @@ impl StateBackend for Handle {
                     authoritative: fence,
                 });
             }
-            if self.shared.flaw == Flaw::SealChecksFenceEarly {
+            if matches!(
+                self.shared.flaw,
+                Flaw::SealChecksFenceEarly | Flaw::SealChecksFenceBeforePartials
+            ) {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             if self.shared.flaw == Flaw::SealChecksFenceThenYields {
@@ -600,10 +622,12 @@ impl StateBackend for Handle {
     }
 
     async fn latest_committed_epoch(&self) -> Result<Option<u64>, StateBackendError> {
+        let _markers = self.markers_for_listing().await;
         Ok(self.locked().0.markers.keys().next_back().copied())
     }
 
     async fn sealed_epochs(&self, after: u64) -> Result<Vec<u64>, StateBackendError> {
+        let _markers = self.markers_for_listing().await;
         Ok(self
             .locked()
             .0
@@ -817,6 +841,7 @@ caught_by! {
     half_finished_raise_taken_as_done_is_caught_by_p7_cancelled_raise:
         "p07_cancelled_raise" catches RaiseAnnouncedFirst;
     seal_checking_the_fence_early_is_caught_by_p15: "p15_fenced_seal" catches SealChecksFenceEarly;
+    seal_checking_the_fence_before_the_partials_is_caught_by_p15: "p15_fenced_seal" catches SealChecksFenceBeforePartials;
     markers_kept_by_prune_are_caught_by_p11: "p11_pruning" catches PruneKeepsMarkers;
     gate_answering_from_the_marker_first_is_caught_by_p8: "p08_commit_gate" catches GateSealedFirst;
     seal_that_does_not_carry_the_raise_is_caught_by_p6:

@@ -98,26 +98,7 @@ pub fn fresh_prefix(tag: &str) -> String {
 /// Write a one-byte partial for each of `vnodes` vnodes of `epoch`, 64
 /// writes in flight at a time; panics if one fails.
 pub async fn fill(backend: &Arc<dyn StateBackend>, epoch: u64, vnodes: u32) {
-    let mut writes = tokio::task::JoinSet::new();
-    for vnode in 0..vnodes {
-        let backend = Arc::clone(backend);
-        writes.spawn(async move {
-            backend
-                .write_partial(vnode, epoch, 0, bytes::Bytes::from_static(b"p"))
-                .await
-        });
-        if writes.len() >= 64 {
-            writes
-                .join_next()
-                .await
-                .expect("a write")
-                .expect("task")
-                .expect("write");
-        }
-    }
-    while let Some(done) = writes.join_next().await {
-        done.expect("task").expect("write");
-    }
+    laminar_state_bench::growth::fill(backend, epoch, vnodes, 64).await;
 }
 
 #[cfg(test)]

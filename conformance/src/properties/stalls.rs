@@ -278,6 +278,7 @@ async fn stalled_deposed_seal(factory: &dyn BackendFactory) -> Checked {
             new,
             deposed_id: &deposed_id,
             how: &format!("held {point:?} across the raise"),
+            may_be_incomplete: false,
         }
         .judge(&leader, &all, sealed_then, outcome)
         .await?;
