@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use laminar_state_api::StateBackend;
-use laminar_state_bench::growth::{Growth, Step, gate_growth, prune_growth};
+use laminar_state_bench::growth::{Growth, RawSide, Step, growth_rows};
 use laminar_state_bench::{
     BackendOps, CHECKPOINT_VNODES, Mode, Row, alternate, checkpoint_rows, report,
 };
@@ -295,15 +295,6 @@ fn main() {
             Box::pin(async move { raw_seal(&db, epoch, vnodes) })
         }
     };
-    let write_sealed = |first: u64, end: u64, vnodes: u32| -> Step<'static> {
-        let (write, gate) = (write.clone(), gate.clone());
-        Box::pin(async move {
-            for epoch in first..end {
-                write(epoch, vnodes).await;
-                gate(epoch, vnodes).await;
-            }
-        })
-    };
     let prune = {
         let db = Arc::clone(&raw_db);
         move |_: u64, end: u64, _: u32| -> Step<'static> {
@@ -311,15 +302,13 @@ fn main() {
             Box::pin(async move { raw_prune(&db, end) })
         }
     };
-    rows.extend(runtime.block_on(gate_growth(&growth, &ours, 0, &write, &gate, None)));
-    rows.extend(runtime.block_on(prune_growth(
-        &growth,
-        &ours,
-        1 << 40,
-        &write_sealed,
-        &prune,
-        None,
-    )));
+    let raw = RawSide {
+        write: &write,
+        gate: &gate,
+        prune: &prune,
+        requests: None,
+    };
+    rows.extend(runtime.block_on(growth_rows(&growth, &ours, &raw)));
 
     // Whole checkpoints, on databases of their own: ours (every vnode
     // written at once, the gate, a prune keeping two epochs) against the

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use laminar_state_api::StateBackend;
-use laminar_state_bench::growth::{Growth, Step, gate_growth, prune_growth};
+use laminar_state_bench::growth::{Growth, RawSide, Step, growth_rows};
 use laminar_state_bench::{
     BackendOps, CHECKPOINT_VNODES, Mode, Row, alternate, checkpoint_rows, report,
 };
@@ -218,18 +218,6 @@ async fn growth(mode: Mode, url: &str) -> Vec<Row> {
             })
         }
     };
-    let write_sealed = {
-        let (write, gate) = (write.clone(), gate.clone());
-        move |first: u64, end: u64, vnodes: u32| -> Step<'static> {
-            let (write, gate) = (write.clone(), gate.clone());
-            Box::pin(async move {
-                for epoch in first..end {
-                    write(epoch, vnodes).await;
-                    gate(epoch, vnodes).await;
-                }
-            })
-        }
-    };
     let prune = {
         let on_raw = on_raw.clone();
         move |first: u64, end: u64, vnodes: u32| -> Step<'static> {
@@ -260,19 +248,13 @@ async fn growth(mode: Mode, url: &str) -> Vec<Row> {
                 .expect("total_commands_processed in INFO stats")
         })
     };
-    let mut rows = gate_growth(&growth, backend, 1 << 30, &write, &gate, Some(&commands)).await;
-    rows.extend(
-        prune_growth(
-            &growth,
-            backend,
-            1 << 40,
-            &write_sealed,
-            &prune,
-            Some(&commands),
-        )
-        .await,
-    );
-    rows
+    let raw = RawSide {
+        write: &write,
+        gate: &gate,
+        prune: &prune,
+        requests: Some(&commands),
+    };
+    growth_rows(&growth, backend, &raw).await
 }
 
 /// Whole checkpoints, alternated: ours (every vnode written at once, the

@@ -21,7 +21,7 @@ use std::time::Instant;
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 use laminar_state_api::StateBackend;
-use laminar_state_bench::growth::{Growth, Step, gate_growth, prune_growth};
+use laminar_state_bench::growth::{Growth, RawSide, Step, growth_rows};
 use laminar_state_bench::{
     BackendOps, CHECKPOINT_VNODES, Mode, Row, alternate, checkpoint_rows, raw_s3, report,
 };
@@ -342,18 +342,6 @@ async fn growth(mode: Mode, endpoint: &str) -> Vec<Row> {
             )
         }
     };
-    let write_sealed = {
-        let (write, gate) = (write.clone(), gate.clone());
-        move |first: u64, end: u64, vnodes: u32| -> Step<'static> {
-            let (write, gate) = (write.clone(), gate.clone());
-            Box::pin(async move {
-                for epoch in first..end {
-                    write(epoch, vnodes).await;
-                    gate(epoch, vnodes).await;
-                }
-            })
-        }
-    };
     let prune = move |_: u64, end: u64, _: u32| -> Step<'static> {
         let (client, bucket, root) = raw();
         Box::pin(async move {
@@ -369,19 +357,13 @@ async fn growth(mode: Mode, endpoint: &str) -> Vec<Row> {
             Box::pin(async move { seen })
         }
     };
-    let mut rows = gate_growth(&growth, &backend, 1 << 30, &write, &gate, Some(&requests)).await;
-    rows.extend(
-        prune_growth(
-            &growth,
-            &backend,
-            1 << 40,
-            &write_sealed,
-            &prune,
-            Some(&requests),
-        )
-        .await,
-    );
-    rows
+    let raw = RawSide {
+        write: &write,
+        gate: &gate,
+        prune: &prune,
+        requests: Some(&requests),
+    };
+    growth_rows(&growth, &backend, &raw).await
 }
 
 /// `count` small objects `prefix{i}`, 64 at a time.

@@ -4,9 +4,8 @@
 //! and, where the store is networked and the bench can count, the requests
 //! each side sends.
 //!
-//! A backend's bench supplies the raw side as closures (write an epoch's
-//! partials; check them all and put the marker; write sealed epochs; delete
-//! below a bound); this module writes the backend's side through the trait,
+//! A backend's bench supplies the raw side as closures ([`RawSide`]: write
+//! an epoch's partials; check them all and put the marker; delete epochs); this module writes the backend's side through the trait,
 //! times both sides alternately, and names the rows the same way for every
 //! backend, so the summary can draw them as one chart (latency against
 //! size, log axes).
@@ -96,133 +95,156 @@ pub async fn fill(backend: &Arc<dyn StateBackend>, epoch: u64, vnodes: u32, in_f
     }
 }
 
+/// What the raw store does in the growth rows, each step a future that
+/// does its work when polled (so that only the work is timed).
+pub struct RawSide<'a> {
+    /// Write a partial for each of `vnodes` vnodes of `epoch`.
+    pub write: &'a (dyn Fn(u64, u32) -> Step<'static> + Sync),
+    /// The gate of `epoch` over `vnodes` vnodes: check every partial, then
+    /// put the marker (it must seal).
+    pub gate: &'a (dyn Fn(u64, u32) -> Step<'static> + Sync),
+    /// Delete everything of the epochs `first..end` of `vnodes` vnodes.
+    pub prune: &'a (dyn Fn(u64, u64, u32) -> Step<'static> + Sync),
+    /// The store's request count, where the bench can read one.
+    pub requests: Option<RequestCounter<'a>>,
+}
+
+/// Every growth row: [`gate_growth`] on epochs from 2^30, then
+/// [`prune_growth`] on epochs from 2^40 (clear of any a bench used before).
+pub async fn growth_rows(
+    growth: &Growth,
+    backend: &Arc<dyn StateBackend>,
+    raw: &RawSide<'_>,
+) -> Vec<Row> {
+    let mut rows = gate_growth(growth, backend, 1 << 30, raw).await;
+    rows.extend(prune_growth(growth, backend, 1 << 40, raw).await);
+    rows
+}
+
 /// The gate at each of `growth.gate_vnodes`, on fresh epochs from
 /// `first_epoch` on: both sides' partials written first (not timed), then
-/// `epoch_complete` and `raw_gate` timed one after the other, round by
+/// `epoch_complete` and the raw gate timed one after the other, round by
 /// round (round 0 warms up and is not counted). One row a size, `ms`; with
 /// a counter, one more of requests per gate.
 pub async fn gate_growth(
     growth: &Growth,
     backend: &Arc<dyn StateBackend>,
     first_epoch: u64,
-    raw_write: &(dyn Fn(u64, u32) -> Step<'static> + Sync),
-    raw_gate: &(dyn Fn(u64, u32) -> Step<'static> + Sync),
-    counter: Option<RequestCounter<'_>>,
+    raw: &RawSide<'_>,
 ) -> Vec<Row> {
     let mut rows = Vec::new();
     let mut epoch = first_epoch;
     for &vnodes in &growth.gate_vnodes {
         let all: Vec<u32> = (0..vnodes).collect();
-        let (mut ours, mut raw) = (Duration::ZERO, Duration::ZERO);
-        let (mut our_requests, mut raw_requests) = (0, 0);
-        let rounds = Growth::rounds(u64::from(vnodes));
-        for round in 0..=rounds {
+        let mut sizes = Rounds::new(u64::from(vnodes), raw.requests);
+        for round in 0..=sizes.rounds {
             epoch += 1;
             fill(backend, epoch, vnodes, growth.in_flight).await;
-            raw_write(epoch, vnodes).await;
-            let (took, requests) = timed(counter, async {
-                assert!(
-                    backend
-                        .epoch_complete(epoch, &all)
-                        .await
-                        .expect("epoch_complete")
-                );
-            })
-            .await;
-            let (raw_took, raw_sent) = timed(counter, raw_gate(epoch, vnodes)).await;
-            if round > 0 {
-                (ours, raw) = (ours + took, raw + raw_took);
-                (our_requests, raw_requests) = (requests, raw_sent);
-            }
+            (raw.write)(epoch, vnodes).await;
+            let ours = async {
+                let sealed = backend.epoch_complete(epoch, &all).await;
+                assert!(sealed.expect("epoch_complete"), "the gate did not seal");
+            };
+            sizes.time(round, ours, (raw.gate)(epoch, vnodes)).await;
         }
-        let ms = |total: Duration| total.as_secs_f64() * 1e3 / f64::from(rounds);
-        rows.push(Row::millis(
-            format!("gate, {vnodes} vnodes (ms)"),
-            ms(ours),
-            ms(raw),
-            None,
-        ));
-        if counter.is_some() {
-            rows.push(Row::requests(
-                format!("gate, {vnodes} vnodes (requests)"),
-                our_requests as f64,
-                raw_requests as f64,
-            ));
-        }
+        sizes.rows(&mut rows, &format!("gate growth: {vnodes} vnodes"));
     }
     rows
 }
 
 /// A prune of each of `growth.prune_epochs` sealed epochs of
 /// `growth.prune_epoch_vnodes` vnodes, from `first_epoch` on: both sides
-/// written and sealed first (`raw_write_sealed(first, end, vnodes)` for the
-/// raw side, not timed), then `prune_before` and `raw_prune(first, end,
-/// vnodes)` timed, round by round. One row a size, `ms`; with a counter,
-/// one more of requests per prune.
+/// written and sealed first (not timed), then `prune_before` and the raw
+/// prune timed, round by round. One row a size, `ms`; with a counter, one
+/// more of requests per prune.
 pub async fn prune_growth(
     growth: &Growth,
     backend: &Arc<dyn StateBackend>,
     first_epoch: u64,
-    raw_write_sealed: &(dyn Fn(u64, u64, u32) -> Step<'static> + Sync),
-    raw_prune: &(dyn Fn(u64, u64, u32) -> Step<'static> + Sync),
-    counter: Option<RequestCounter<'_>>,
+    raw: &RawSide<'_>,
 ) -> Vec<Row> {
     let mut rows = Vec::new();
     let vnodes = growth.prune_epoch_vnodes;
     let all: Vec<u32> = (0..vnodes).collect();
     let mut first = first_epoch;
     for &epochs in &growth.prune_epochs {
-        let (mut ours, mut raw) = (Duration::ZERO, Duration::ZERO);
-        let (mut our_requests, mut raw_requests) = (0, 0);
-        let rounds = Growth::rounds(epochs * u64::from(vnodes));
-        for round in 0..=rounds {
+        let mut sizes = Rounds::new(epochs * u64::from(vnodes), raw.requests);
+        for round in 0..=sizes.rounds {
             let end = first + epochs;
             for epoch in first..end {
                 fill(backend, epoch, vnodes, growth.in_flight).await;
-                assert!(
-                    backend
-                        .epoch_complete(epoch, &all)
-                        .await
-                        .expect("epoch_complete")
-                );
+                let sealed = backend.epoch_complete(epoch, &all).await;
+                assert!(sealed.expect("epoch_complete"), "the gate did not seal");
+                (raw.write)(epoch, vnodes).await;
+                (raw.gate)(epoch, vnodes).await;
             }
-            raw_write_sealed(first, end, vnodes).await;
-            let (took, requests) = timed(counter, async {
-                backend.prune_before(end).await.expect("prune_before");
-            })
-            .await;
-            assert!(
-                backend
-                    .read_partial(0, end - 1)
-                    .await
-                    .expect("read_partial")
-                    .is_none(),
-                "the prune left epoch {} behind",
-                end - 1
-            );
-            let (raw_took, raw_sent) = timed(counter, raw_prune(first, end, vnodes)).await;
-            if round > 0 {
-                (ours, raw) = (ours + took, raw + raw_took);
-                (our_requests, raw_requests) = (requests, raw_sent);
-            }
+            let ours = async { backend.prune_before(end).await.expect("prune_before") };
+            sizes
+                .time(round, ours, (raw.prune)(first, end, vnodes))
+                .await;
+            let left = backend
+                .read_partial(0, end - 1)
+                .await
+                .expect("read_partial");
+            assert!(left.is_none(), "the prune left epoch {} behind", end - 1);
             first = end;
         }
-        let ms = |total: Duration| total.as_secs_f64() * 1e3 / f64::from(rounds);
+        let name = format!("prune growth: {epochs} epochs x {vnodes} vnodes");
+        sizes.rows(&mut rows, &name);
+    }
+    rows
+}
+
+/// The rounds of one size: ours and raw timed one after the other, round 0
+/// a warm-up.
+struct Rounds<'a> {
+    rounds: u32,
+    counter: Option<RequestCounter<'a>>,
+    ours: Duration,
+    raw: Duration,
+    /// Requests of the last round, ours then raw (the same every round).
+    requests: (u64, u64),
+}
+
+impl<'a> Rounds<'a> {
+    fn new(size: u64, counter: Option<RequestCounter<'a>>) -> Self {
+        Self {
+            rounds: Growth::rounds(size),
+            counter,
+            ours: Duration::ZERO,
+            raw: Duration::ZERO,
+            requests: (0, 0),
+        }
+    }
+
+    async fn time(&mut self, round: u32, ours: impl Future<Output = ()>, raw: Step<'static>) {
+        let (ours, our_requests) = timed(self.counter, ours).await;
+        let (raw, raw_requests) = timed(self.counter, raw).await;
+        if round > 0 {
+            self.ours += ours;
+            self.raw += raw;
+            self.requests = (our_requests, raw_requests);
+        }
+    }
+
+    /// The rows: `{name} (ms)`, and `{name} (requests)` with a counter.
+    fn rows(&self, rows: &mut Vec<Row>, name: &str) {
+        let ms = |total: Duration| total.as_secs_f64() * 1e3 / f64::from(self.rounds);
         rows.push(Row::millis(
-            format!("prune {epochs} epochs x {vnodes} vnodes (ms)"),
-            ms(ours),
-            ms(raw),
+            format!("{name} (ms)"),
+            ms(self.ours),
+            ms(self.raw),
             None,
         ));
-        if counter.is_some() {
+        if self.counter.is_some() {
+            let (ours, raw) = self.requests;
             rows.push(Row::requests(
-                format!("prune {epochs} epochs x {vnodes} vnodes (requests)"),
-                our_requests as f64,
-                raw_requests as f64,
+                format!("{name} (requests)"),
+                ours as f64,
+                raw as f64,
             ));
         }
     }
-    rows
 }
 
 /// How long `work` took, and how many requests it sent if there is a

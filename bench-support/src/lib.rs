@@ -117,14 +117,14 @@ impl Row {
     }
 }
 
-/// A figure with four significant digits at least, however small (a
-/// memory gate takes microseconds, shown in milliseconds).
+/// A figure for the console table: microseconds still show in a column
+/// of milliseconds (`target/bench/results.md`, written by `cargo xtask
+/// bench`, groups digits for people).
 fn shown(value: f64) -> String {
-    if value == 0.0 || value.abs() >= 100.0 {
+    if value.abs() >= 100.0 {
         format!("{value:.1}")
     } else {
-        let decimals = (3 - value.abs().log10().floor() as i32).clamp(1, 9) as usize;
-        format!("{value:.decimals$}")
+        format!("{value:.4}")
     }
 }
 

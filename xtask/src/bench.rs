@@ -55,13 +55,29 @@ pub(crate) fn run(backends: &[&Backend], options: Options) -> Result<(), String>
             .map_err(|e| e.to_string())?;
     text.push('\n');
     write(&results, &text)?;
+    write(&dir.join("results.md"), &markdown_table(&records))?;
     let chart = dir.join("ratios.svg");
     write(&chart, &ratio_chart(&records))?;
+    let mut charts = vec![chart];
+    for (file, growth) in [
+        ("gate-growth.svg", &GATE_GROWTH),
+        ("prune-growth.svg", &PRUNE_GROWTH),
+    ] {
+        if let Some(svg) = growth_chart(&records, growth) {
+            let path = dir.join(file);
+            write(&path, &svg)?;
+            charts.push(path);
+        }
+    }
     print!("{}", summary(&records));
     println!(
-        "results in {}, chart in {}",
+        "results in {}, charts in {}",
         results.display(),
-        chart.display()
+        charts
+            .iter()
+            .map(|c| c.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let missed: Vec<String> = records
         .iter()
@@ -199,6 +215,53 @@ fn summary(records: &[Record]) -> String {
     table
 }
 
+/// The records as a markdown table (`target/bench/results.md`), as the
+/// README shows them.
+fn markdown_table(records: &[Record]) -> String {
+    let mut table = String::from(
+        "| backend | measure | ours | raw | ratio | target |\n|---|---|---:|---:|---:|---|\n",
+    );
+    for r in records {
+        let target = match (r.target, r.pass()) {
+            (Some(target), Some(true)) => format!("≥ {target} pass"),
+            (Some(target), _) => format!("≥ {target} **miss**"),
+            (None, _) => "-".to_owned(),
+        };
+        let _ = writeln!(
+            table,
+            "| {} | {} | {} {unit} | {} {unit} | {:.2} | {target} |",
+            r.backend,
+            r.measure,
+            figure(r.ours),
+            figure(r.raw),
+            r.ratio,
+            unit = r.unit,
+        );
+    }
+    table
+}
+
+/// A figure for people: thousands separated, four significant digits at
+/// least for small ones.
+fn figure(value: f64) -> String {
+    if value.abs() >= 1_000.0 {
+        let digits = format!("{:.0}", value.abs());
+        let mut grouped = String::new();
+        for (i, digit) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                grouped.push(',');
+            }
+            grouped.push(digit);
+        }
+        format!("{}{grouped}", if value < 0.0 { "-" } else { "" })
+    } else if value.abs() >= 100.0 || value == 0.0 {
+        format!("{value:.1}")
+    } else {
+        let decimals = (3 - value.abs().log10().floor() as i32).clamp(1, 9) as usize;
+        format!("{value:.decimals$}")
+    }
+}
+
 /// The chart: one bar per measure, the ratio on a log scale from 1/16 to
 /// 16 (parity marked; a bar right of it is faster than the raw store), the
 /// target as a tick, grouped by backend. Plain SVG, no dependency.
@@ -280,6 +343,143 @@ fn ratio_chart(records: &[Record]) -> String {
     )
 }
 
+/// A family of growth rows (see `laminar_state_bench::growth`): measures
+/// named `{prefix}{size}{rest} (ms)`, drawn as latency against size.
+struct GrowthRows {
+    prefix: &'static str,
+    size: &'static str,
+    title: &'static str,
+}
+
+const GATE_GROWTH: GrowthRows = GrowthRows {
+    prefix: "gate growth: ",
+    size: "vnodes per epoch",
+    title: "epoch_complete latency as the vnodes grow",
+};
+
+const PRUNE_GROWTH: GrowthRows = GrowthRows {
+    prefix: "prune growth: ",
+    size: "epochs pruned (16 vnodes each)",
+    title: "prune_before latency as the epochs below the bound grow",
+};
+
+/// One size of a growth family: (size, ours, raw).
+type GrowthPoint = (f64, f64, f64);
+
+/// Latency against size on log axes, a line per backend for ours (solid)
+/// and one for its raw store (dashed, same colour); `None` if no record
+/// belongs to the family.
+fn growth_chart(records: &[Record], rows: &GrowthRows) -> Option<String> {
+    const COLOURS: [&str; 6] = [
+        "#2e86c1", "#c0392b", "#27ae60", "#8e44ad", "#d35400", "#7f8c8d",
+    ];
+    const LEFT: f64 = 70.0;
+    const TOP: f64 = 40.0;
+    const WIDTH: f64 = 520.0;
+    const HEIGHT: f64 = 300.0;
+    // Per backend: (size, ours, raw) in the order measured.
+    let mut series: Vec<(&str, Vec<GrowthPoint>)> = Vec::new();
+    for r in records {
+        let Some(size) = r
+            .measure
+            .strip_prefix(rows.prefix)
+            .filter(|_| r.unit == "ms")
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|size| size.parse::<f64>().ok())
+        else {
+            continue;
+        };
+        if r.ours <= 0.0 || r.raw <= 0.0 {
+            continue;
+        }
+        match series.iter_mut().find(|(backend, _)| *backend == r.backend) {
+            Some((_, points)) => points.push((size, r.ours, r.raw)),
+            None => series.push((&r.backend, vec![(size, r.ours, r.raw)])),
+        }
+    }
+    let points = || series.iter().flat_map(|(_, p)| p.iter());
+    let (x_min, x_max) = points().fold((f64::MAX, f64::MIN), |(lo, hi), p| {
+        (lo.min(p.0), hi.max(p.0))
+    });
+    let (y_min, y_max) = points().fold((f64::MAX, f64::MIN), |(lo, hi), p| {
+        (lo.min(p.1.min(p.2)), hi.max(p.1.max(p.2)))
+    });
+    if series.is_empty() {
+        return None;
+    }
+    let (y_low, y_high) = (
+        y_min.log10().floor(),
+        y_max.log10().ceil().max(y_min.log10().floor() + 1.0),
+    );
+    let x_span = (x_max / x_min).log2().max(1.0);
+    let x = |size: f64| LEFT + WIDTH * (size / x_min).log2() / x_span;
+    let y = |ms: f64| TOP + HEIGHT * (y_high - ms.log10()) / (y_high - y_low);
+    let mut body = String::new();
+    for decade in y_low as i32..=y_high as i32 {
+        let ms = 10f64.powi(decade);
+        let _ = writeln!(
+            body,
+            r##"<line x1="{LEFT}" x2="{0:.1}" y1="{1:.1}" y2="{1:.1}" stroke="#ddd"/><text x="{2:.1}" y="{3:.1}" text-anchor="end">{ms} ms</text>"##,
+            LEFT + WIDTH,
+            y(ms),
+            LEFT - 6.0,
+            y(ms) + 4.0,
+        );
+    }
+    let mut sizes: Vec<f64> = points().map(|p| p.0).collect();
+    sizes.sort_by(f64::total_cmp);
+    sizes.dedup();
+    for size in &sizes {
+        let _ = writeln!(
+            body,
+            r##"<line x1="{0:.1}" x2="{0:.1}" y1="{TOP}" y2="{1:.1}" stroke="#ddd"/><text x="{0:.1}" y="{2:.1}" text-anchor="middle">{size}</text>"##,
+            x(*size),
+            TOP + HEIGHT,
+            TOP + HEIGHT + 16.0
+        );
+    }
+    for (i, (backend, points)) in series.iter().enumerate() {
+        let colour = COLOURS[i % COLOURS.len()];
+        for (side, dash, pick) in [
+            ("ours", "", 1usize),
+            ("raw", r#" stroke-dasharray="5,4""#, 2),
+        ] {
+            let path: Vec<String> = points
+                .iter()
+                .map(|p| format!("{:.1},{:.1}", x(p.0), y(if pick == 1 { p.1 } else { p.2 })))
+                .collect();
+            let _ = writeln!(
+                body,
+                r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>"#,
+                path.join(" ")
+            );
+            let _ = writeln!(
+                body,
+                r#"<line x1="{0:.1}" x2="{1:.1}" y1="{2:.1}" y2="{2:.1}" stroke="{colour}" stroke-width="2"{dash}/><text x="{3:.1}" y="{4:.1}">{5} {side}</text>"#,
+                LEFT + WIDTH + 14.0,
+                LEFT + WIDTH + 40.0,
+                TOP + 10.0 + 32.0 * i as f64 + if pick == 1 { 0.0 } else { 14.0 },
+                LEFT + WIDTH + 46.0,
+                TOP + 14.0 + 32.0 * i as f64 + if pick == 1 { 0.0 } else { 14.0 },
+                escape(backend)
+            );
+        }
+    }
+    Some(format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{:.0}" height="{:.0}" font-family="sans-serif" font-size="11">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{LEFT}" y="20" font-weight="bold">{}</text>
+{body}<text x="4" y="{:.1}">{} (log scale); latency per operation (log scale); solid: ours, dashed: the raw store doing the same work</text>
+</svg>
+"#,
+        LEFT + WIDTH + 170.0,
+        TOP + HEIGHT + 50.0,
+        escape(rows.title),
+        TOP + HEIGHT + 38.0,
+        escape(rows.size)
+    ))
+}
+
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -323,6 +523,48 @@ mod tests {
         assert!(!svg.contains("<256>"));
         assert_eq!(svg.matches("<rect ").count(), 1 + records.len());
         assert!(svg.contains("#c0392b"), "the missed target is red");
+    }
+
+    #[test]
+    fn growth_charts_draw_a_line_per_backend_and_side() {
+        let gate = |backend: &str, size: u32, ours: f64, raw: f64| Record {
+            backend: backend.into(),
+            measure: format!("gate growth: {size} vnodes (ms)"),
+            unit: "ms".into(),
+            ours,
+            raw,
+            ratio: raw / ours,
+            target: None,
+        };
+        let mut records = vec![
+            gate("redb", 256, 2.0, 2.5),
+            gate("redb", 16384, 90.0, 150.0),
+            gate("s3", 256, 30.0, 200.0),
+            gate("s3", 16384, 900.0, 9000.0),
+        ];
+        records.extend(parse("s3", BENCH_JSON).unwrap());
+        let svg = growth_chart(&records, &GATE_GROWTH).expect("a chart");
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<polyline ").count(), 4, "{svg}");
+        assert!(svg.contains(">16384<") && svg.contains(">256<"));
+        assert!(svg.contains("1000 ms") || svg.contains("10000 ms"), "{svg}");
+        assert!(growth_chart(&records, &PRUNE_GROWTH).is_none());
+    }
+
+    #[test]
+    fn the_markdown_table_has_a_row_per_record() {
+        let records = parse("s3", BENCH_JSON).unwrap();
+        let table = markdown_table(&records);
+        assert_eq!(table.lines().count(), 2 + records.len());
+        assert!(
+            table.contains(
+                "| s3 | writes/s, 1 task(s), 4 KiB | 300.0 /s | 400.0 /s | 0.75 | ≥ 0.8 **miss** |"
+            ),
+            "{table}"
+        );
+        assert_eq!(figure(1_234_567.0), "1,234,567");
+        assert_eq!(figure(0.006905), "0.006905");
+        assert_eq!(figure(42.0), "42.00");
     }
 
     #[test]
