@@ -116,10 +116,15 @@ impl Drop for DeathWatch<'_> {
 ///
 /// Callers answered by one batch usually come straight back with their next
 /// request, but a commit returns faster than they do; taking only what is
-/// queued at that instant would commit a trickle of tiny batches. So when the
-/// queue holds less than half of the previous batch, the committer waits up
-/// to [`GATHER_WAIT`] for the rest. A lone writer (previous batch of one)
-/// never waits. Once the committer died it answers every request with the
+/// queued at that instant would commit a trickle of tiny batches. So until
+/// the batch is as large as the previous one, the committer waits up to
+/// [`GATHER_WAIT`] for the rest. (Waiting only for half of it, as it once
+/// did, settled 64 closed-loop writers into alternating batches of about 33:
+/// two fsyncs where one would do, 0.78 of raw redb's 64-writes-per-transaction
+/// rate. Waiting for all of them keeps batches at 63 to 64 writes, and the
+/// wait, about 130 us, is 3% of the 4.4 ms commit it saves.) A lone writer
+/// (previous batch of one) never waits, and a crowd that thins out costs one
+/// wait of at most [`GATHER_WAIT`]. Once the committer died it answers every request with the
 /// dead store's error until the store is dropped.
 pub(crate) fn commit_loop(core: &Core, queue: &mpsc::Receiver<Request>) {
     let _watch = DeathWatch(core);
@@ -132,7 +137,7 @@ pub(crate) fn commit_loop(core: &Core, queue: &mpsc::Receiver<Request>) {
             let next = match queue.try_recv() {
                 Ok(request) => Some(request),
                 Err(mpsc::TryRecvError::Disconnected) => None,
-                Err(mpsc::TryRecvError::Empty) if batch.len() * 2 < previous_batch => {
+                Err(mpsc::TryRecvError::Empty) if batch.len() < previous_batch => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     queue.recv_timeout(left).ok()
                 }
