@@ -156,6 +156,8 @@ impl StateBackend for S3Backend {
         let what = format!("write_partial({vnode}, {epoch})");
         for _ in 0..MAX_RESTARTS {
             let key = shared.layout.partial(epoch, vnode, period);
+            // The prune registry as it was before the PUT went out, and when.
+            let (before, sent_ms) = (shared.cached_registry(), now_ms());
             let etag = shared
                 .put(&what, &key, body.clone(), Condition::None)
                 .await
@@ -176,13 +178,22 @@ impl StateBackend for S3Backend {
             if shared.names(&fence, &key, etag.as_deref()).await? {
                 return Ok(());
             }
-            // Not named, and still there: it was no part of the snapshot's
-            // listing, or was listed invisible; invisible now and under
-            // every later fence. Gone: a prune of the epoch deleted it,
-            // maybe before that listing and after readers saw it (it may
-            // have landed before the raise), so neither answer is known to
-            // be true.
-            if !shared.exists(&what, &key).await? {
+            // Not named. If the object was stored from the moment it landed
+            // until now, it was no part of the snapshot's listing, or was
+            // listed invisible: invisible now and under every later fence.
+            // But a prune of the epoch may have deleted it, after readers
+            // saw it (it may have landed before the raise) and before that
+            // listing; and a retry of the PUT (its first answer lost, or
+            // this process paused past the attempt timeout) may have stored
+            // it again since, so finding it proves nothing. Only a prune of
+            // the epoch deletes a partial: one unfinished when the PUT went
+            // out (by the registry this process saw before, whose lease
+            // was not over then), or one that began since, makes the
+            // answer unknown; as does the object being gone.
+            let now = shared.read_registry(&what).await?;
+            let pruned = before.registry.blocking(epoch, sent_ms)
+                || now.registry.pruned_since(before.registry.began) > epoch;
+            if pruned || !shared.exists(&what, &key).await? {
                 return Err(StateBackendError::Io(format!(
                     "s3 {what}: the fence rose past this write's period ({period}) and the \
                      epoch was pruned while the write was being decided; whether it took effect \
@@ -253,7 +264,6 @@ impl StateBackend for S3Backend {
         self.carry_fence().await?;
         let shared = &self.store.shared;
         let what = format!("epoch_complete({epoch})");
-        let prefix = shared.layout.epoch_partials(epoch);
         let key = shared.layout.marker(epoch);
         // The prune registry as it was at some moment before the listing
         // (see "Sealing and pruning" in the crate docs): the newest copy
@@ -272,7 +282,7 @@ impl StateBackend for S3Backend {
                     return Ok(false);
                 }
             }
-            let listed = shared.list(&what, &prefix, None).await?;
+            let listed = shared.list_epoch(&what, epoch, vnodes).await?;
             // Judged under a fence read that starts after the listing was
             // answered (see `read_partial`). A deposed leader is refused on
             // that read, as a best effort: the check cannot be atomic with
@@ -418,7 +428,8 @@ impl StateBackend for S3Backend {
         self.carry_fence().await
     }
 
-    /// One listing of the whole epoch (one LIST per 1000 objects), judged
+    /// One listing of the whole epoch (one LIST per 1000 objects; in key
+    /// ranges of 512 asked vnodes, 16 at once, when more are asked), judged
     /// under one fence read that starts after it, as `read_partial` judges
     /// its own; then one GET per distinct vnode asked, at most
     /// 32 at a time. An object deleted between the listing and
@@ -434,9 +445,8 @@ impl StateBackend for S3Backend {
         }
         let shared = &self.store.shared;
         let what = format!("read_partials({epoch}, {} vnodes)", vnodes.len());
-        let prefix = shared.layout.epoch_partials(epoch);
         'restart: for _ in 0..MAX_RESTARTS {
-            let listed = shared.list(&what, &prefix, None).await?;
+            let listed = shared.list_epoch(&what, epoch, vnodes).await?;
             if listed.is_empty() {
                 return Ok(vec![None; vnodes.len()]);
             }

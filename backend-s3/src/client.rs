@@ -2,6 +2,7 @@
 //! conditional writes, listings, deletes.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
@@ -15,6 +16,13 @@ use crate::store::Shared;
 /// Keys one LIST page or one DeleteObjects request carries at most (S3's
 /// limit).
 pub(crate) const PAGE: usize = 1000;
+
+/// Asked vnodes per key range of [`Shared::list_epoch`]: about half a
+/// page when each vnode has one object, so a range is one LIST.
+pub(crate) const RANGE_VNODES: usize = 512;
+
+/// Key ranges [`Shared::list_epoch`] lists at once.
+pub(crate) const RANGES_AT_ONCE: usize = 16;
 
 /// How a request failed, as far as the protocol cares.
 pub(crate) enum Failure {
@@ -207,16 +215,88 @@ impl Shared {
         prefix: &str,
         start_after: Option<&str>,
     ) -> Result<Vec<Listed>, StateBackendError> {
+        self.list_between(what, prefix, start_after, None).await
+    }
+
+    /// Every object under `prefix` whose key is after `start_after` and,
+    /// given `end`, before it, in key order: the listing stops at the first
+    /// page that reaches `end`.
+    pub(crate) async fn list_between(
+        &self,
+        what: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+        end: Option<&str>,
+    ) -> Result<Vec<Listed>, StateBackendError> {
         let mut all = Vec::new();
         let mut token = None;
         loop {
-            let page = self.list_page(what, prefix, start_after, token).await?;
+            let mut page = self.list_page(what, prefix, start_after, token).await?;
+            if let Some(end) = end
+                && let Some(past) = page.objects.iter().position(|o| o.key.as_str() >= end)
+            {
+                page.objects.truncate(past);
+                all.extend(page.objects);
+                return Ok(all);
+            }
             all.extend(page.objects);
             match page.next {
                 Some(next) => token = Some(next),
                 None => return Ok(all),
             }
         }
+    }
+
+    /// Every partial of `epoch`, in key order: exactly what `list` of the
+    /// epoch's prefix answers, the objects of vnodes not asked included.
+    /// When more than [`RANGE_VNODES`] vnodes are asked, the epoch is listed
+    /// as key ranges of that many asked vnodes each, [`RANGES_AT_ONCE`] at
+    /// once, so a gate or a batch read of thousands of vnodes waits for one
+    /// range's pages rather than for every page in turn. The ranges split at
+    /// `{vnode:010}`, a name no partial's key equals (see
+    /// [`Layout::vnode_splits`](crate::layout::Layout::vnode_splits)).
+    pub(crate) async fn list_epoch(
+        self: &Arc<Self>,
+        what: &str,
+        epoch: u64,
+        vnodes: &[u32],
+    ) -> Result<Vec<Listed>, StateBackendError> {
+        let prefix = self.layout.epoch_partials(epoch);
+        let splits = self.layout.vnode_splits(epoch, vnodes, RANGE_VNODES);
+        if splits.is_empty() {
+            return self.list(what, &prefix, None).await;
+        }
+        let starts = std::iter::once(None).chain(splits.iter().cloned().map(Some));
+        let ends = splits
+            .iter()
+            .cloned()
+            .map(Some)
+            .chain(std::iter::once(None));
+        let mut ranges = starts.zip(ends).enumerate();
+        let mut listed: Vec<Option<Vec<Listed>>> = vec![None; splits.len() + 1];
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            while running.len() < RANGES_AT_ONCE {
+                let Some((index, (start, end))) = ranges.next() else {
+                    break;
+                };
+                let (shared, what, prefix) = (Arc::clone(self), what.to_owned(), prefix.clone());
+                running.spawn(async move {
+                    let range = shared
+                        .list_between(&what, &prefix, start.as_deref(), end.as_deref())
+                        .await;
+                    (index, range)
+                });
+            }
+            let Some(done) = running.join_next().await else {
+                break;
+            };
+            let (index, range) = done.map_err(|e| {
+                StateBackendError::Io(format!("s3 {what}: a LIST task failed: {e}"))
+            })?;
+            listed[index] = Some(range?);
+        }
+        Ok(listed.into_iter().flatten().flatten().collect())
     }
 
     /// Delete `keys` (at most [`PAGE`]) in one request.

@@ -53,6 +53,24 @@ impl Layout {
         format!("{}p/{epoch:020}/{vnode:010}.", self.prefix)
     }
 
+    /// Where to split a listing of `epoch` into ranges of `per_range` of
+    /// the asked `vnodes` each (none when one range holds them all): the
+    /// names `{prefix}p/{epoch:020}/{vnode:010}` of every `per_range`-th
+    /// asked vnode, ascending. No partial's key equals one (a partial's
+    /// key goes on with `.`), every key of the vnode sorts after it, every
+    /// key of a lower vnode before it.
+    pub(crate) fn vnode_splits(&self, epoch: u64, vnodes: &[u32], per_range: usize) -> Vec<String> {
+        let mut asked = vnodes.to_vec();
+        asked.sort_unstable();
+        asked.dedup();
+        asked
+            .iter()
+            .skip(per_range)
+            .step_by(per_range.max(1))
+            .map(|vnode| format!("{}{vnode:010}", self.epoch_partials(epoch)))
+            .collect()
+    }
+
     pub(crate) fn partial(&self, epoch: u64, vnode: u32, period: u64) -> String {
         format!(
             "{}p/{epoch:020}/{vnode:010}.{period:020}.{}",

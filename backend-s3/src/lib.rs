@@ -74,11 +74,20 @@
 //!    `G`, or is written again in period `G` when it is not. Either way the
 //!    object left behind is then deleted, but only as garbage collection:
 //!    the answer is true whether or not that delete succeeds. One case
-//!    differs: if the snapshot does not name the object and the object is
-//!    gone, a prune of its epoch deleted it, perhaps after readers saw it
-//!    and before the snapshot's listing, so the write answers
-//!    [`StateBackendError::Io`] (outcome unknown), never `StaleVersion`
-//!    (tested by `a_write_read_by_others_and_then_pruned_is_never_refused`).
+//!    differs: a prune of the epoch may have deleted the object after
+//!    readers saw it and before the snapshot's listing, and a retry of the
+//!    PUT (its first answer lost, or the process paused past the attempt
+//!    timeout) may have stored it again since, so an object found now
+//!    need not have been stored throughout. So when the snapshot does not
+//!    name the object and a prune of its epoch was unfinished when the PUT
+//!    went out or began since (the prune registry, read after the
+//!    snapshot; see "Sealing and pruning"), or the object is gone, the
+//!    write answers [`StateBackendError::Io`] (outcome unknown), never
+//!    `StaleVersion` (tested by
+//!    `a_write_read_by_others_and_then_pruned_is_never_refused` and
+//!    `a_write_whose_retry_lands_after_a_prune_and_a_raise_is_not_refused`;
+//!    `cargo xtask chaos --backend s3` found the second: a paused engine's
+//!    write, retried after a prune, was refused though others had read it).
 //!
 //! A raise is acknowledged once its snapshot exists; until then any handle
 //! that needs it builds it the same way (the first `If-None-Match` write
@@ -175,10 +184,10 @@
 //!
 //! | operation | requests | round trips |
 //! |---|---|---|
-//! | `write_partial` | 1 PUT + 1 fence HEAD, the HEAD shared by concurrent writes of the store; + 1 snapshot GET (cached) when the fence rose past the store's last read | 2 |
+//! | `write_partial` | 1 PUT + 1 fence HEAD, the HEAD shared by concurrent writes of the store; + 1 snapshot GET (cached) when the fence rose past the store's last read; + 1 registry GET and 1 HEAD when the snapshot does not name the object (a refusal), + 1 DELETE of it | 2 |
 //! | `read_partial` | 1 LIST, then 1 fence HEAD (shared) and 1 GET at once; the LIST alone when nothing is listed; + 1 GET if the newest listed object is invisible | 2 |
-//! | `read_partials`, `N` vnodes | ceil(L/1000) LIST of the epoch, then 1 fence HEAD (shared), then `N` GETs, 32 at a time; the LIST alone when nothing is listed; + 1 snapshot GET (cached) when objects older than the fence are listed | 3 + pages |
-//! | `epoch_complete`, any vnode count | ceil(L/1000) LIST, then 1 fence HEAD (shared), then 1 marker PUT, then 1 registry GET; the LIST and the HEAD alone when a vnode is missing; + 1 registry GET before the LIST when this process's copy shows a prune of the epoch (then often `Ok(false)` without listing); + 1 marker GET and 1 registry GET if the epoch was already sealed; all again when a prune of the epoch got in the way | 4 + |
+//! | `read_partials`, `N` vnodes | ceil(L/1000) LIST of the epoch (ranged, below), then 1 fence HEAD (shared), then `N` GETs, 32 at a time; the LIST alone when nothing is listed; + 1 snapshot GET (cached) when objects older than the fence are listed | 3 + pages |
+//! | `epoch_complete`, any vnode count | ceil(L/1000) LIST (ranged, below), then 1 fence HEAD (shared), then 1 registry GET, then 1 marker PUT; the LIST and the HEAD alone when a vnode is missing; + 1 registry GET before the LIST when this process's copy shows a prune of the epoch (then often `Ok(false)` without listing); + 1 marker GET and 1 registry GET if the epoch was already sealed; all again when a prune of the epoch got in the way | 4 + |
 //! | `prune_before` | 1 registry PUT to register and 1 to unregister (each + 1 GET when another process changed the registry since this one last saw it); ceil(K/1000) LIST + ceil(K/1000) DeleteObjects, for markers, partials and markers again; + 1 registry PUT per renewal of its lease (a prune running longer than two request bounds) | 2 + pages |
 //! | `partials(epoch)` | ceil(L/1000) LIST, then 1 fence HEAD (shared); the LIST alone when nothing is listed; + 1 snapshot GET (cached) when an object is older than the fence. Lists exactly the vnodes `read_partial` would find: an object a fenced-out write left behind is judged invisible here too | 2 |
 //! | `latest_committed_epoch`, `sealed_epochs` | 1 LIST per 1000 markers; + 1 registry GET if any marker is listed; + 1 marker GET per listed marker below the highest bound any prune ever had (`latest_committed_epoch`: until the highest seal) | 1 to 3 |
@@ -191,9 +200,21 @@
 //! a raise, a reader that meets objects older than the fence also fetches
 //! the snapshot once (it is immutable and cached).
 //!
-//! The gate's one registry GET is the read after its marker landed (its
-//! copy from before the listing is the one its process last saw, at no
-//! cost). A recovery query reads a marker only below the highest bound any
+//! The gate's one registry GET is the read after its listing, before its
+//! marker goes out (its copy from before the listing is the one its
+//! process last saw, at no cost).
+//!
+//! The gate and `read_partials` asked for more than 512 vnodes list the
+//! epoch in key ranges of 512 asked vnodes each, 16 ranges at once: the
+//! same LISTs (a range of 512 vnodes of one object each is one page), but
+//! a gate of 4,096 vnodes waits for one page, not for five in turn. The
+//! ranges split at `{vnode:010}` under the epoch's prefix, a name that no
+//! partial's key equals and that sorts after every key of a lower vnode,
+//! so together they answer exactly the keys one listing of the epoch
+//! answers; each range's pages are answered at their own moments, as the
+//! pages of one listing are, which the visibility argument allows (an
+//! object is judged under a fence read that starts after the whole
+//! listing was answered). A recovery query reads a marker only below the highest bound any
 //! prune ever had: markers of an epoch being pruned, left by a seal that
 //! raced a prune, or of an epoch sealed again after it was pruned; an
 //! engine that prunes behind its seals has none of them once its prunes

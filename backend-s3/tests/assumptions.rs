@@ -228,8 +228,18 @@ async fn conditional_writes_hold_under_races(kind: S3Kind) {
 }
 
 /// `ListObjectsV2` must return keys in byte order and start strictly after
-/// `start-after`, page after page: `latest_committed_epoch`,
+/// `start-after`, page after page, whether `start-after` is a stored key or
+/// a name that is none (the gate and batch reads of many vnodes list key
+/// ranges that start after `{vnode:010}`, which no partial's key equals),
+/// listed from the whole prefix or from one epoch's: `latest_committed_epoch`,
 /// `sealed_epochs`, `prune_before` and the commit gate list that way.
+///
+/// Not asked, because SeaweedFS fails it and the backend never does it:
+/// `start-after` naming exactly a "directory" (`…/p/{epoch:020}` without
+/// the slash). SeaweedFS, which stores keys as a file tree, then skips
+/// every key below it (`…/p/{epoch:020}/…`, which sorts after it); S3 and
+/// moto do not. The backend's range names end inside an epoch, at a vnode's
+/// number, never at a `/`.
 async fn listings_are_ordered_from_start_after(kind: S3Kind) {
     let server = TestServer::start_kind(kind);
     let raw = store(&config(&server.endpoint(), "")).await;
@@ -246,8 +256,22 @@ async fn listings_are_ordered_from_start_after(kind: S3Kind) {
         raw_put(&raw, key, b"x").await.expect("PUT");
     }
     let keys: Vec<String> = keys.into_iter().collect();
-    for start in [0, 4, keys.len() / 2, keys.len() - 1] {
-        let start_after = &keys[start];
+    let mut starts: Vec<String> = [0, 4, keys.len() / 2, keys.len() - 1]
+        .map(|i| keys[i].clone())
+        .to_vec();
+    // Names that are no key: a vnode's range split (before its keys, after
+    // a lower vnode's), one between two vnodes, one between two epochs.
+    starts.push(format!("{prefix}p/{:020}/{:010}", 7, 3));
+    starts.push(format!("{prefix}p/{:020}/{:010}", 7, 5));
+    starts.push(format!("{prefix}p/{:020}/{:010}", 2, 0));
+    starts.push(format!("{prefix}p/{:020}/{:010}", 30, 13));
+    let epoch_prefix = format!("{prefix}p/{:020}/", 7);
+    let listings = starts.iter().map(|start| (prefix.as_str(), start)).chain(
+        starts[4..]
+            .iter()
+            .map(|start| (epoch_prefix.as_str(), start)),
+    );
+    for (listed_prefix, start_after) in listings {
         let mut listed = Vec::new();
         let mut token = None;
         loop {
@@ -255,7 +279,7 @@ async fn listings_are_ordered_from_start_after(kind: S3Kind) {
                 .client()
                 .list_objects_v2()
                 .bucket(raw.bucket())
-                .prefix(&prefix)
+                .prefix(listed_prefix)
                 .start_after(start_after)
                 .max_keys(4)
                 .set_continuation_token(token.take())
@@ -273,10 +297,15 @@ async fn listings_are_ordered_from_start_after(kind: S3Kind) {
                 _ => break,
             }
         }
+        let after: Vec<&String> = keys
+            .iter()
+            .filter(|k| k.starts_with(listed_prefix) && *k > start_after)
+            .collect();
         assert_eq!(
-            listed,
-            keys[start + 1..],
-            "{} does not list in key order strictly after `start-after` {start_after}",
+            listed.iter().collect::<Vec<_>>(),
+            after,
+            "{} does not list {listed_prefix} in key order strictly after `start-after` \
+             {start_after}",
             kind.name()
         );
     }

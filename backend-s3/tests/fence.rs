@@ -512,3 +512,43 @@ async fn a_gate_whose_marker_was_pruned_after_its_412_lists_again() {
     );
     assert_eq!(first.sealed_epochs(0).await.unwrap(), Vec::<u64>::new());
 }
+
+/// Found by `cargo xtask chaos --backend s3` (a paused engine): a write's
+/// PUT lands, its answer is lost, readers read the bytes, a prune deletes
+/// the epoch and a raise lists the partials without it; then the SDK's retry
+/// of the PUT lands again. The object is back, not named by the raise's
+/// snapshot, so the write used to conclude it was never visible and answer
+/// `StaleVersion`, though readers had read its bytes (it took effect before
+/// the raise). Its outcome is unknown to the writer: an `Io` error, never a
+/// refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_retry_lands_after_a_prune_and_a_raise_is_not_refused() {
+    let race = ProxiedPrefix::start("retry-after-prune").await;
+    let writer = race.proxied("writer").await;
+    let others = race.direct_store().await;
+    let reader = others.handle("reader", 8);
+    let leader = others.handle("leader", 8);
+    // The first attempt lands and its answer is lost; the retry is held.
+    race.fault("PUT", &partial_path(0, 5), Action::ForwardThenDrop, 1);
+    race.fault("PUT", &partial_path(0, 5), Action::Hold, 1);
+    let write = writer.write_partial(0, 5, 0, Bytes::from_static(b"landed"));
+    let (outcome, ()) = race
+        .while_held(1, "the retried PUT to reach the proxy", write, async {
+            assert_eq!(
+                read(&reader, 0, 5).await.as_deref(),
+                Some(&b"landed"[..]),
+                "the first attempt landed and is visible"
+            );
+            leader.prune_before(6).await.expect("the prune");
+            assert_eq!(read(&reader, 0, 5).await, None, "pruned");
+            leader
+                .persist_authoritative_version(1)
+                .await
+                .expect("the raise");
+        })
+        .await;
+    assert!(
+        matches!(&outcome, Err(StateBackendError::Io(m)) if m.contains("unknown")),
+        "a write whose bytes were read answered {outcome:?}: only an unknown outcome is true"
+    );
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use laminar_state_api::StateBackend;
 use support::proxy::{FaultProxy, Seen};
-use support::{ProxiedPrefix, fill, read, store};
+use support::{ProxiedPrefix, fill, raw_put, read, store};
 
 /// What a request was, by method and key.
 fn kind(request: &Seen) -> String {
@@ -126,7 +126,9 @@ async fn connecting_probes_once_and_creates_the_fence_on_a_new_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_commit_gate_lists_instead_of_probing_each_vnode() {
     let (counted, backend) = setup(1_500).await;
-    for (epoch, vnodes, pages) in [(1u64, 256u32, 1usize), (2, 1_000, 1), (3, 1_500, 2)] {
+    // Up to 512 vnodes: one listing of the epoch. More: key ranges of 512
+    // asked vnodes, listed at once, each one page here.
+    for (epoch, vnodes, pages) in [(1u64, 256u32, 1usize), (2, 1_000, 2), (3, 1_500, 3)] {
         fill(&backend, epoch, vnodes).await;
         let all: Vec<u32> = (0..vnodes).collect();
         let (sealed, requests) = cost(&counted.proxy, backend.epoch_complete(epoch, &all)).await;
@@ -197,4 +199,116 @@ async fn concurrent_writers_share_fence_reads() {
     for vnode in 0..64 {
         assert!(read(&*backend, vnode, 1).await.is_some());
     }
+}
+
+/// Write `round`'s payload for each of `vnodes` in `epoch`, 64 at a time.
+async fn write_round(backend: &Arc<dyn StateBackend>, epoch: u64, vnodes: &[u32], round: u8) {
+    let mut writes = tokio::task::JoinSet::new();
+    for &vnode in vnodes {
+        let backend = Arc::clone(backend);
+        writes.spawn(async move {
+            backend
+                .write_partial(vnode, epoch, 0, round_payload(vnode, round))
+                .await
+                .unwrap_or_else(|e| panic!("write_partial({vnode}, {epoch}): {e}"))
+        });
+        if writes.len() >= 64 {
+            writes
+                .join_next()
+                .await
+                .expect("a write")
+                .expect("the write task");
+        }
+    }
+    while let Some(done) = writes.join_next().await {
+        done.expect("the write task");
+    }
+}
+
+fn round_payload(vnode: u32, round: u8) -> Bytes {
+    Bytes::from(format!("vnode {vnode}, round {round}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_listings_lose_nothing_at_the_edges_of_their_ranges() {
+    let (counted, backend) = setup(1_200).await;
+    let epoch = 1;
+    // 1,100 vnodes written; the ranges of a batch of all 1,200 split at
+    // vnodes 512 and 1,024. The vnodes at each edge (and the first and the
+    // last) are written three times, so their newest object is the third,
+    // and the 512 vnodes of the middle range twice, so that range is more
+    // than one page.
+    let written: Vec<u32> = (0..1_100).collect();
+    let middle: Vec<u32> = (512..1_024).collect();
+    let edges = [0u32, 511, 512, 513, 1_023, 1_024, 1_025, 1_099];
+    write_round(&backend, epoch, &written, 0).await;
+    write_round(&backend, epoch, &middle, 1).await;
+    let outside: Vec<u32> = edges
+        .iter()
+        .copied()
+        .filter(|v| !middle.contains(v))
+        .collect();
+    write_round(&backend, epoch, &outside, 1).await;
+    write_round(&backend, epoch, &edges, 2).await;
+    let newest = |vnode: u32| {
+        let round = if edges.contains(&vnode) {
+            2
+        } else if middle.contains(&vnode) {
+            1
+        } else {
+            0
+        };
+        (vnode < 1_100).then(|| round_payload(vnode, round))
+    };
+    // A foreign object named exactly as a split: no partial, in no range.
+    let direct = counted.direct_store().await;
+    let split = format!("{}/p/{epoch:020}/{:010}", counted.prefix, 512);
+    raw_put(&direct, &split, b"not a partial").await.unwrap();
+    // Objects per range: [0, 512) 512 + 4 rewrites; [512, 1024) 1,024 + 3;
+    // [1024, ..) 76 + 6; and the foreign one: 1,626 in the epoch.
+    let all: Vec<u32> = (0..1_200).collect();
+    let backwards: Vec<u32> = all.iter().rev().copied().collect();
+    let every_other: Vec<u32> = all.iter().copied().step_by(2).collect();
+    let every_third: Vec<u32> = all.iter().copied().step_by(3).collect();
+    for (asked, listings, found, name) in [
+        // Three ranges: one page, two pages, one page.
+        (&all, 4, 1_100, "every vnode"),
+        (&backwards, 4, 1_100, "every vnode, backwards"),
+        // Two ranges split at vnode 1,024: [0, 1024) holds 1,543 objects.
+        (&every_other, 3, 550, "every other vnode"),
+        // 400 asked: one listing of the whole epoch, two pages.
+        (&every_third, 2, 367, "every third vnode"),
+    ] {
+        let (batch, requests) = cost(&counted.proxy, backend.read_partials(epoch, asked)).await;
+        let batch = batch.unwrap_or_else(|e| panic!("read_partials of {name}: {e}"));
+        assert_eq!(batch.len(), asked.len(), "{name}");
+        for (vnode, got) in asked.iter().zip(&batch) {
+            assert_eq!(*got, newest(*vnode), "{name}: vnode {vnode}");
+        }
+        assert_eq!(
+            requests,
+            format!("get-partial x{found}, head-fence x1, list x{listings}"),
+            "read_partials of {name}"
+        );
+    }
+    let (sealed, requests) = cost(&counted.proxy, backend.epoch_complete(epoch, &written)).await;
+    assert!(sealed.unwrap(), "every asked vnode was written");
+    assert_eq!(
+        requests, "get-prunes x1, head-fence x1, list x4, put-marker x1",
+        "the gate over 1,100 vnodes"
+    );
+    // One vnode at an edge missing from the asked set's epoch: not sealed.
+    let (sealed, _) = cost(&counted.proxy, backend.epoch_complete(2, &written)).await;
+    assert!(!sealed.unwrap());
+    write_round(&backend, 2, &written[..1_023], 0).await;
+    write_round(&backend, 2, &written[1_024..], 0).await;
+    let (sealed, requests) = cost(&counted.proxy, backend.epoch_complete(2, &written)).await;
+    assert!(
+        !sealed.unwrap(),
+        "vnode 1,023, the last of a range, is missing"
+    );
+    assert_eq!(
+        requests, "head-fence x1, list x3",
+        "the gate, one vnode missing"
+    );
 }

@@ -83,6 +83,10 @@ enum Flaw {
     /// `read_partials` answers in vnode order, each vnode once (one range
     /// scan), not in the order asked.
     BatchReadSorted,
+    /// `read_partials` reads the distinct vnodes asked in chunks of 512,
+    /// each chunk's end off by one: the last vnode of every full chunk is
+    /// answered `None`.
+    BatchReadLosesChunkEdges,
     /// A seal checks the fence, awaits once, then seals.
     SealChecksFenceThenYields,
     /// Seals hold a markers lock for the whole gate (so a listing of the
@@ -590,9 +594,21 @@ impl StateBackend for Handle {
             asked.sort_unstable();
             asked.dedup();
         }
+        let mut lost = Vec::new();
+        if self.shared.flaw == Flaw::BatchReadLosesChunkEdges {
+            let mut distinct = asked.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            lost.extend(distinct.chunks_exact(512).map(|chunk| chunk[511]));
+        }
         let mut partials = Vec::with_capacity(asked.len());
         for vnode in asked {
-            partials.push(self.read_partial(vnode, epoch).await?);
+            let read = if lost.contains(&vnode) {
+                None
+            } else {
+                self.read_partial(vnode, epoch).await?
+            };
+            partials.push(read);
         }
         Ok(partials)
     }
@@ -860,6 +876,8 @@ caught_by! {
         "p07_seen_write_never_refused" catches WriteJudgedAfterPrune;
     a_batch_read_answering_in_vnode_order_is_caught_by_p1_batch_read:
         "p01_batch_read" catches BatchReadSorted;
+    a_batch_read_losing_the_edges_of_its_chunks_is_caught_by_p1_batch_read:
+        "p01_batch_read" catches BatchReadLosesChunkEdges;
     racy_raise_is_caught_by_p7_stalled_raise: "p07_stalled_raise" catches RacyFenceRaise;
     two_winners_are_caught_by_p9_stalled_seal: "p09_stalled_seal" catches TwoWinners;
     listing_pruned_vnodes_is_caught_by_p16: "p16_list_partials" catches ListsPruned;

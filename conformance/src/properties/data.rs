@@ -138,7 +138,11 @@ pub async fn p02_idempotent_replay(factory: &dyn BackendFactory) -> Checked {
 /// opened afterwards reads every epoch in one batch (every vnode backwards,
 /// then again) and one by one, and the two agree; a batch naming a vnode
 /// outside the handle's capacity fails with `Serialization` naming it, as
-/// a single read does.
+/// a single read does. Then, at scale, batches of up to 1,200 vnodes of an
+/// epoch where 1,100 were written (every one, backwards, every other, every
+/// third, repeats; the vnodes next to multiples of 128, 256, 500 and 512
+/// written twice) answer what was written: an override that cuts a batch
+/// into chunks, key ranges or pages must lose no vnode at an edge.
 pub async fn p01_batch_read(factory: &dyn BackendFactory) -> Checked {
     let capabilities = factory.capabilities();
     let strategy = proptest::collection::vec(op_strategy(), 1..24);
@@ -177,7 +181,115 @@ pub async fn p01_batch_read(factory: &dyn BackendFactory) -> Checked {
         );
         Ok(())
     })
-    .await
+    .await?;
+    batch_read_at_scale(factory).await
+}
+
+/// Vnodes [`batch_read_at_scale`] writes; its handle's capacity is
+/// [`AT_SCALE_CAPACITY`].
+const AT_SCALE_WRITTEN: u32 = 1_100;
+const AT_SCALE_CAPACITY: u32 = 1_200;
+
+/// P1 (batch) at scale: an override that splits a large batch into chunks,
+/// ranges or pages (the S3 backend lists key ranges of 512 vnodes, a
+/// database may cut a query into chunks) must lose no vnode at a chunk's
+/// edge. 1,100 vnodes of one epoch are written (every eighth and the
+/// vnodes next to the multiples of 128, 256, 500 and 512 twice, the second
+/// write the one that counts), and batches of up to 1,200 vnodes (every
+/// one, backwards, every other, every third, 100 never written mixed in,
+/// repeats) must answer each vnode's newest bytes, or `None`, in the order
+/// asked.
+async fn batch_read_at_scale(factory: &dyn BackendFactory) -> Checked {
+    let store = fresh_store(factory).await?;
+    let handle = open(&*store, &unique_tag("p01-scale"), AT_SCALE_CAPACITY).await?;
+    let edge = |v: u32| {
+        [128, 256, 500, 512]
+            .iter()
+            .any(|step| matches!((v + 1) % step, 0..=2))
+    };
+    let rewritten = |v: u32| v.is_multiple_of(8) || edge(v);
+    let bytes =
+        |vnode: u32, round: u64| payload(u64::from(vnode) << 8 | round, 24 + vnode as usize % 40);
+    let expected =
+        |vnode: u32| (vnode < AT_SCALE_WRITTEN).then(|| bytes(vnode, u64::from(rewritten(vnode))));
+    for round in 0..2u64 {
+        let mut writes = tokio::task::JoinSet::new();
+        for vnode in (0..AT_SCALE_WRITTEN).filter(|v| round == 0 || rewritten(*v)) {
+            let (handle, data) = (Arc::clone(&handle), bytes(vnode, round));
+            writes.spawn(async move { (vnode, handle.write_partial(vnode, 1, 0, data).await) });
+            join_writes(&mut writes, 15).await?;
+        }
+        join_writes(&mut writes, 0).await?;
+    }
+    let all: Vec<u32> = (0..AT_SCALE_CAPACITY).collect();
+    let repeats: Vec<u32> = (0..AT_SCALE_CAPACITY)
+        .map(|i| (i * 7) % AT_SCALE_CAPACITY)
+        .chain([511, 512, 0, 1_099, 1_100])
+        .collect();
+    let batches: [(&str, Vec<u32>); 5] = [
+        ("every vnode", all.clone()),
+        (
+            "every vnode, backwards",
+            all.iter().rev().copied().collect(),
+        ),
+        (
+            "every other vnode",
+            all.iter().copied().step_by(2).collect(),
+        ),
+        (
+            "every third vnode",
+            all.iter().copied().step_by(3).collect(),
+        ),
+        ("every vnode in a stride of 7, then repeats", repeats),
+    ];
+    for (name, asked) in batches {
+        let batch = handle
+            .read_partials(1, &asked)
+            .await
+            .ctx(|| format!("read_partials(1, {name}: {} vnodes)", asked.len()))?;
+        ensure!(
+            batch.len() == asked.len(),
+            "read_partials(1, {name}) answered {} partials for {} vnodes",
+            batch.len(),
+            asked.len()
+        );
+        for (vnode, got) in asked.iter().zip(&batch) {
+            let want = expected(*vnode);
+            let held = |b: &Option<Bytes>| {
+                b.as_ref()
+                    .map_or("nothing".into(), |b| format!("{} bytes", b.len()))
+            };
+            ensure!(
+                *got == want,
+                "read_partials(1, {name}: {} vnodes) gave {} for vnode {vnode}, which holds {}{}",
+                asked.len(),
+                held(got),
+                held(&want),
+                if got.is_some() && want.is_some() {
+                    " (other bytes)"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Wait for writes (`(vnode, outcome)` of epoch 1) until at most `left`
+/// are in flight; the first that failed is the error.
+async fn join_writes(
+    writes: &mut tokio::task::JoinSet<(u32, Result<(), StateBackendError>)>,
+    left: usize,
+) -> Checked {
+    while writes.len() > left {
+        let Some(done) = writes.join_next().await else {
+            break;
+        };
+        let (vnode, written) = done.map_err(|e| format!("a write task failed: {e}"))?;
+        written.ctx(|| format!("write_partial({vnode}, 1)"))?;
+    }
+    Ok(())
 }
 
 /// P3: random operation sequences from several handles (writes, reads,
