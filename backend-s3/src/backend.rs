@@ -12,7 +12,7 @@ use laminar_state_api::{InputLimits, StateBackend, StateBackendError, seal_outco
 use crate::client::{Condition, Failure, Listed};
 use crate::config::S3Config;
 use crate::frame::{Kind, frame, unframe};
-use crate::prunes::{Marker, now_ms};
+use crate::prunes::{Marker, Registry, now_ms};
 use crate::store::S3Store;
 
 /// Times a write is redone in a newer period, or an operation restarted
@@ -187,12 +187,12 @@ impl StateBackend for S3Backend {
             // this process paused past the attempt timeout) may have stored
             // it again since, so finding it proves nothing. Only a prune of
             // the epoch deletes a partial: one unfinished when the PUT went
-            // out (by the registry this process saw before, whose lease
-            // was not over then), or one that began since, makes the
-            // answer unknown; as does the object being gone.
+            // out (listed by the registry this process saw before, its
+            // lease, by its newest end, not over then), or one that began
+            // since, makes the answer unknown; as does the object being
+            // gone.
             let now = shared.read_registry(&what).await?;
-            let pruned = before.registry.blocking(epoch, sent_ms)
-                || now.registry.pruned_since(before.registry.began) > epoch;
+            let pruned = Registry::pruned_after(&before.registry, &now.registry, epoch, sent_ms);
             if pruned || !shared.exists(&what, &key).await? {
                 return Err(StateBackendError::Io(format!(
                     "s3 {what}: the fence rose past this write's period ({period}) and the \
@@ -274,7 +274,9 @@ impl StateBackend for S3Backend {
         // not created.
         let mut occupant: Option<String> = None;
         for _ in 0..MAX_RESTARTS {
-            if before.registry.blocking(epoch, now_ms()) {
+            // Whatever lease end the copy gives: a running prune renews its
+            // lease, so only a fresh read tells whether it is over.
+            if before.registry.lists_unfinished(epoch) {
                 before = shared.read_registry(&what).await?;
                 if before.registry.blocking(epoch, now_ms()) {
                     // A prune of this epoch is running: ordered after it,

@@ -247,8 +247,9 @@ impl Shared {
         }
     }
 
-    /// Every partial of `epoch`, in key order: exactly what `list` of the
-    /// epoch's prefix answers, the objects of vnodes not asked included.
+    /// Every partial of `epoch`, in key order: every partial `list` of the
+    /// epoch's prefix answers, those of vnodes not asked included (a
+    /// foreign object named exactly like a split is in no range).
     /// When more than [`RANGE_VNODES`] vnodes are asked, the epoch is listed
     /// as key ranges of that many asked vnodes each, [`RANGES_AT_ONCE`] at
     /// once, so a gate or a batch read of thousands of vnodes waits for one

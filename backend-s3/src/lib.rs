@@ -202,26 +202,43 @@
 //!
 //! The gate's one registry GET is the read after its listing, before its
 //! marker goes out (its copy from before the listing is the one its
-//! process last saw, at no cost).
-//!
-//! The gate and `read_partials` asked for more than 512 vnodes list the
-//! epoch in key ranges of 512 asked vnodes each, 16 ranges at once: the
-//! same LISTs (a range of 512 vnodes of one object each is one page), but
-//! a gate of 4,096 vnodes waits for one page, not for five in turn. The
-//! ranges split at `{vnode:010}` under the epoch's prefix, a name that no
-//! partial's key equals and that sorts after every key of a lower vnode,
-//! so together they answer exactly the keys one listing of the epoch
-//! answers; each range's pages are answered at their own moments, as the
-//! pages of one listing are, which the visibility argument allows (an
-//! object is judged under a fence read that starts after the whole
-//! listing was answered). A recovery query reads a marker only below the highest bound any
+//! process last saw, at no cost). A recovery query reads a marker only below the highest bound any
 //! prune ever had: markers of an epoch being pruned, left by a seal that
 //! raced a prune, or of an epoch sealed again after it was pruned; an
 //! engine that prunes behind its seals has none of them once its prunes
 //! finish.
 //!
+//! The gate and `read_partials` asked for more than 512 vnodes list the
+//! epoch in key ranges of 512 asked vnodes each, 16 ranges at once: the
+//! LISTs of one listing, plus at most one per range boundary (a range of
+//! 512 vnodes of one object each is one page), but a gate of 4,096 vnodes
+//! waits for one page, not for five in turn. The ranges split at
+//! `{vnode:010}` under the epoch's prefix, a name that no partial's key
+//! equals and that sorts after every key of a lower vnode, so together
+//! they answer every partial one listing of the epoch answers (a foreign
+//! object named exactly like a split is in no range; it is no partial);
+//! each range's pages are answered at their own moments, as the pages of
+//! one listing are, which the visibility argument allows (an object is
+//! judged under a fence read that starts after the whole listing was
+//! answered).
+//!
 //! # Limits
 //!
+//! - A write concurrent with a prune of its own epoch can be undone and
+//!   redone: if its PUT landed, was deleted by the prune, and the client's
+//!   retry of that PUT (its first answer lost) stored it again, readers see
+//!   its bytes, then nothing, then its bytes again. The write's answer
+//!   stays true (`Ok` when visible, `Io` when unknown, never a refusal of
+//!   bytes that were read), and an engine prunes only epochs it no longer
+//!   writes, so it meets this only through a zombie; the bytes are invisible
+//!   once a raise passed the write's period.
+//! - A write that is retried by the client after its first attempt landed
+//!   relies on the store giving the same bytes the same ETag (an MD5, as
+//!   S3 does without SSE-KMS or SSE-C, and SeaweedFS and moto do): a store
+//!   that gives a new ETag to each PUT makes such an object, if a snapshot
+//!   named the first one, invisible, and its writer answers
+//!   `StaleVersion`, which is then true of what readers see from then on
+//!   but not of what they may have read before.
 //! - A raise lists every partial of the store and writes a snapshot of
 //!   about 100 bytes per partial older than the new fence; raises happen on
 //!   failover, and pruning keeps the store small.
@@ -260,10 +277,14 @@
 //! 3. The gate's copy is the newest registry this process saw (the empty
 //!    one a store starts with, at first): any registry that existed before
 //!    the listing will do, since an older copy only makes the check in 4
-//!    stricter. When the copy shows an unfinished prune of the epoch whose
-//!    lease is not over, the gate reads the registry, and if it still does,
-//!    answers `Ok(false)`: ordered after that prune, the seal finds the
-//!    partials gone.
+//!    stricter, except for lease ends: a running prune renews its lease,
+//!    so an old copy can show a lease over that was extended since. So
+//!    when the copy lists an unfinished prune of the epoch, whatever its
+//!    lease end, the gate reads the registry, and if that shows the prune
+//!    unfinished with its lease not over, answers `Ok(false)`: ordered
+//!    after that prune, the seal finds the partials gone. (The gate once
+//!    trusted the copy's lease end; a cold review found that a gate could
+//!    then count partials a renewed prune was about to delete.)
 //! 4. After the listing was answered, and before its marker goes out, the
 //!    gate reads the registry again. If a prune of the epoch began since
 //!    its copy, it starts over from this registry (the prune is running:
@@ -293,7 +314,8 @@
 //! takes it away (for readers at once; its marker passes delete the marker
 //! if it landed in time, and a later prune or gate does otherwise). If `P`
 //! began at or before count `c`, the gate's copy showed it, and its lease
-//! was over (below), or it was unfinished (the gate answered `Ok(false)`
+//! was over (below; by a registry read for this gate, so by its newest
+//! end), or it was unfinished (the gate answered `Ok(false)`
 //! and made no marker), or it had unregistered, after every request it
 //! sent had been answered: the gate listed after all of `P`'s deletes, and
 //! counted partials `P` never deletes (a prune deletes the objects it
@@ -570,6 +592,39 @@ mod tests {
                 "{bad:?} was accepted"
             );
         }
+    }
+
+    #[test]
+    fn a_prune_is_judged_by_its_newest_lease() {
+        let skew = MAX_CLOCK_SKEW.as_millis() as u64;
+        let (sent, epoch) = (1_000_000, 5);
+        let mut before = Registry::default();
+        before.begin("p", 6, sent - skew - 1);
+        // By the copy, its lease was over when the write was sent ...
+        assert!(!before.blocking(epoch, sent));
+        assert!(before.lists_unfinished(epoch));
+        assert!(!before.lists_unfinished(6));
+        // ... but it renewed: judged by the newest end, it was running.
+        let mut renewed = before.clone();
+        renewed.version += 1;
+        renewed.pruning.get_mut("p").unwrap().expires_ms = sent + 60_000;
+        assert!(Registry::pruned_after(&before, &renewed, epoch, sent));
+        // Finished since (no longer listed): it may have deleted after.
+        let mut finished = before.clone();
+        finished.pruning.clear();
+        assert!(Registry::pruned_after(&before, &finished, epoch, sent));
+        // Still listed with the lease the copy shows: over, it sent nothing
+        // that lands after the write was sent.
+        assert!(!Registry::pruned_after(&before, &before, epoch, sent));
+        // Epochs at or above its bound are not its concern.
+        assert!(!Registry::pruned_after(&before, &renewed, 6, sent));
+        // A prune that began since the copy, whatever its lease.
+        let empty = Registry::default();
+        let mut began = empty.clone();
+        began.begin("q", 6, 0);
+        began.pruning.clear();
+        assert!(Registry::pruned_after(&empty, &began, epoch, sent));
+        assert!(!Registry::pruned_after(&empty, &began, 6, sent));
     }
 
     #[test]

@@ -98,10 +98,36 @@ impl Registry {
     }
 
     /// Whether an unfinished prune whose lease is not over deletes `epoch`.
+    /// Only as true as the copy's lease ends: a running prune renews its
+    /// lease, so an old copy can show a lease over that was extended since
+    /// (see [`Registry::lists_unfinished`]).
     pub(crate) fn blocking(&self, epoch: u64, now_ms: u64) -> bool {
         self.pruning
             .values()
             .any(|p| p.bound > epoch && !p.ended(now_ms))
+    }
+
+    /// Whether this copy lists an unfinished prune that deletes `epoch`,
+    /// whatever lease end it gives (a renewal may have moved it since).
+    pub(crate) fn lists_unfinished(&self, epoch: u64) -> bool {
+        self.pruning.values().any(|p| p.bound > epoch)
+    }
+
+    /// Whether a prune that deletes `epoch` may have deleted an object that
+    /// landed after `sent_ms`, judged from `before` (a registry read before
+    /// then) and `now` (read after): one that began since `before`, or one
+    /// unfinished in `before` whose lease, by its newest end (`now`'s:
+    /// renewals only move it later), was not over at `sent_ms`; one `now`
+    /// no longer lists may have finished at any moment since.
+    pub(crate) fn pruned_after(before: &Self, now: &Self, epoch: u64, sent_ms: u64) -> bool {
+        now.pruned_since(before.began) > epoch
+            || before.pruning.iter().any(|(id, p)| {
+                p.bound > epoch
+                    && now
+                        .pruning
+                        .get(id)
+                        .is_none_or(|newest| !newest.ended(sent_ms))
+            })
     }
 
     /// Forget the prunes whose lease is over (everyone ignores them).

@@ -15,8 +15,8 @@ use laminar_state_api::{StateBackend, StateBackendError};
 use laminar_state_s3::S3Backend;
 use support::proxy::Action;
 use support::{
-    ProxiedPrefix, VNODE_CAPACITY, assert_sealed_by, held, impatient_config, raw_delete, raw_put,
-    read, store, stored_keys, wait_for, write_epoch,
+    ProxiedPrefix, VNODE_CAPACITY, assert_sealed_by, held, impatient_config, now_ms, put_registry,
+    raw_delete, raw_put, read, store, stored_keys, wait_for, write_epoch,
 };
 
 /// Every epoch the recovery queries call sealed has a partial for each of
@@ -535,6 +535,178 @@ async fn a_write_read_by_others_and_then_pruned_is_never_refused() {
         Err(StateBackendError::StaleVersion { .. })
     ));
     assert_eq!(leader.read_partial(0, 5).await.unwrap(), None);
+}
+
+/// The path fragment of the partials of `(vnode, epoch)`.
+fn partial_path(vnode: u32, epoch: u64) -> String {
+    format!("/p/{epoch:020}/{vnode:010}.")
+}
+
+/// The write of `writer` to vnode 0 of `epoch`: its first PUT lands and its
+/// answer is lost (the connection drops), and the client's retry is held
+/// until `meanwhile` has run, with the bytes read first by `reader`. The
+/// write's outcome, and whether the retry stored the object again.
+async fn write_retried_after(
+    race: &ProxiedPrefix,
+    writer: &S3Backend,
+    reader: &S3Backend,
+    epoch: u64,
+    meanwhile: impl std::future::Future<Output = ()>,
+) -> (Result<(), StateBackendError>, bool) {
+    race.fault("PUT", &partial_path(0, epoch), Action::ForwardThenDrop, 1);
+    race.fault("PUT", &partial_path(0, epoch), Action::Hold, 1);
+    let write = writer.write_partial(0, epoch, 0, Bytes::from_static(b"landed"));
+    let (outcome, ()) = race
+        .while_held(1, "the retried PUT to reach the proxy", write, async {
+            assert_eq!(
+                read(reader, 0, epoch).await.as_deref(),
+                Some(&b"landed"[..]),
+                "the first attempt landed and is visible"
+            );
+            meanwhile.await;
+        })
+        .await;
+    assert_eq!(
+        race.seen("PUT", &partial_path(0, epoch)),
+        2,
+        "one PUT and its retry"
+    );
+    let stored = !stored_keys(&race.direct_store().await, &partial_path(0, epoch))
+        .await
+        .is_empty();
+    (outcome, stored)
+}
+
+/// Found by `cargo xtask chaos --backend s3` (a paused engine): a write's
+/// PUT lands, its answer is lost, readers read the bytes, a prune deletes
+/// the epoch and a raise lists the partials without it; then the client's
+/// retry of the PUT stores it again. The object is back, not named by the
+/// raise's snapshot, so the write used to conclude it was never visible and
+/// answer `StaleVersion`, though readers had read its bytes (it took effect
+/// before the raise). Its outcome is unknown to the writer: an `Io` error,
+/// never a refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_retry_lands_after_a_prune_and_a_raise_is_not_refused() {
+    let race = ProxiedPrefix::start("race-retry-after-prune").await;
+    let writer = race.proxied("writer").await;
+    let leader = race.direct("leader").await;
+    let (outcome, stored) = write_retried_after(&race, &writer, &leader, 5, async {
+        leader.prune_before(6).await.expect("the prune");
+        assert_eq!(read(&leader, 0, 5).await, None, "pruned");
+        leader
+            .persist_authoritative_version(1)
+            .await
+            .expect("the raise");
+    })
+    .await;
+    assert!(
+        matches!(&outcome, Err(StateBackendError::Io(m)) if m.contains("unknown")),
+        "a write whose bytes were read answered {outcome:?}: only an unknown outcome is true"
+    );
+    // The object the answer is about: the retry stored it again (an Io
+    // answer leaves it; it is invisible, not named by the snapshot).
+    assert!(stored, "the retry stored the object again after the prune");
+}
+
+/// A running prune renews its lease, so a registry read before the renewal
+/// shows a lease that ends earlier than it does. The writer of the test
+/// above, whose process read the registry before the renewal, must judge
+/// that prune by its newest lease, not its copy's: the prune is still
+/// running, may have deleted the object after readers saw it, and the
+/// retry stored it again. (Found in review. The registry is written as the
+/// prune and its renewal leave it; the object is deleted as the prune
+/// deletes it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_judges_a_prune_by_its_renewed_lease_not_by_an_old_copy() {
+    let race = ProxiedPrefix::start("race-renewed-write").await;
+    let writer = race.proxied("writer").await;
+    let leader = race.direct("leader").await;
+    let direct = race.direct_store().await;
+    // Prune "renewing" of bound 3 began; by the writer's copy its lease
+    // ended ten seconds ago. A gate of epoch 9 makes the writer's process
+    // read (and keep) that copy.
+    put_registry(
+        &direct,
+        &race.prefix,
+        1,
+        1,
+        &[("renewing", 3, now_ms() - 10_000)],
+    )
+    .await;
+    write_epoch(&writer, 9, 0, &[0]).await;
+    assert!(writer.epoch_complete(9, &[0]).await.unwrap());
+    // It renewed: its lease goes on for a minute.
+    put_registry(
+        &direct,
+        &race.prefix,
+        2,
+        1,
+        &[("renewing", 3, now_ms() + 60_000)],
+    )
+    .await;
+    let (outcome, stored) = write_retried_after(&race, &writer, &leader, 2, async {
+        for key in stored_keys(&direct, &partial_path(0, 2)).await {
+            raw_delete(&direct, &key).await;
+        }
+        leader
+            .persist_authoritative_version(1)
+            .await
+            .expect("the raise");
+    })
+    .await;
+    assert!(
+        matches!(&outcome, Err(StateBackendError::Io(m)) if m.contains("unknown")),
+        "a write whose bytes were read, during a prune its process had a stale lease for, \
+         answered {outcome:?}: only an unknown outcome is true"
+    );
+    assert!(stored, "the retry stored the object again after the delete");
+}
+
+/// The gate's twin of the test above: a gate whose process read the
+/// registry before a running prune of the epoch renewed its lease sees that
+/// lease over. Trusting it, the gate used to list, read the registry after
+/// (a prune that began before its copy does not make a marker no seal) and
+/// seal, counting partials the prune was about to delete: a sealed epoch
+/// without its partials. It must read the registry again and answer
+/// `Ok(false)` while the prune runs. (Found in review.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_judges_a_prune_by_its_renewed_lease_not_by_an_old_copy() {
+    let race = ProxiedPrefix::start("race-renewed-gate").await;
+    let direct = race.direct_store().await;
+    let sealer = race.direct("sealer").await;
+    let vnodes = [0, 1];
+    write_epoch(&sealer, 2, 0, &vnodes).await;
+    put_registry(
+        &direct,
+        &race.prefix,
+        1,
+        1,
+        &[("renewing", 3, now_ms() - 10_000)],
+    )
+    .await;
+    seal_epochs(&sealer, &[9], &vnodes).await;
+    put_registry(
+        &direct,
+        &race.prefix,
+        2,
+        1,
+        &[("renewing", 3, now_ms() + 60_000)],
+    )
+    .await;
+    assert!(
+        !sealer.epoch_complete(2, &vnodes).await.unwrap(),
+        "a gate sealed an epoch that a running prune (its lease renewed) is deleting"
+    );
+    // Once the renewed lease is over too, the epoch seals.
+    put_registry(
+        &direct,
+        &race.prefix,
+        3,
+        1,
+        &[("renewing", 3, now_ms() - 10_000)],
+    )
+    .await;
+    assert!(sealer.epoch_complete(2, &vnodes).await.unwrap());
 }
 
 /// The lost-answer twin of the test above: the marker PUT lands but its

@@ -93,6 +93,42 @@ pub async fn raw_put(
         .map_err(|e| format!("raw PUT of {key}: {e}"))
 }
 
+/// The time by this machine's clock, in milliseconds since the Unix epoch
+/// (the clock prune leases are written in).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Store the prune registry of the store at `prefix` past the backend, in
+/// its frame, as a prune leaves it: change number `version`, `began`
+/// prunes begun (one step: the highest bound listed, at `began`), and the
+/// unfinished ones `(id, bound, lease end in ms since the Unix epoch)`. How
+/// tests set the registry up exactly as a prune, or its lease renewal,
+/// leaves it.
+pub async fn put_registry(
+    store: &laminar_state_s3::S3Store,
+    prefix: &str,
+    version: u64,
+    began: u64,
+    pruning: &[(&str, u64, u64)],
+) {
+    let mut text = format!("version {version}\nbegan {began}\n");
+    if let Some(bound) = pruning.iter().map(|&(_, bound, _)| bound).max() {
+        text.push_str(&format!("step {began} {bound}\n"));
+    }
+    for (id, bound, expires_ms) in pruning {
+        text.push_str(&format!("pruning {id} {bound} {expires_ms}\n"));
+    }
+    let mut framed = vec![b'L', b'R', 1];
+    framed.extend_from_slice(&crc32fast::hash(text.as_bytes()).to_le_bytes());
+    framed.extend_from_slice(text.as_bytes());
+    raw_put(store, &format!("{prefix}/prunes"), &framed)
+        .await
+        .expect("the registry PUT");
+}
+
 /// DELETE `key` (a whole key, the prefix included) from the store's bucket,
 /// past the backend: as a lifecycle rule or a careless clean-up would.
 pub async fn raw_delete(store: &laminar_state_s3::S3Store, key: &str) {
