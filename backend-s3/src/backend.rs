@@ -289,7 +289,17 @@ impl StateBackend for S3Backend {
             // answered (see `read_partial`). A deposed leader is refused on
             // that read, as a best effort: the check cannot be atomic with
             // the marker PUT (see "Sealing and the fence" in the crate docs).
-            let fence = shared.fresh_fence().await?;
+            // When the listing names every vnode asked, the registry read
+            // below goes out with the fence read, saving a round trip: each
+            // only needs to start after the listing was answered. Their
+            // answers are still judged in this order.
+            let (fence, registry) = if shared.layout.names_every(&listed, epoch, vnodes) {
+                let (fence, registry) =
+                    tokio::join!(shared.fresh_fence(), shared.read_registry(&what));
+                (fence?, Some(registry))
+            } else {
+                (shared.fresh_fence().await?, None)
+            };
             let told = self.told.load(Ordering::Acquire);
             if told > 0 && told < fence.value {
                 return Err(Self::stale(told, fence.value));
@@ -307,7 +317,10 @@ impl StateBackend for S3Backend {
             // be deleting what was just counted, so start over from this
             // registry. One that began later is ordered after this seal
             // (see "Sealing and pruning" in the crate docs).
-            let now = shared.read_registry(&what).await?;
+            let now = match registry {
+                Some(read) => read?,
+                None => shared.read_registry(&what).await?,
+            };
             if !shared.seals(&now.registry, &key, epoch, &marker)? {
                 before = now;
                 continue;

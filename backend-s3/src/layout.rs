@@ -1,12 +1,15 @@
 //! Where everything lives in the bucket: key names, and the stamps that
 //! order an epoch's partial objects.
 
+use std::collections::HashSet;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use laminar_state_api::StateBackendError;
+
+use crate::client::Listed;
 
 /// The key names of one store.
 #[derive(Debug, Clone)]
@@ -96,6 +99,18 @@ impl Layout {
         let period = parts.next()?.parse().ok()?;
         parts.next()?;
         Some((epoch.parse().ok()?, vnode, period))
+    }
+
+    /// Whether `listed` holds a partial of `epoch` for every one of
+    /// `vnodes` (visible or not: that takes a fence read to judge).
+    pub(crate) fn names_every(&self, listed: &[Listed], epoch: u64, vnodes: &[u32]) -> bool {
+        let named: HashSet<u32> = listed
+            .iter()
+            .filter_map(|o| self.parse_partial(&o.key))
+            .filter(|&(e, _, _)| e == epoch)
+            .map(|(_, vnode, _)| vnode)
+            .collect();
+        vnodes.iter().all(|v| named.contains(v))
     }
 
     pub(crate) fn parse_marker(&self, key: &str) -> Result<u64, StateBackendError> {
