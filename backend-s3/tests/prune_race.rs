@@ -544,15 +544,18 @@ fn partial_path(vnode: u32, epoch: u64) -> String {
 
 /// The write of `writer` to vnode 0 of `epoch`: its first PUT lands and its
 /// answer is lost (the connection drops), and the client's retry is held
-/// until `meanwhile` has run, with the bytes read first by `reader`. The
-/// write's outcome, and whether the retry stored the object again.
-async fn write_retried_after(
+/// while `reader` reads the bytes, `delete` deletes the object (as a prune
+/// does) and `reader` raises the fence to 1; then the retry stores the
+/// object again. A write whose bytes were read must answer that its outcome
+/// is unknown (`Io`), never `StaleVersion`; `why` names the case.
+async fn assert_retry_after_delete_and_raise_is_unknown(
     race: &ProxiedPrefix,
     writer: &S3Backend,
     reader: &S3Backend,
     epoch: u64,
-    meanwhile: impl std::future::Future<Output = ()>,
-) -> (Result<(), StateBackendError>, bool) {
+    delete: impl std::future::Future<Output = ()>,
+    why: &str,
+) {
     race.fault("PUT", &partial_path(0, epoch), Action::ForwardThenDrop, 1);
     race.fault("PUT", &partial_path(0, epoch), Action::Hold, 1);
     let write = writer.write_partial(0, epoch, 0, Bytes::from_static(b"landed"));
@@ -563,18 +566,32 @@ async fn write_retried_after(
                 Some(&b"landed"[..]),
                 "the first attempt landed and is visible"
             );
-            meanwhile.await;
+            delete.await;
+            assert_eq!(read(reader, 0, epoch).await, None, "deleted");
+            reader
+                .persist_authoritative_version(1)
+                .await
+                .expect("the raise");
         })
         .await;
+    assert!(
+        matches!(&outcome, Err(StateBackendError::Io(m)) if m.contains("unknown")),
+        "{why}: a write whose bytes were read answered {outcome:?}: only an unknown outcome is \
+         true"
+    );
+    // The object the answer is about: the retry stored it again (an Io
+    // answer leaves it; it is invisible, not named by the snapshot).
     assert_eq!(
         race.seen("PUT", &partial_path(0, epoch)),
         2,
         "one PUT and its retry"
     );
-    let stored = !stored_keys(&race.direct_store().await, &partial_path(0, epoch))
-        .await
-        .is_empty();
-    (outcome, stored)
+    assert!(
+        !stored_keys(&race.direct_store().await, &partial_path(0, epoch))
+            .await
+            .is_empty(),
+        "the retry stored the object again after the delete"
+    );
 }
 
 /// Found by `cargo xtask chaos --backend s3` (a paused engine): a write's
@@ -590,22 +607,9 @@ async fn a_write_whose_retry_lands_after_a_prune_and_a_raise_is_not_refused() {
     let race = ProxiedPrefix::start("race-retry-after-prune").await;
     let writer = race.proxied("writer").await;
     let leader = race.direct("leader").await;
-    let (outcome, stored) = write_retried_after(&race, &writer, &leader, 5, async {
-        leader.prune_before(6).await.expect("the prune");
-        assert_eq!(read(&leader, 0, 5).await, None, "pruned");
-        leader
-            .persist_authoritative_version(1)
-            .await
-            .expect("the raise");
-    })
-    .await;
-    assert!(
-        matches!(&outcome, Err(StateBackendError::Io(m)) if m.contains("unknown")),
-        "a write whose bytes were read answered {outcome:?}: only an unknown outcome is true"
-    );
-    // The object the answer is about: the retry stored it again (an Io
-    // answer leaves it; it is invisible, not named by the snapshot).
-    assert!(stored, "the retry stored the object again after the prune");
+    let prune = async { leader.prune_before(6).await.expect("the prune") };
+    assert_retry_after_delete_and_raise_is_unknown(&race, &writer, &leader, 5, prune, "pruned")
+        .await;
 }
 
 /// A running prune renews its lease, so a registry read before the renewal
@@ -644,22 +648,20 @@ async fn a_write_judges_a_prune_by_its_renewed_lease_not_by_an_old_copy() {
         &[("renewing", 3, now_ms() + 60_000)],
     )
     .await;
-    let (outcome, stored) = write_retried_after(&race, &writer, &leader, 2, async {
+    let prune = async {
         for key in stored_keys(&direct, &partial_path(0, 2)).await {
             raw_delete(&direct, &key).await;
         }
-        leader
-            .persist_authoritative_version(1)
-            .await
-            .expect("the raise");
-    })
+    };
+    assert_retry_after_delete_and_raise_is_unknown(
+        &race,
+        &writer,
+        &leader,
+        2,
+        prune,
+        "deleted by a prune whose lease its process last saw over",
+    )
     .await;
-    assert!(
-        matches!(&outcome, Err(StateBackendError::Io(m)) if m.contains("unknown")),
-        "a write whose bytes were read, during a prune its process had a stale lease for, \
-         answered {outcome:?}: only an unknown outcome is true"
-    );
-    assert!(stored, "the retry stored the object again after the delete");
 }
 
 /// The gate's twin of the test above: a gate whose process read the
