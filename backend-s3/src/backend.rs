@@ -11,6 +11,7 @@ use laminar_state_api::{InputLimits, StateBackend, StateBackendError, seal_outco
 
 use crate::client::{Condition, Failure, Listed};
 use crate::config::S3Config;
+use crate::fence::FenceState;
 use crate::frame::{Kind, frame, unframe};
 use crate::prunes::{Marker, Registry, now_ms};
 use crate::store::S3Store;
@@ -116,6 +117,15 @@ impl S3Backend {
         Err(StateBackendError::Io(format!(
             "s3 {what}: the markers kept changing between listing and reading"
         )))
+    }
+
+    /// Refuse a handle told a version below `fence`: a deposed leader.
+    fn refuse_deposed(&self, fence: &FenceState) -> Result<(), StateBackendError> {
+        let told = self.told.load(Ordering::Acquire);
+        if told > 0 && told < fence.value {
+            return Err(Self::stale(told, fence.value));
+        }
+        Ok(())
     }
 
     fn stale(caller: u64, authoritative: u64) -> StateBackendError {
@@ -289,21 +299,19 @@ impl StateBackend for S3Backend {
             // answered (see `read_partial`). A deposed leader is refused on
             // that read, as a best effort: the check cannot be atomic with
             // the marker PUT (see "Sealing and the fence" in the crate docs).
-            // When the listing names every vnode asked, the registry read
-            // below goes out with the fence read, saving a round trip: each
-            // only needs to start after the listing was answered. Their
-            // answers are still judged in this order.
-            let (fence, registry) = if shared.layout.names_every(&listed, epoch, vnodes) {
-                let (fence, registry) =
-                    tokio::join!(shared.fresh_fence(), shared.read_registry(&what));
-                (fence?, Some(registry))
-            } else {
-                (shared.fresh_fence().await?, None)
-            };
-            let told = self.told.load(Ordering::Acquire);
-            if told > 0 && told < fence.value {
-                return Err(Self::stale(told, fence.value));
+            if !shared.layout.names_every(&listed, vnodes) {
+                // A vnode has no object at all: not complete, whatever the
+                // fence shows.
+                self.refuse_deposed(&shared.fresh_fence().await?)?;
+                return Ok(false);
             }
+            // The registry read the seal needs (below) goes out with the
+            // fence read, saving a round trip: each only needs to start
+            // after the listing was answered. Their answers are judged in
+            // this order.
+            let (fence, now) = tokio::join!(shared.fresh_fence(), shared.read_registry(&what));
+            let fence = fence?;
+            self.refuse_deposed(&fence)?;
             let present = shared.visible(listed, &fence).await?;
             if !vnodes.iter().all(|v| present.contains_key(v)) {
                 return Ok(false);
@@ -317,10 +325,7 @@ impl StateBackend for S3Backend {
             // be deleting what was just counted, so start over from this
             // registry. One that began later is ordered after this seal
             // (see "Sealing and pruning" in the crate docs).
-            let now = match registry {
-                Some(read) => read?,
-                None => shared.read_registry(&what).await?,
-            };
+            let now = now?;
             if !shared.seals(&now.registry, &key, epoch, &marker)? {
                 before = now;
                 continue;

@@ -267,20 +267,21 @@ impl Shared {
         if splits.is_empty() {
             return self.list(what, &prefix, None).await;
         }
-        let starts = std::iter::once(None).chain(splits.iter().cloned().map(Some));
-        let ends = splits
-            .iter()
-            .cloned()
-            .map(Some)
-            .chain(std::iter::once(None));
-        let mut ranges = starts.zip(ends).enumerate();
-        let mut listed: Vec<Option<Vec<Listed>>> = vec![None; splits.len() + 1];
+        // Each range runs from one bound to the next: the first from the
+        // epoch's start, the last to its end.
+        let bounds: Vec<Option<String>> = std::iter::once(None)
+            .chain(splits.into_iter().map(Some))
+            .chain(std::iter::once(None))
+            .collect();
+        let mut ranges = bounds.windows(2).enumerate();
+        let mut listed: Vec<Option<Vec<Listed>>> = vec![None; bounds.len() - 1];
         let mut running = tokio::task::JoinSet::new();
         loop {
             while running.len() < RANGES_AT_ONCE {
-                let Some((index, (start, end))) = ranges.next() else {
+                let Some((index, [start, end])) = ranges.next() else {
                     break;
                 };
+                let (start, end) = (start.clone(), end.clone());
                 let (shared, what, prefix) = (Arc::clone(self), what.to_owned(), prefix.clone());
                 running.spawn(async move {
                     let range = shared

@@ -101,13 +101,12 @@ impl Layout {
         Some((epoch.parse().ok()?, vnode, period))
     }
 
-    /// Whether `listed` holds a partial of `epoch` for every one of
+    /// Whether a listing of one epoch holds a partial for every one of
     /// `vnodes` (visible or not: that takes a fence read to judge).
-    pub(crate) fn names_every(&self, listed: &[Listed], epoch: u64, vnodes: &[u32]) -> bool {
+    pub(crate) fn names_every(&self, listed: &[Listed], vnodes: &[u32]) -> bool {
         let named: HashSet<u32> = listed
             .iter()
             .filter_map(|o| self.parse_partial(&o.key))
-            .filter(|&(e, _, _)| e == epoch)
             .map(|(_, vnode, _)| vnode)
             .collect();
         vnodes.iter().all(|v| named.contains(v))

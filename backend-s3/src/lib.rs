@@ -202,8 +202,8 @@
 //!
 //! The gate's one registry GET is the read after its listing, before its
 //! marker goes out (its copy from before the listing is the one its
-//! process last saw, at no cost). A recovery query reads a marker only below the highest bound any
-//! prune ever had: markers of an epoch being pruned, left by a seal that
+//! process last saw, at no cost). A recovery query reads a marker only
+//! below the highest bound any prune ever had: markers of an epoch being pruned, left by a seal that
 //! raced a prune, or of an epoch sealed again after it was pruned; an
 //! engine that prunes behind its seals has none of them once its prunes
 //! finish.

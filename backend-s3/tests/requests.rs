@@ -203,26 +203,9 @@ async fn concurrent_writers_share_fence_reads() {
 
 /// Write `round`'s payload for each of `vnodes` in `epoch`, 64 at a time.
 async fn write_round(backend: &Arc<dyn StateBackend>, epoch: u64, vnodes: &[u32], round: u8) {
-    let mut writes = tokio::task::JoinSet::new();
-    for &vnode in vnodes {
-        let backend = Arc::clone(backend);
-        writes.spawn(async move {
-            backend
-                .write_partial(vnode, epoch, 0, round_payload(vnode, round))
-                .await
-                .unwrap_or_else(|e| panic!("write_partial({vnode}, {epoch}): {e}"))
-        });
-        if writes.len() >= 64 {
-            writes
-                .join_next()
-                .await
-                .expect("a write")
-                .expect("the write task");
-        }
-    }
-    while let Some(done) = writes.join_next().await {
-        done.expect("the write task");
-    }
+    let payload = |vnode| round_payload(vnode, round);
+    laminar_state_bench::growth::fill_with(backend, epoch, vnodes.iter().copied(), 64, payload)
+        .await;
 }
 
 fn round_payload(vnode: u32, round: u8) -> Bytes {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use laminar_state_api::StateBackend;
+use laminar_state_api::{StateBackend, StateBackendError};
 
 use crate::{Mode, Row};
 
@@ -77,22 +77,39 @@ pub type RequestCounter<'a> = &'a (dyn Fn() -> Step<'static, u64> + Sync);
 /// Write a one-byte partial for each of `vnodes` vnodes of `epoch`,
 /// `in_flight` writes at a time; panics if one fails.
 pub async fn fill(backend: &Arc<dyn StateBackend>, epoch: u64, vnodes: u32, in_flight: usize) {
+    fill_with(backend, epoch, 0..vnodes, in_flight, |_| {
+        Bytes::from_static(b"p")
+    })
+    .await;
+}
+
+/// Write `payload(vnode)` as the partial of each of `vnodes` of `epoch`
+/// (at version 0), `in_flight` writes at a time; panics if one fails.
+pub async fn fill_with(
+    backend: &Arc<dyn StateBackend>,
+    epoch: u64,
+    vnodes: impl IntoIterator<Item = u32>,
+    in_flight: usize,
+    payload: impl Fn(u32) -> Bytes,
+) {
     let mut writes = tokio::task::JoinSet::new();
-    for vnode in 0..vnodes {
-        let backend = Arc::clone(backend);
-        writes.spawn(async move {
-            backend
-                .write_partial(vnode, epoch, 0, Bytes::from_static(b"p"))
-                .await
-        });
+    for vnode in vnodes {
+        let (backend, bytes) = (Arc::clone(backend), payload(vnode));
+        writes.spawn(async move { (vnode, backend.write_partial(vnode, epoch, 0, bytes).await) });
         if writes.len() >= in_flight {
             let done = writes.join_next().await.expect("a write in flight");
-            done.expect("the write task").expect("write_partial");
+            written(done);
         }
     }
     while let Some(done) = writes.join_next().await {
-        done.expect("the write task").expect("write_partial");
+        written(done);
     }
+}
+
+/// A finished write of [`fill_with`]: panics, naming the vnode, if it failed.
+fn written(done: Result<(u32, Result<(), StateBackendError>), tokio::task::JoinError>) {
+    let (vnode, outcome) = done.expect("the write task");
+    outcome.unwrap_or_else(|e| panic!("write_partial({vnode}): {e}"));
 }
 
 /// What the raw store does in the growth rows, each step a future that
